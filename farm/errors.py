@@ -1,0 +1,31 @@
+"""One tree of errors. Every message is a sentence a user can act on: what, where, and the fix."""
+
+from __future__ import annotations
+
+
+class FarmError(Exception):
+    """Base of every error the farm raises on purpose."""
+
+
+class InputError(FarmError, ValueError):
+    """A source file, request or parameter is unusable; retrying will not help."""
+
+
+class TooNewError(InputError):
+    """An artifact was written in a format newer than this farm understands."""
+
+
+class DestinationError(FarmError, OSError):
+    """The destination cannot be written (permissions, outside allowed roots, full disk)."""
+
+
+class SourceChangedError(FarmError):
+    """A source file changed while it was being built from; the build was discarded."""
+
+
+class ArtifactInvalidError(FarmError):
+    """An artifact on disk failed validation; the message says which file and why."""
+
+
+class BrokerError(FarmError, ConnectionError):
+    """The registry or broker cannot be reached; the request is safe to retry."""

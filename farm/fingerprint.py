@@ -1,0 +1,73 @@
+"""Source fingerprints (GenVarLoader's cheap identity check) and full-content checksums.
+
+The fingerprint is byte-for-byte GenVarLoader's record, so a cache the farm writes is taken as
+fresh by GenVarLoader and the other way round. It only hashes the first MiB plus the size, so a
+same-size edit past the first MiB is invisible to it; the content checksum closes that gap for
+deep verification, at the price of reading every byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+FINGERPRINT_WINDOW = 1 << 20
+CHECKSUM_ALGORITHM = "sha256"  # SHA-NI makes it the fastest strong hash hashlib offers here
+_READ_CHUNK = 8 << 20
+
+
+class Fingerprint(BaseModel):
+    """GenVarLoader's fingerprint record; field names and order are part of its format."""
+
+    model_config = ConfigDict(frozen=True)
+
+    algorithm: Literal["blake2b"] = "blake2b"
+    n_bytes_hashed: int
+    digest: str
+    size_bytes: int
+
+    def matches(self, other: Fingerprint) -> bool:
+        return self.size_bytes == other.size_bytes and self.digest == other.digest
+
+
+def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
+    """Fingerprint a file as stored (compressed bytes for a bgzipped file)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        n = min(FINGERPRINT_WINDOW, size)
+        digest = hashlib.blake2b(f.read(n)).hexdigest()
+    return Fingerprint(n_bytes_hashed=n, digest=digest, size_bytes=size)
+
+
+def new_checksum() -> hashlib._Hash:
+    """A running checksum, for builders that hash bytes as they write them."""
+    return hashlib.new(CHECKSUM_ALGORITHM)
+
+
+def format_checksum(h: hashlib._Hash) -> str:
+    return f"{CHECKSUM_ALGORITHM}:{h.hexdigest()}"
+
+
+def checksum(path: str | os.PathLike[str]) -> str:
+    """Full-content checksum, as ``sha256:<hex>``."""
+    h = new_checksum()
+    buf = bytearray(_READ_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return format_checksum(h)
+
+
+def tree_checksums(root: Path) -> dict[str, str]:
+    """Checksums of every file below root, keyed by POSIX relative path (sorted)."""
+    return {
+        p.relative_to(root).as_posix(): checksum(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+

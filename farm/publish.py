@@ -1,0 +1,286 @@
+"""Build beside the destination, make it durable, publish it with one rename.
+
+Improves on GenVarLoader's ``atomic_dir`` where it has gaps:
+- files and directories are fsynced before the rename and the parent after it, so a power cut
+  leaves the old artifact or the new one, never a renamed directory of empty files;
+- staging and aside directories carry their owner (job, pid, host) in their name, so
+  :func:`find_orphans` can remove those of dead builders and never a live one's;
+- replacing uses ``renameat2(RENAME_EXCHANGE)`` where the kernel has it: the destination is
+  never missing, not even between two renames;
+- the loser of a first-writer-wins race is told it lost (:attr:`Outcome.LOST`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import re
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TypeVar
+
+import psutil
+
+from farm.errors import DestinationError
+
+STAGING_MARK = ".farmtmp."
+ASIDE_MARK = ".farmold."
+_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+T = TypeVar("T")
+
+
+class Outcome(StrEnum):
+    PUBLISHED = "published"  # nothing was there; ours is now
+    REPLACED = "replaced"  # an old artifact was swapped for ours
+    LOST = "lost"  # another writer published first; ours was discarded
+    SKIPPED = "skipped"  # the builder found a valid artifact already there
+
+
+class SkipPublish(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by a builder that found, after all, a valid artifact in place."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who is building: enough to tell, later, whether that builder is still alive."""
+
+    job: str
+    pid: int
+    host: str
+
+    @classmethod
+    def current(cls, job: str = "local") -> Owner:
+        return cls(job=_TAG_UNSAFE.sub("_", job)[:24] or "local", pid=os.getpid(), host=_host())
+
+    def tag(self) -> str:
+        return f"{self.job}.{self.pid}.{secrets.token_hex(4)}.{self.host}"
+
+    @classmethod
+    def parse(cls, name: str) -> Owner | None:
+        for mark in (STAGING_MARK, ASIDE_MARK):
+            if mark in name:
+                parts = name.rsplit(mark, 1)[1].split(".", 3)
+                if len(parts) == 4 and parts[1].isdigit():
+                    return cls(job=parts[0], pid=int(parts[1]), host=parts[3])
+        return None
+
+
+def _host() -> str:
+    return _TAG_UNSAFE.sub("_", socket.gethostname()) or "host"
+
+
+def staging_path(dest: Path, owner: Owner) -> Path:
+    return dest.with_name(f"{dest.name}{STAGING_MARK}{owner.tag()}")
+
+
+def aside_path(dest: Path, owner: Owner) -> Path:
+    return dest.with_name(f"{dest.name}{ASIDE_MARK}{owner.tag()}")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file, then every directory bottom-up, so the rename publishes real bytes."""
+    for dirpath, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory (or file) that may already be gone."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths. False when the kernel or filesystem cannot."""
+    if _renameat2 is None:
+        return False
+    rc = _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def publish(staged: Path, dest: Path, *, replace: bool, owner: Owner) -> Outcome:
+    """Move a fully built ``staged`` directory to ``dest``.
+
+    With ``replace=False`` the first writer wins and a later one gets :attr:`Outcome.LOST`;
+    with ``replace=True`` an existing ``dest`` is swapped out and removed.
+    """
+    fsync_tree(staged)
+    parent = dest.parent
+    if replace and dest.exists():
+        if _exchange(staged, dest):
+            fsync_dir(parent)
+            remove_tree(staged)  # now holds the old artifact
+            return Outcome.REPLACED
+        aside = aside_path(dest, owner)
+        try:
+            os.rename(dest, aside)
+        except FileNotFoundError:
+            aside = None  # someone else moved it meanwhile: fall through to a plain rename
+        else:
+            os.rename(staged, dest)
+            fsync_dir(parent)
+            remove_tree(aside)
+            return Outcome.REPLACED
+    try:
+        os.rename(staged, dest)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            remove_tree(staged)
+            return Outcome.LOST
+        raise
+    fsync_dir(parent)
+    return Outcome.PUBLISHED
+
+
+def build_and_publish(
+    dest: Path,
+    build: Callable[[Path], T],
+    *,
+    owner: Owner,
+    replace: bool,
+) -> tuple[Outcome, T | None]:
+    """Run ``build(staging_dir)`` and publish the result; nothing partial is ever at ``dest``.
+
+    Whatever happens (an exception, :class:`SkipPublish`, a lost race) the staging
+    directory is gone when this returns. OS errors that a user can fix (no space, no
+    permission, read-only filesystem) become :class:`DestinationError` sentences.
+    """
+    staged = staging_path(dest, owner)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staged.mkdir()
+    except OSError as e:
+        if e.errno in _ALWAYS_ABOUT_WRITING | _ABOUT_PATH:
+            raise _destination_error(e, dest) from e
+        raise
+    try:
+        result = build(staged)
+        outcome = publish(staged, dest, replace=replace, owner=owner)
+    except SkipPublish:
+        return Outcome.SKIPPED, None
+    except OSError as e:
+        if _about_destination(e, dest):
+            raise _destination_error(e, dest) from e
+        raise
+    finally:
+        remove_tree(staged)
+    return outcome, (result if outcome is not Outcome.LOST else None)
+
+
+_ALWAYS_ABOUT_WRITING = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+_ABOUT_PATH = {errno.EACCES, errno.EPERM, errno.ENOTDIR}
+
+
+def _about_destination(e: OSError, dest: Path) -> bool:
+    """True for OS errors a user fixes at the destination (not at a source being read)."""
+    if e.errno in _ALWAYS_ABOUT_WRITING:
+        return True
+    return e.errno in _ABOUT_PATH and str(e.filename or "").startswith(str(dest.parent))
+
+
+def _destination_error(e: OSError, dest: Path) -> DestinationError:
+    reason = {
+        errno.ENOSPC: "the disk is full; free space there or choose another destination",
+        errno.EDQUOT: "the disk quota is exhausted; free space or choose another destination",
+        errno.EROFS: "the filesystem is read-only; choose a writable destination",
+        errno.ENOTDIR: "a parent of it is not a directory; choose another destination",
+    }.get(e.errno or 0, "permission denied; choose a destination you can write to")
+    return DestinationError(f"Cannot write {dest}: {reason}.")
+
+
+@dataclass(frozen=True)
+class Orphan:
+    path: Path
+    owner: Owner
+    reason: str
+
+
+def find_orphans(
+    root: Path,
+    *,
+    is_job_live: Callable[[str], bool] = lambda _job: False,
+    grace_seconds: float = 3600.0,
+) -> list[Orphan]:
+    """Staging and aside directories below ``root`` whose builder is gone.
+
+    On this host a builder is gone when its pid is not running. On another host (a shared
+    filesystem) the pid means nothing here, so a directory is an orphan only when its job
+    holds no live lease and it has not been touched for ``grace_seconds``.
+    """
+    here = _host()
+    now = time.time()
+    orphans: list[Orphan] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            owner = Owner.parse(name)
+            if owner is None:
+                continue
+            path = Path(dirpath, name)
+            if owner.host == here:
+                if not psutil.pid_exists(owner.pid):
+                    orphans.append(Orphan(path, owner, f"its builder (pid {owner.pid}) is gone"))
+            elif not is_job_live(owner.job):
+                with contextlib.suppress(FileNotFoundError):
+                    if now - path.lstat().st_mtime > grace_seconds:
+                        orphans.append(Orphan(path, owner, "no live lease and untouched"))
+        dirnames[:] = [d for d in dirnames if Owner.parse(d) is None]
+    return orphans
+
+
+def remove_orphans(orphans: list[Orphan]) -> None:
+    for orphan in orphans:
+        remove_tree(orphan.path)
+
+
+def is_writable_dir(path: Path) -> bool:
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def iter_artifact_dirs(root: Path, suffix: str) -> Iterator[Path]:
+    """Published directories below ``root`` whose name ends with ``suffix``."""
+    for dirpath, dirnames, _files in os.walk(root):
+        keep = []
+        for d in dirnames:
+            if Owner.parse(d) is not None:
+                continue
+            if d.endswith(suffix):
+                yield Path(dirpath, d)
+            else:
+                keep.append(d)
+        dirnames[:] = keep
