@@ -22,7 +22,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -45,7 +45,7 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"  # the builder found a valid artifact already there
 
 
-class SkipPublish(Exception):  # noqa: N818 - control flow, not an error
+class SkipPublish(Exception):  # control flow, not an error
     """Raised by a builder that found, after all, a valid artifact in place."""
 
 
@@ -153,7 +153,13 @@ def publish(staged: Path, dest: Path, *, replace: bool, owner: Owner) -> Outcome
         except FileNotFoundError:
             aside = None  # someone else moved it meanwhile: fall through to a plain rename
         else:
-            os.rename(staged, dest)
+            try:
+                os.rename(staged, dest)
+            except OSError:
+                # Put the old artifact back rather than leave the destination empty.
+                with contextlib.suppress(OSError):
+                    os.rename(aside, dest)
+                raise
             fsync_dir(parent)
             remove_tree(aside)
             return Outcome.REPLACED
@@ -186,6 +192,9 @@ def build_and_publish(
         dest.parent.mkdir(parents=True, exist_ok=True)
         staged.mkdir()
     except OSError as e:
+        if e.errno == errno.EEXIST and not dest.parent.is_dir():
+            # mkdir(exist_ok=True) reports a regular file in the way of a parent as EEXIST.
+            raise _destination_error(OSError(errno.ENOTDIR, e.strerror), dest) from e
         if e.errno in _ALWAYS_ABOUT_WRITING | _ABOUT_PATH:
             raise _destination_error(e, dest) from e
         raise
@@ -253,7 +262,7 @@ def find_orphans(
                 continue
             path = Path(dirpath, name)
             if owner.host == here:
-                if not psutil.pid_exists(owner.pid):
+                if not _builder_alive(owner.pid, path):
                     orphans.append(Orphan(path, owner, f"its builder (pid {owner.pid}) is gone"))
             elif not is_job_live(owner.job):
                 with contextlib.suppress(FileNotFoundError):
@@ -263,24 +272,26 @@ def find_orphans(
     return orphans
 
 
+def _builder_alive(pid: int, path: Path) -> bool:
+    """Whether ``pid`` on this host can still be the builder that owns ``path``.
+
+    A bare ``pid_exists`` is fooled twice: by a killed builder its parent has not reaped yet
+    (a zombie holds its pid) and by an unrelated process that got the pid back later (it
+    started after the directory was last touched, so it cannot be the one writing it).
+    """
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = proc.create_time()
+        touched = path.lstat().st_mtime
+    except psutil.NoSuchProcess:
+        return False
+    except (psutil.Error, FileNotFoundError):
+        return True  # cannot tell (or already gone): never remove what may be live
+    return started <= touched + 1.0  # create_time is rounded; a second of slack
+
+
 def remove_orphans(orphans: list[Orphan]) -> None:
     for orphan in orphans:
         remove_tree(orphan.path)
-
-
-def is_writable_dir(path: Path) -> bool:
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
-
-
-def iter_artifact_dirs(root: Path, suffix: str) -> Iterator[Path]:
-    """Published directories below ``root`` whose name ends with ``suffix``."""
-    for dirpath, dirnames, _files in os.walk(root):
-        keep = []
-        for d in dirnames:
-            if Owner.parse(d) is not None:
-                continue
-            if d.endswith(suffix):
-                yield Path(dirpath, d)
-            else:
-                keep.append(d)
-        dirnames[:] = keep

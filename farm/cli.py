@@ -1,0 +1,383 @@
+"""The ``farm`` command: submit, wait on and inspect builds; run workers; keep the registry true.
+
+Every failure a user can fix ends in one sentence on stderr and a non-zero exit, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from farm import embedded, maintenance, service
+from farm.client import Farm
+from farm.config import QUEUE, Settings
+from farm.errors import FarmError, InputError
+from farm.publish import remove_orphans
+from farm.registry import ArtifactRecord, Status
+from farm.requests import BuildRequest, CacheRequest, parse_request, prepare, request_key
+
+app = typer.Typer(
+    name="farm",
+    help="Build GenVarLoader caches and datasets once, atomically, through a shared queue.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+build_app = typer.Typer(help="Submit a request and wait until its artifact is valid.")
+submit_app = typer.Typer(help="Submit requests without waiting; prints one key a line.")
+server_app = typer.Typer(help="The embedded Redis (used when FARM_REDIS_URL is not set).")
+app.add_typer(build_app, name="build")
+app.add_typer(submit_app, name="submit", invoke_without_command=True)
+app.add_typer(server_app, name="server")
+
+out = Console()
+err = Console(stderr=True)
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+
+DestOption = Annotated[
+    Path | None, typer.Option("--dest", help="Where to publish (default: FASTA.gvlfa).")
+]
+TimeoutOption = Annotated[
+    float | None, typer.Option("--timeout", help="Give up waiting after S seconds.")
+]
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise InputError(f"Invalid FARM_* setting: {e.errors()[0]['msg']}.") from e
+
+
+@contextmanager
+def _farm() -> Iterator[Farm]:
+    with Farm.connect(_settings()) as farm:
+        yield farm
+
+
+# --- build -----------------------------------------------------------------------------------
+
+
+def _build(request: BuildRequest, *, timeout: float | None, inline: bool) -> None:
+    settings = _settings()
+    with Farm.connect(settings) as farm:
+        if inline:
+            prepared = prepare(request, settings.roots)
+            key, _ = request_key(prepared)
+            ctx = service.Context(farm.registry, settings, service.inline_worker_name())
+            record = service.ensure(prepared, key, ctx)
+        else:
+            submission = farm.submit(request)
+            record = submission.record
+            if not record.status.terminal:
+                with _worker_if_none(farm, settings):
+                    record = farm.wait([submission.key], timeout_s=timeout)[0] or record
+    _report_one(record)
+
+
+@contextmanager
+def _worker_if_none(farm: Farm, settings: Settings) -> Iterator[None]:
+    """On the embedded default, a build with no worker around starts one for its duration."""
+    live = farm.registry.live_workers(within_s=3 * settings.worker_heartbeat_s)
+    if live:
+        yield
+        return
+    if not settings.embedded:
+        err.print(
+            "[yellow]No live worker is consuming the queue; start one with `farm worker`. "
+            "Waiting.[/]"
+        )
+        yield
+        return
+    proc = subprocess.Popen(
+        [*_celery_worker_argv(), "--pool", "solo", "-n", f"transient-{os.getpid()}@%h"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _report_one(record: ArtifactRecord) -> None:
+    if record.status is Status.VALID:
+        out.print(record.dest, highlight=False, soft_wrap=True)
+        return
+    if record.status.terminal:
+        raise typer.Exit(_fail(record.error or f"{record.dest} is {record.status}."))
+    err.print(f"Timed out: {record.dest} is still {record.status} (key {record.key}).")
+    raise typer.Exit(EXIT_TIMEOUT)
+
+
+def _fail(sentence: str) -> int:
+    err.print(f"[red]error:[/] {sentence}", highlight=False, soft_wrap=True)
+    return EXIT_FAILED
+
+
+@build_app.command("cache")
+def build_cache(
+    fasta: Annotated[Path, typer.Argument(help="FASTA file (plain, bgzipped or gzipped).")],
+    dest: DestOption = None,
+    timeout: TimeoutOption = None,
+    inline: Annotated[
+        bool, typer.Option(help="Build in this process, through the same lease and registry.")
+    ] = False,
+) -> None:
+    """Build (or reuse) the .gvlfa cache of FASTA and print where it is."""
+    _build(CacheRequest(fasta=fasta, dest=dest), timeout=timeout, inline=inline)
+
+
+# --- submit ----------------------------------------------------------------------------------
+
+
+@submit_app.callback()
+def submit_manifest(
+    ctx: typer.Context,
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="A batch: one JSON request a line, mixed kinds."),
+    ] = None,
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    if manifest is None:
+        raise InputError("Name a request (`farm submit cache FASTA`) or a --manifest FILE.")
+    requests = list(_read_manifest(manifest))
+    with _farm() as farm:
+        submissions = farm.submit_many(requests)
+    for s in submissions:
+        print(s.key)
+
+
+def _read_manifest(path: Path) -> Iterator[BuildRequest]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise InputError(f"Cannot read manifest {path} ({e.strerror}); check the path.") from e
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield parse_request(line)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "line"
+            raise InputError(
+                f"Manifest {path} line {number}: {where}: {first['msg']}; nothing was submitted."
+            ) from e
+
+
+@submit_app.command("cache")
+def submit_cache(
+    fasta: Annotated[Path, typer.Argument(help="FASTA file.")],
+    dest: DestOption = None,
+) -> None:
+    """Submit the cache of FASTA; print its key."""
+    with _farm() as farm:
+        print(farm.submit(CacheRequest(fasta=fasta, dest=dest)).key)
+
+
+# --- status / wait / ls ----------------------------------------------------------------------
+
+
+def _record_json(key: str, record: ArtifactRecord | None) -> dict:
+    if record is None:
+        return {"key": key, "kind": None, "status": "unknown", "dest": None}
+    data = record.model_dump(mode="json")
+    if record.error is None:
+        data.pop("error")
+    return data
+
+
+@app.command()
+def status(
+    keys: Annotated[list[str], typer.Argument(help="Keys printed by `farm submit`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+) -> None:
+    """Show the status of keys (one round trip for all of them)."""
+    with _farm() as farm:
+        records = farm.status(keys)
+    if as_json:
+        for key, record in zip(keys, records, strict=True):
+            print(json.dumps(_record_json(key, record)))
+        return
+    _print_table(keys, records)
+
+
+def _print_table(keys: Sequence[str], records: Sequence[ArtifactRecord | None]) -> None:
+    table = Table("key", "kind", "status", box=None, pad_edge=False)
+    table.add_column("dest", overflow="fold")
+    table.add_column("detail", overflow="fold")
+    colors = {Status.VALID: "green", Status.FAILED: "red", Status.INVALID: "red"}
+    for key, r in zip(keys, records, strict=True):
+        if r is None:
+            table.add_row(key[:16], "-", "unknown", "-", "no such key")
+            continue
+        color = colors.get(r.status, "yellow")
+        detail = r.error or (f"{r.size_bytes:,} B" if r.size_bytes is not None else "")
+        table.add_row(r.key[:16], r.kind, f"[{color}]{r.status}[/]", r.dest, detail)
+    out.print(table, soft_wrap=True)
+
+
+@app.command()
+def wait(
+    keys: Annotated[list[str], typer.Argument(help="Keys printed by `farm submit`.")],
+    timeout: TimeoutOption = None,
+) -> None:
+    """Wait until every key is terminal; exit 0 only when all are valid."""
+    with _farm() as farm, _progress(len(keys)) as update:
+        records = farm.wait(keys, timeout_s=timeout, on_progress=update)
+    bad = [(k, r) for k, r in zip(keys, records, strict=True) if r is None or r.status != "valid"]
+    for key, r in bad:
+        if r is None:
+            err.print(f"{key}: unknown key")
+        elif r.status.terminal:
+            err.print(f"{key}: {r.status}: {r.error or r.dest}", highlight=False, soft_wrap=True)
+        else:
+            err.print(f"{key}: still {r.status} (timed out): {r.dest}", highlight=False)
+    if bad:
+        timed_out = any(r is not None and not r.status.terminal for _, r in bad)
+        raise typer.Exit(EXIT_TIMEOUT if timed_out else EXIT_FAILED)
+
+
+@contextmanager
+def _progress(total: int) -> Iterator:
+    if total < 2 or not err.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("waiting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task("wait", total=total)
+        yield lambda done, _total: progress.update(task, completed=done)
+
+
+@app.command("ls")
+def list_artifacts(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+) -> None:
+    """List recorded artifacts and their validity."""
+    with _farm() as farm:
+        records = list(farm.registry.records())
+    if as_json:
+        for r in records:
+            print(json.dumps(_record_json(r.key, r)))
+        return
+    _print_table([r.key for r in records], records)
+
+
+# --- maintenance -----------------------------------------------------------------------------
+
+
+@app.command()
+def verify(
+    keys: Annotated[list[str] | None, typer.Argument(help="Keys to verify (default: all).")] = None,
+) -> None:
+    """Re-check recorded artifacts against their sources and bytes; exit 1 if any is not valid."""
+    with _farm() as farm:
+        checked = maintenance.verify(farm.registry, keys or None)
+    _print_table([r.key for r in checked], checked)
+    if any(r.status is not Status.VALID for r in checked):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def reindex(root: Annotated[Path, typer.Argument(help="Directory to scan for artifacts.")]) -> None:
+    """Rebuild registry records from the artifacts on disk below ROOT."""
+    if not root.is_dir():
+        raise InputError(f"{root} is not a directory; name the directory to scan.")
+    with _farm() as farm:
+        records = maintenance.reindex(farm.registry, root)
+    _print_table([r.key for r in records], records)
+
+
+@app.command("gc")
+def collect_garbage(
+    roots: Annotated[
+        list[Path] | None, typer.Argument(help="Directories to sweep (default: allowed roots).")
+    ] = None,
+    grace: Annotated[
+        float, typer.Option(help="Seconds before another host's leaseless dir is an orphan.")
+    ] = 3600.0,
+    dry_run: Annotated[bool, typer.Option(help="List orphans without removing them.")] = False,
+) -> None:
+    """Remove staging and aside directories left by builders that died."""
+    settings = _settings()
+    with Farm.connect(settings) as farm:
+        orphans = maintenance.gc(farm.registry, roots or settings.roots, grace_s=grace)
+    if not dry_run:
+        remove_orphans(orphans)
+    for o in orphans:
+        print(f"{'would remove' if dry_run else 'removed'} {o.path} ({o.reason})")
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def _celery_worker_argv() -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", QUEUE]
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker(
+    ctx: typer.Context,
+    autoscale: Annotated[
+        str | None, typer.Option(help="MAX,MIN worker processes (Celery --autoscale).")
+    ] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker on the farm's queue (extra options go to Celery)."""
+    argv = [*_celery_worker_argv(), "--loglevel", loglevel]
+    if autoscale:
+        argv += ["--autoscale", autoscale]
+    argv += list(ctx.args)
+    os.execv(argv[0], argv)
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start the embedded Redis if it is not running; print its URL."""
+    print(embedded.ensure_server(_settings().state_dir))
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the embedded Redis."""
+    if not embedded.stop_server(_settings().state_dir):
+        err.print("The embedded Redis was not running.")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=True)
+    except FarmError as e:
+        sys.exit(_fail(str(e)))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Settings, read once at the edge (CLI, worker start) from ``FARM_*`` variables and passed in."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+QUEUE = "farm.builds"
+BUILD_TASK = "farm.build"
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "gvl-farm"
+
+
+class Settings(BaseSettings):
+    """Every knob of a deployment; the defaults run a whole farm on one machine."""
+
+    model_config = SettingsConfigDict(env_prefix="FARM_", frozen=True)
+
+    # No URL: the embedded default, a private Redis under state_dir (unix socket only).
+    redis_url: str | None = None
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    # os.pathsep-separated; destinations must lie below one of them. Default: the cwd.
+    allowed_roots: str = Field(default_factory=lambda: str(Path.cwd()))
+
+    lease_ttl_s: float = Field(30.0, gt=0)
+    soft_time_limit_s: float = Field(6 * 3600.0, gt=0)
+    time_limit_s: float = Field(6 * 3600.0 + 120.0, gt=0)
+    # None: derived from the time limit so a running build is never redelivered.
+    visibility_timeout_s: float | None = Field(None, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    # A queued record with no builder for this long is re-enqueued by the next submission
+    # (its message may have been lost with a broker that kept nothing on disk).
+    requeue_after_s: float | None = Field(None, gt=0)
+    unacked_restore_interval_s: float = Field(10.0, gt=0)
+    worker_heartbeat_s: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _limits_in_order(self) -> Settings:
+        if self.soft_time_limit_s > self.time_limit_s:
+            raise ValueError("FARM_SOFT_TIME_LIMIT_S must not exceed FARM_TIME_LIMIT_S")
+        return self
+
+    @property
+    def roots(self) -> list[Path]:
+        return [Path(p).resolve() for p in self.allowed_roots.split(os.pathsep) if p]
+
+    @property
+    def visibility_timeout(self) -> float:
+        if self.visibility_timeout_s is not None:
+            return self.visibility_timeout_s
+        return self.time_limit_s + 2 * self.lease_ttl_s + 60.0
+
+    @property
+    def requeue_after(self) -> float:
+        return self.requeue_after_s or self.visibility_timeout
+
+    @property
+    def embedded(self) -> bool:
+        return self.redis_url is None
+
+
+def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
+    """The Celery configuration every sender and worker shares (plain data, no import)."""
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": settings.unacked_restore_interval_s,
+        "unacked_restore_throttle": 1,
+    }
+    return {
+        "broker_url": broker_url,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        # JSON only: nothing is ever unpickled from the broker.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        # The registry is the results backend of record; Celery keeps no results.
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.soft_time_limit_s,
+        "task_time_limit": settings.time_limit_s,
+        "task_default_queue": QUEUE,
+        "task_routes": {BUILD_TASK: {"queue": QUEUE}},
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": False,
+    }

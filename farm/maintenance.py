@@ -1,0 +1,116 @@
+"""Keeping the registry honest: verify records against disk, rebuild them from disk, gc orphans."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from farm import kinds
+from farm.artifacts.base import State
+from farm.errors import FarmError
+from farm.fingerprint import fingerprint
+from farm.publish import Orphan, Owner, find_orphans
+from farm.registry import ArtifactRecord, Registry, Status
+from farm.requests import derive_key, parse_request
+
+_STATUS_OF = {
+    State.FRESH: Status.VALID,
+    State.STALE: Status.STALE,
+    State.UNVALIDATED: Status.STALE,
+}
+
+
+def verify_record(record: ArtifactRecord) -> ArtifactRecord:
+    """Re-check one record's artifact against its sources and its bytes (deeply)."""
+    request = parse_request(record.request)
+    for role, recorded in record.sources.items():
+        path = request.source_files().get(role)
+        try:
+            current = fingerprint(path) if path is not None else None
+        except OSError:
+            current = None
+        if current is None:
+            return record.evolve(
+                status=Status.STALE,
+                error=f"its {role} source {path} is gone, so it cannot be checked or rebuilt.",
+            )
+        if not current.matches(recorded):
+            return record.evolve(
+                status=Status.STALE, error=f"its {role} source {path} changed since the build."
+            )
+    found = kinds.classify(request, deep=True)
+    status = _STATUS_OF.get(found.state, Status.INVALID)
+    error = None if status is Status.VALID else f"{found.reason or found.state}."
+    return record.evolve(status=status, error=error)
+
+
+def verify(registry: Registry, keys: list[str] | None = None) -> list[ArtifactRecord]:
+    """Verify recorded artifacts (all terminal ones by default) and store the verdicts."""
+    records = registry.get_many(keys) if keys else list(registry.records())
+    checked = []
+    for record in records:
+        if record is None or not record.status.terminal or record.status is Status.FAILED:
+            continue
+        verdict = verify_record(record)
+        registry.put(verdict)
+        checked.append(verdict)
+    return checked
+
+
+def find_artifacts(root: Path) -> Iterator[Path]:
+    """Published artifact directories below ``root`` (staging and aside dirs are skipped)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        if "metadata.json" in filenames and Owner.parse(os.path.basename(dirpath)) is None:
+            yield Path(dirpath)
+            dirnames[:] = []
+            continue
+        dirnames[:] = [d for d in dirnames if Owner.parse(d) is None]
+
+
+def reindex(registry: Registry, root: Path) -> list[ArtifactRecord]:
+    """Rebuild records from the artifacts below ``root``: they describe themselves."""
+    out = []
+    for dest in find_artifacts(root.resolve()):
+        described = kinds.recorded_request(dest)
+        if described is None:
+            continue
+        request, sources = described
+        key = derive_key(request, sources)
+        found = kinds.classify(request)
+        now = time.time()
+        status = _STATUS_OF.get(found.state, Status.INVALID)
+        record = ArtifactRecord(
+            key=key,
+            kind=request.kind,
+            dest=str(request.destination()),
+            request=request.model_dump(mode="json"),
+            sources=sources,
+            status=status,
+            error=None if status is Status.VALID else f"{found.reason or found.state}.",
+            created_at=now,
+            updated_at=now,
+            size_bytes=kinds.dir_size(dest),
+            action="reindexed",
+        )
+        registry.put(record)
+        out.append(record)
+    return out
+
+
+def gc(registry: Registry | None, roots: list[Path], *, grace_s: float) -> list[Orphan]:
+    """Find staging/aside directories of dead builders below ``roots``."""
+
+    def live(job: str) -> bool:
+        if registry is None:
+            return True  # without a registry, another host's job may still be running
+        try:
+            return registry.live_lease_with_prefix(job)
+        except FarmError:
+            return True
+
+    orphans: list[Orphan] = []
+    for root in roots:
+        orphans.extend(find_orphans(root, is_job_live=live, grace_seconds=grace_s))
+    return orphans

@@ -1,0 +1,123 @@
+"""Build requests, their validation at submission, and their idempotency keys.
+
+The key is the SHA-256 of a canonical JSON document (sorted keys, no spaces) of:
+
+- ``key_schema``: the version of this recipe, so a change to it never aliases old keys;
+- ``kind`` and ``format_version``: a cache and a dataset, or two formats, never share a key;
+- ``sources``: for every source file, by role (``fasta``, ``variants``, ``index``, ``regions``
+  ...), its fingerprint's digest and size. Contents, not paths: the same bytes under another
+  path are the same input, and a changed source gives a new key;
+- ``params``: the build parameters in canonical form (defaults filled in, order fixed);
+- ``dest``: the absolute, symlink-resolved destination, because two destinations are two
+  artifacts even from the same inputs.
+
+Nothing machine-specific enters (no host, pid, time or mtime), so the same request gives the
+same key on every machine that sees the same files at the same paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+
+from farm.artifacts import gvlfa
+from farm.errors import DestinationError
+from farm.fingerprint import Fingerprint, fingerprint
+
+KEY_SCHEMA = 1
+
+
+class CacheRequest(BaseModel):
+    """Build the ``.gvlfa`` cache of one FASTA."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["cache"] = "cache"
+    fasta: Path
+    dest: Path | None = None
+
+    @property
+    def format_version(self) -> str:
+        return gvlfa.FORMAT_VERSION
+
+    def destination(self) -> Path:
+        return self.dest if self.dest is not None else gvlfa.default_dest(self.fasta)
+
+    def source_files(self) -> dict[str, Path]:
+        return {"fasta": self.fasta}
+
+    def canonical_params(self) -> dict[str, Any]:
+        return {}
+
+    def check_inputs(self) -> None:
+        gvlfa.check_fasta(self.fasta)
+
+    def absolute(self) -> CacheRequest:
+        return self.model_copy(
+            update={"fasta": _absolute(self.fasta), "dest": _absolute(self.destination())}
+        )
+
+
+BuildRequest = CacheRequest
+_REQUEST = TypeAdapter(BuildRequest)
+
+
+def parse_request(data: dict[str, Any] | str | bytes) -> BuildRequest:
+    """Decode a request from JSON text or a decoded JSON object."""
+    if isinstance(data, str | bytes):
+        return _REQUEST.validate_json(data)
+    return _REQUEST.validate_python(data)
+
+
+def _absolute(path: Path) -> Path:
+    """Absolute and symlink-free, without requiring the path to exist yet."""
+    return Path(os.path.realpath(os.path.expanduser(path)))
+
+
+def prepare(request: BuildRequest, roots: list[Path]) -> BuildRequest:
+    """Validate a request at submission and return it with absolute paths.
+
+    Raises :class:`InputError` or :class:`DestinationError` with one sentence; nothing is
+    queued for a request that fails here.
+    """
+    request = request.absolute()
+    request.check_inputs()
+    dest = request.destination()
+    if not any(dest == root or dest.is_relative_to(root) for root in roots):
+        allowed = os.pathsep.join(str(r) for r in roots)
+        raise DestinationError(
+            f"Destination {dest} is outside the allowed roots ({allowed}); choose a destination "
+            "below one of them or add its root to FARM_ALLOWED_ROOTS."
+        )
+    return request
+
+
+def fingerprints(request: BuildRequest) -> dict[str, Fingerprint]:
+    return {role: fingerprint(path) for role, path in request.source_files().items()}
+
+
+def derive_key(request: BuildRequest, sources: dict[str, Fingerprint]) -> str:
+    """The idempotency key of an absolute request whose sources have these fingerprints."""
+    document = {
+        "key_schema": KEY_SCHEMA,
+        "kind": request.kind,
+        "format_version": request.format_version,
+        "sources": {
+            role: {"digest": fp.digest, "size_bytes": fp.size_bytes}
+            for role, fp in sorted(sources.items())
+        },
+        "params": request.canonical_params(),
+        "dest": str(request.destination()),
+    }
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def request_key(request: BuildRequest) -> tuple[str, dict[str, Fingerprint]]:
+    sources = fingerprints(request)
+    return derive_key(request, sources), sources
