@@ -92,7 +92,6 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
         "task_time_limit": settings.time_limit_s,
         "task_default_queue": QUEUE,
         "task_routes": {BUILD_TASK: {"queue": QUEUE}},
-        "worker_hijack_root_logger": False,
         "worker_send_task_events": True,
         "task_send_sent_event": False,
     }

@@ -1,0 +1,32 @@
+"""The production worker app with a slow builder: a fault injected at the builder seam.
+
+``FARM_TEST_BUILD_SECONDS`` makes every cache build sleep that long inside its staging
+directory (with a partial file in it), so tests can kill a worker mid-build or outlast the
+broker's visibility timeout. Each build start is logged, so tests can count builds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from farm.artifacts import gvlfa
+from workers.app import app
+
+log = logging.getLogger("farm.test.slow")
+_write_cache = gvlfa.write_cache
+
+
+def _slow_write_cache(fasta: Path, out_dir: Path, dest: Path):
+    log.warning("BUILD-START %s pid=%d", dest, os.getpid())
+    (out_dir / gvlfa.DATA_FILE).write_bytes(b"partial")
+    time.sleep(float(os.environ.get("FARM_TEST_BUILD_SECONDS", "0")))
+    (out_dir / gvlfa.DATA_FILE).unlink()
+    return _write_cache(fasta, out_dir, dest)
+
+
+gvlfa.write_cache = _slow_write_cache
+
+__all__ = ["app"]

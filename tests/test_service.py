@@ -1,0 +1,108 @@
+"""``service.ensure``, the whole of a worker's job, on a real Redis with no broker involved."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from farm import service
+from farm.artifacts import gvlfa
+from farm.config import Settings
+from farm.registry import Registry, Status
+from farm.requests import CacheRequest, prepare, request_key
+
+LAMBDA = "lambda_NC_001416.1.fa"
+
+
+def _prepared(genomes: Path, settings: Settings, name: str = LAMBDA, **kw) -> tuple:
+    request = prepare(CacheRequest(fasta=genomes / name, **kw), settings.roots)
+    return request, request_key(request)[0]
+
+
+def test_builds_records_and_then_reuses(genomes: Path, registry: Registry, farm_settings):
+    request, key = _prepared(genomes, farm_settings)
+    ctx = service.Context(registry, farm_settings, "test-worker")
+    record = service.ensure(request, key, ctx)
+    assert record.status is Status.VALID
+    assert record.action == "built"
+    assert record.worker == "test-worker"
+    dest = Path(record.dest)
+    meta = gvlfa.read_metadata(dest)
+    assert record.checksum == meta.sequence_checksum
+    assert record.size_bytes == sum(p.stat().st_size for p in dest.iterdir())
+    assert record.sources["fasta"] == meta.fingerprint
+    assert registry.get(key) == record
+    inode = (dest / gvlfa.DATA_FILE).stat().st_ino
+
+    again = service.ensure(request, key, ctx)
+    assert again.status is Status.VALID
+    assert (dest / gvlfa.DATA_FILE).stat().st_ino == inode  # not rebuilt
+    assert registry.lease_holder(key) is None
+
+
+def test_an_artifact_valid_on_disk_is_adopted_not_rebuilt(genomes, registry, farm_settings):
+    request, key = _prepared(genomes, farm_settings)
+    gvlfa.ensure_cache(request.fasta, request.destination())
+    inode = (request.destination() / gvlfa.DATA_FILE).stat().st_ino
+    record = service.ensure(request, key, service.Context(registry, farm_settings, "w"))
+    assert record.status is Status.VALID and record.action == "reused"
+    assert (request.destination() / gvlfa.DATA_FILE).stat().st_ino == inode
+
+
+def test_bad_input_fails_the_job_with_one_sentence(genomes, registry, farm_settings):
+    not_fasta = genomes / "notes.fa"
+    not_fasta.write_text("this is a text file, not a FASTA\n")
+    request, key = _prepared(genomes, farm_settings, "notes.fa")
+    record = service.ensure(request, key, service.Context(registry, farm_settings, "w"))
+    assert record.status is Status.FAILED
+    assert "notes.fa is not a FASTA file" in record.error
+    assert "\n" not in record.error and "Traceback" not in record.error
+    assert not request.destination().exists()
+    assert [p.name for p in genomes.iterdir() if ".farmtmp." in p.name] == []
+
+
+def test_a_source_changed_after_submission_fails_and_builds_nothing(
+    genomes, registry, farm_settings
+):
+    request, key = _prepared(genomes, farm_settings)
+    with open(genomes / LAMBDA, "ab") as f:
+        f.write(b"ACGT\n")
+    record = service.ensure(request, key, service.Context(registry, farm_settings, "w"))
+    assert record.status is Status.FAILED
+    assert "changed after the request was submitted" in record.error
+    assert not request.destination().exists()
+
+
+def test_a_duplicate_follows_the_lease_holder_instead_of_building(genomes, registry, farm_settings):
+    request, key = _prepared(genomes, farm_settings)
+    assert registry.acquire_lease(key, "someone-else", 5.0)
+    ctx = service.Context(registry, farm_settings, "duplicate")
+    got = {}
+    follower = threading.Thread(
+        target=lambda: got.setdefault("r", service.ensure(request, key, ctx))
+    )
+    follower.start()
+    time.sleep(0.5)
+    assert follower.is_alive()  # waiting, not building
+    assert not request.destination().exists()
+    holder = service.Context(registry, farm_settings, "holder")
+    registry.release_lease(key, "someone-else")
+    # The holder finishes: the duplicate reports the holder's record.
+    result = service.ensure(request, key, holder)
+    follower.join(10)
+    assert result.worker == "holder"
+    assert got["r"].status is Status.VALID
+    assert got["r"].worker in ("holder", "duplicate")
+
+
+def test_a_key_that_keeps_killing_its_worker_stops_after_max_attempts(
+    genomes, registry, farm_settings
+):
+    request, key = _prepared(genomes, farm_settings)
+    for _ in range(farm_settings.max_attempts):
+        registry.count_attempt(key)  # earlier deliveries that died mid-build
+    record = service.ensure(request, key, service.Context(registry, farm_settings, "w"))
+    assert record.status is Status.FAILED
+    assert "interrupted 3 times" in record.error
+    assert not request.destination().exists()
