@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import redis
@@ -40,7 +40,7 @@ def redis_server(workdir: Path) -> Iterator[str]:
             "no",
             "--logfile",
             str(workdir / "redis.log"),
-        ],  # fmt: skip
+        ],
         stdin=subprocess.DEVNULL,
     )
     url = f"unix://{sock}"
@@ -53,7 +53,9 @@ def redis_server(workdir: Path) -> Iterator[str]:
         except (redis.ConnectionError, FileNotFoundError):
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise RuntimeError(f"test Redis did not start; see {workdir / 'redis.log'}")
+                raise RuntimeError(
+                    f"test Redis did not start; see {workdir / 'redis.log'}"
+                ) from None
             time.sleep(0.02)
     try:
         yield url
@@ -125,10 +127,8 @@ class Worker:
 
     def kill(self) -> None:
         """SIGKILL the whole worker: main process and pool children."""
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait()
 
     def stop(self) -> None:
