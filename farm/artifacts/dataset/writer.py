@@ -1,0 +1,226 @@
+"""Write a complete GenVarLoader dataset directory (format 2.0.0) from a request.
+
+Layout (what genvarloader 0.43.1 reads; see the formats doc):
+``metadata.json``, ``input_regions.arrow``, ``regions.npy`` and ``genotypes/`` with
+``variants.arrow``, ``variant_idxs.npy`` (raw int32) and ``offsets.npy`` (raw int64), plus the
+farm's own ``farm.json``: the request, source fingerprints and a checksum of every other file,
+so a deep validation catches same-size corruption and the farm can rebuild from the record.
+
+Memory is bounded by one region's window of decoded genotypes (plus the variant table's
+positions for the BED's contigs): regions are processed in sorted order and each variant
+record is decoded at most once, however many regions overlap it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+import farm
+from farm.artifacts.dataset.params import DatasetParams, match_contig
+from farm.artifacts.dataset.pgen import PgenFile
+from farm.artifacts.dataset.regions import Regions, read_bed
+from farm.artifacts.dataset.select import ContigSites, select_region
+from farm.artifacts.dataset.sites import SiteTable
+from farm.artifacts.dataset.vcf import VcfFile
+from farm.errors import InputError, SourceChangedError
+from farm.fingerprint import checksum, fingerprint, format_checksum, new_checksum
+
+FORMAT_VERSION = "2.0.0"
+# The genvarloader release whose layout this writer reproduces; readers take a version
+# >= 0.18.0 to mean "POS in variants.arrow is 1-based".
+GVL_VERSION = "0.43.1"
+PLOIDY = 2
+FARM_RECORD = "farm.json"
+REQUIRED = ("metadata.json", "input_regions.arrow", "regions.npy")
+GENOTYPE_FILES = ("genotypes/variants.arrow", "genotypes/variant_idxs.npy", "genotypes/offsets.npy")
+
+
+class _HashedWriter:
+    """Append-only file that checksums its bytes as they are written (no second read)."""
+
+    def __init__(self, path: Path) -> None:
+        self._f: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._h = new_checksum()
+        self.n_bytes = 0
+
+    def write(self, arr: np.ndarray) -> None:
+        buf = memoryview(np.ascontiguousarray(arr)).cast("B")
+        self._f.write(buf)
+        self._h.update(buf)
+        self.n_bytes += len(buf)
+
+    def close(self) -> str:
+        self._f.close()
+        return format_checksum(self._h)
+
+
+def write_dataset(params: DatasetParams, out_dir: Path) -> dict[str, Any]:
+    """Build the dataset into the existing empty ``out_dir``; return its metadata.json content."""
+    before = {str(p): fingerprint(p) for p in params.source_files()}
+    regions = read_bed(params.regions, params.strand_column)
+    source = PgenFile(params.variants) if params.kind == "pgen" else VcfFile(params.variants)
+    samples = _select_samples(params, source.samples)
+    geno = out_dir / "genotypes"
+    geno.mkdir()
+
+    table = SiteTable(params.variants, geno / "variants.arrow")
+    wanted = set(regions.contigs)
+    wanted |= {c[3:] if c.startswith("chr") else f"chr{c}" for c in regions.contigs}
+    table.keep_positions_for(wanted)
+    source.read_sites(table)
+    per_contig = table.finish()
+    if isinstance(source, PgenFile):
+        _check_pgen_count(source, table.n_variants)
+    file_contigs = table.contigs
+    lacking = [c for c in regions.contigs if match_contig(c, file_contigs) is None]
+    if lacking:
+        raise InputError(
+            f"BED file {params.regions} names contig(s) {', '.join(lacking[:5])} that "
+            f"{params.variants} has no variants on; drop those rows or use matching names."
+        )
+
+    sums: dict[str, str] = {}
+    table_rows = regions.sorted_table(params.max_jitter)
+    idx_out = _HashedWriter(geno / "variant_idxs.npy")
+    off_out = _HashedWriter(geno / "offsets.npy")
+    try:
+        total = 0
+        for c_i, contig in enumerate(regions.contigs):
+            rows = np.flatnonzero(table_rows[:, 0] == c_i)
+            sites = per_contig[match_contig(contig, file_contigs) or contig]
+            total = _write_contig(
+                params, source, samples, sites, table_rows, rows, idx_out, off_out, total,
+                match_contig(contig, file_contigs) or contig,
+            )
+        off_out.write(np.asarray([total], np.int64))
+    finally:
+        sums["genotypes/variant_idxs.npy"] = idx_out.close()
+        sums["genotypes/offsets.npy"] = off_out.close()
+
+    np.save(out_dir / "regions.npy", table_rows.astype(np.int32))
+    _write_input_regions(out_dir / "input_regions.arrow", regions)
+    metadata: dict[str, Any] = {
+        "samples": samples,
+        "contigs": regions.contigs,
+        "n_regions": regions.n,
+        "ploidy": PLOIDY,
+        "max_jitter": params.max_jitter,
+        "version": GVL_VERSION,
+        "format_version": FORMAT_VERSION,
+        "svar_link": None,
+        "svar2_link": None,
+        # GenVarLoader checks this on open, so it too notices a replaced variant table.
+        "variants_fingerprint": fingerprint(geno / "variants.arrow").model_dump(),
+    }
+    (out_dir / "metadata.json").write_text(json.dumps(metadata, separators=(",", ":")))
+
+    after = {str(p): fingerprint(p) for p in params.source_files()}
+    if any(not before[k].matches(after[k]) for k in before) or before.keys() != after.keys():
+        raise SourceChangedError(
+            f"An input of the dataset changed while it was being built ({params.variants} or "
+            f"{params.regions}); the build was discarded: build again once it is stable."
+        )
+    for rel in ("metadata.json", "input_regions.arrow", "regions.npy", GENOTYPE_FILES[0]):
+        sums[rel] = checksum(out_dir / rel)
+    record = {
+        "kind": "dataset",
+        "farm_version": farm.__version__,
+        "format_version": FORMAT_VERSION,
+        "request": params.canonical(),
+        "sources": {k: v.model_dump() for k, v in before.items()},
+        "checksums": dict(sorted(sums.items())),
+    }
+    (out_dir / FARM_RECORD).write_text(json.dumps(record, indent=1))
+    return metadata
+
+
+def _select_samples(params: DatasetParams, available: list[str]) -> list[str]:
+    if not available:
+        raise InputError(f"Variant file {params.variants} has no samples; it needs genotypes.")
+    if params.samples is None:
+        return sorted(available)
+    have = set(available)
+    missing = [s for s in params.samples if s not in have]
+    if missing:
+        raise InputError(
+            f"Sample(s) {', '.join(missing[:5])} are not in {params.variants}; "
+            f"request only samples the file has."
+        )
+    return sorted(params.samples)
+
+
+def _check_pgen_count(source: PgenFile, n_pvar: int) -> None:
+    import pgenlib
+
+    try:
+        reader = pgenlib.PgenReader(bytes(source.path), len(source.samples))
+        n = reader.get_variant_ct()
+        reader.close()
+    except RuntimeError as e:
+        raise InputError(
+            f"Cannot open {source.path} as a PGEN file ({e}); it is truncated or corrupt: "
+            f"regenerate it with plink2."
+        ) from e
+    if n != n_pvar:
+        raise InputError(
+            f"PGEN file {source.path} holds {n} variants but {source.pvar.name} lists "
+            f"{n_pvar}; use the .pvar written with it."
+        )
+
+
+def _write_contig(
+    params: DatasetParams,
+    source: VcfFile | PgenFile,
+    samples: list[str],
+    sites: ContigSites,
+    table_rows: np.ndarray,
+    rows: np.ndarray,
+    idx_out: _HashedWriter,
+    off_out: _HashedWriter,
+    total: int,
+    file_contig: str,
+) -> int:
+    n_haps = len(samples) * PLOIDY
+    buf = source.buffer(file_contig, sites, samples) if sites.n else None
+    max_span = int((sites.overlap_ends - sites.starts).max()) if sites.n else 1
+    for r in rows:
+        q_start, q_end = int(table_rows[r, 1]), int(table_rows[r, 2])
+        if buf is None:
+            lengths = np.zeros(n_haps, np.int64)
+        else:
+            res = select_region(
+                sites, buf, q_start, q_end, max_span=max_span, policy=source.policy,
+                extend=params.extend_to_length, n_haps=n_haps,
+            )
+            idx_out.write(res.idxs)
+            lengths = res.lengths
+            table_rows[r, 2] = res.end
+        starts = np.empty(n_haps, np.int64)
+        starts[0] = total
+        np.cumsum(lengths[:-1], out=starts[1:])
+        starts[1:] += total
+        off_out.write(starts)
+        total += int(lengths.sum())
+    return total
+
+
+def _write_input_regions(path: Path, regions: Regions) -> None:
+    """The BED as given (its coordinates, name and strand) plus ``r_idx_map``."""
+    cols: dict[str, pa.Array] = {
+        "chrom": pa.array(regions.chrom, pa.string()),
+        "chromStart": pa.array(regions.starts, pa.int64()),
+        "chromEnd": pa.array(regions.ends, pa.int64()),
+    }
+    if regions.names is not None:
+        cols["name"] = pa.array(regions.names, pa.string())
+    cols["strand"] = pa.array(["+" if s > 0 else "-" for s in regions.strand], pa.string())
+    cols["r_idx_map"] = pa.array(regions.r_idx_map(), pa.int64())
+    tbl = pa.table(cols)
+    with ipc.new_file(str(path), tbl.schema) as w:
+        w.write_table(tbl)
