@@ -66,8 +66,5 @@ def checksum(path: str | os.PathLike[str]) -> str:
 def tree_checksums(root: Path) -> dict[str, str]:
     """Checksums of every file below root, keyed by POSIX relative path (sorted)."""
     return {
-        p.relative_to(root).as_posix(): checksum(p)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
+        p.relative_to(root).as_posix(): checksum(p) for p in sorted(root.rglob("*")) if p.is_file()
     }
-

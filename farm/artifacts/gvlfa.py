@@ -1,0 +1,451 @@
+"""The ``.gvlfa`` FASTA cache: GenVarLoader's format 1.0.0, built, classified and ensured.
+
+A cache is ``metadata.json`` plus ``sequence.bin`` (every contig upper-cased, concatenated in
+file order). The farm writes the same bytes and the same metadata as GenVarLoader 0.43.1, plus
+two extra keys that GenVarLoader ignores: ``farm_version`` (who built it) and
+``sequence_checksum`` (the full content checksum that lets a deep verify catch a same-size
+corruption, which the size check cannot see).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Queue
+from typing import Literal
+
+from filelock import FileLock, Timeout
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+import farm
+from farm.artifacts.base import Classification, State
+from farm.artifacts.fasta import stream_contigs
+from farm.errors import ArtifactInvalidError, InputError, SourceChangedError, TooNewError
+from farm.fingerprint import (
+    Fingerprint,
+    checksum,
+    fingerprint,
+    format_checksum,
+    new_checksum,
+)
+from farm.publish import Outcome, Owner, SkipPublish, build_and_publish
+
+FORMAT_VERSION = "1.0.0"
+SUPPORTED_MAJOR = 1
+# GenVarLoader validates this field as strict semver and gates nothing on it. We write the
+# release whose format we reproduce, so any reader that reasons about it sees exactly what
+# GenVarLoader 0.43.1 would have written; who really built the cache is in ``farm_version``.
+GENVARLOADER_VERSION = "0.43.1"
+SUFFIX = ".gvlfa"
+LEGACY_SUFFIX = ".gvl"
+DATA_FILE = "sequence.bin"
+METADATA_FILE = "metadata.json"
+LOCK_TIMEOUT_S = 600.0
+
+
+class SourceHints(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    filename: str
+    absolute_path: str
+    relative_path: str
+
+
+class CacheMetadata(BaseModel):
+    """``metadata.json``; field order is the byte order GenVarLoader writes."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    format_version: str
+    genvarloader_version: str
+    contigs: dict[str, int]
+    source: SourceHints
+    fingerprint: Fingerprint
+    farm_version: str | None = None
+    sequence_checksum: str | None = None
+
+    @property
+    def total_length(self) -> int:
+        return sum(self.contigs.values())
+
+    def format_major(self) -> int:
+        try:
+            return int(self.format_version.split(".", 1)[0])
+        except ValueError:
+            return -1
+
+
+def default_dest(fasta: Path) -> Path:
+    return fasta.with_name(fasta.name + SUFFIX)
+
+
+def legacy_path(fasta: Path) -> Path:
+    return fasta.with_name(fasta.name + LEGACY_SUFFIX)
+
+
+def source_hints(fasta: Path, dest: Path) -> SourceHints:
+    source = fasta.resolve()
+    return SourceHints(
+        filename=source.name,
+        absolute_path=str(source),
+        relative_path=os.path.relpath(source, dest.resolve()),
+    )
+
+
+def read_metadata(dest: Path) -> CacheMetadata:
+    return CacheMetadata.model_validate_json((dest / METADATA_FILE).read_bytes())
+
+
+def resolve_source(dest: Path, meta: CacheMetadata) -> Path | None:
+    """GenVarLoader's order: sibling by name, then relative to the cache, then absolute."""
+    for candidate in (
+        dest.parent / meta.source.filename,
+        dest / meta.source.relative_path,
+        Path(meta.source.absolute_path),
+    ):
+        if candidate.exists():
+            return candidate.resolve()
+    return None
+
+
+# --- building -------------------------------------------------------------------------------
+
+
+class _HashingWriter:
+    """Writes blocks and checksums them on a second thread: hashing and the FASTA parse
+    each release the GIL, so the two overlap on two cores."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in finish()
+        self._hash = new_checksum()
+        self._queue: Queue[bytes | None] = Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (block := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                self._hash.update(block)
+                view = memoryview(block)
+                while view:
+                    view = view[self._file.write(view) :]
+            except BaseException as e:  # surfaced to the producer in finish()
+                self._error = e
+
+    def __call__(self, block: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(block)
+
+    def finish(self) -> str:
+        self._queue.put(None)
+        self._thread.join()
+        self._file.close()
+        if self._error is not None:
+            raise self._error
+        return format_checksum(self._hash)
+
+    def abort(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._file.close()
+
+
+def write_cache(fasta: Path, out_dir: Path, dest: Path) -> CacheMetadata:
+    """Write ``sequence.bin`` and ``metadata.json`` for ``fasta`` into ``out_dir``.
+
+    ``dest`` is where the cache will be published; the source hints are relative to it.
+    The fingerprint is taken before reading and compared after, so a source that changes
+    under the build fails it instead of publishing a mix of old and new.
+    """
+    before_stat = fasta.stat()
+    before = fingerprint(fasta)
+    writer = _HashingWriter(out_dir / DATA_FILE)
+    try:
+        contigs = stream_contigs(fasta, writer)
+    except BaseException:
+        writer.abort()
+        raise
+    digest = writer.finish()
+    _check_unchanged(fasta, before, before_stat)
+    meta = CacheMetadata(
+        format_version=FORMAT_VERSION,
+        genvarloader_version=GENVARLOADER_VERSION,
+        contigs=contigs,
+        source=source_hints(fasta, dest),
+        fingerprint=before,
+        farm_version=farm.__version__,
+        sequence_checksum=digest,
+    )
+    (out_dir / METADATA_FILE).write_text(meta.model_dump_json())
+    return meta
+
+
+def _check_unchanged(fasta: Path, before: Fingerprint, before_stat: os.stat_result) -> None:
+    after_stat = fasta.stat()
+    changed = (after_stat.st_size, after_stat.st_mtime_ns) != (
+        before_stat.st_size,
+        before_stat.st_mtime_ns,
+    )
+    if changed or not fingerprint(fasta).matches(before):
+        raise SourceChangedError(
+            f"FASTA file {fasta} changed while its cache was being built; "
+            "nothing was published, submit the build again once the file is final."
+        )
+
+
+# --- classifying ----------------------------------------------------------------------------
+
+
+def classify(dest: Path, *, deep: bool = False) -> Classification:
+    """What is at ``dest``, in GenVarLoader's terms plus ``corrupt``, ``too_new``, ``foreign``.
+
+    ``deep`` re-reads ``sequence.bin`` against its recorded checksum (caches GenVarLoader
+    built have none; their content cannot be verified beyond the size).
+    """
+    if not dest.exists():
+        return Classification(State.MISSING)
+    if not dest.is_dir():
+        return Classification(State.FOREIGN, f"{dest} is a file, not a cache directory")
+    extra = sorted(p.name for p in dest.iterdir() if p.name not in (METADATA_FILE, DATA_FILE))
+    if extra:
+        return Classification(
+            State.FOREIGN, f"{dest} holds files that are not part of a cache ({', '.join(extra)})"
+        )
+    try:
+        meta = read_metadata(dest)
+    except FileNotFoundError:
+        return Classification(State.CORRUPT, f"{dest / METADATA_FILE} is missing")
+    except (ValidationError, ValueError, OSError) as e:
+        return Classification(State.CORRUPT, f"{dest / METADATA_FILE} is unreadable ({e})")
+    if meta.format_major() > SUPPORTED_MAJOR:
+        return Classification(
+            State.TOO_NEW,
+            f"{dest} has format version {meta.format_version}, newer than this farm "
+            f"supports ({FORMAT_VERSION})",
+        )
+    data = dest / DATA_FILE
+    try:
+        size = data.stat().st_size
+    except FileNotFoundError:
+        return Classification(State.CORRUPT, f"{data} is missing")
+    if size != meta.total_length:
+        return Classification(
+            State.CORRUPT, f"{data} has {size} bytes, its contigs add up to {meta.total_length}"
+        )
+    if deep and meta.sequence_checksum and checksum(data) != meta.sequence_checksum:
+        return Classification(State.CORRUPT, f"{data} does not match its recorded checksum")
+    source = resolve_source(dest, meta)
+    if source is None:
+        return Classification(State.UNVALIDATED, f"the source {meta.source.filename} is not found")
+    if not fingerprint(source).matches(meta.fingerprint):
+        return Classification(State.STALE, f"{source} changed since the cache was built")
+    return Classification(State.FRESH)
+
+
+def verify(dest: Path) -> None:
+    """Raise :class:`ArtifactInvalidError` unless ``dest`` is a usable cache, checked deeply."""
+    found = classify(dest, deep=True)
+    if found.state is State.TOO_NEW:
+        raise TooNewError(f"{found.reason}; upgrade gvl-farm to use it.")
+    if not found.state.usable:
+        raise ArtifactInvalidError(found.reason or f"{dest} is {found.state}")
+
+
+# --- ensuring -------------------------------------------------------------------------------
+
+
+Action = Literal["reused", "built", "rebuilt", "migrated"]
+
+
+@dataclass(frozen=True)
+class EnsureResult:
+    dest: Path
+    action: Action
+    outcome: Outcome | None  # None when nothing was published by us
+    metadata: CacheMetadata
+
+
+def check_fasta(fasta: Path) -> None:
+    """Refuse, with one sentence, a source that cannot be a FASTA before any work starts."""
+    if not fasta.exists():
+        raise InputError(f"FASTA file {fasta} does not exist; check the path.")
+    if not fasta.is_file():
+        raise InputError(f"{fasta} is not a regular file; name a FASTA file.")
+    if not os.access(fasta, os.R_OK):
+        raise InputError(f"Cannot read FASTA file {fasta}: permission denied.")
+    if fasta.stat().st_size == 0:
+        raise InputError(f"FASTA file {fasta} is empty; point at a FASTA with at least one contig.")
+
+
+def ensure_cache(
+    fasta: Path,
+    dest: Path | None = None,
+    *,
+    owner: Owner | None = None,
+    lock: bool = True,
+    lock_timeout: float = LOCK_TIMEOUT_S,
+) -> EnsureResult:
+    """Make ``dest`` (default ``FASTA.gvlfa``) a fresh cache of ``fasta``, building only if needed.
+
+    A best-effort file lock keeps concurrent callers from building the same cache twice; the
+    check is repeated inside the lock. The lock is only an optimisation: when it is a no-op
+    (some network filesystems) or times out, every caller builds and the first rename wins,
+    which is still correct because their bytes are identical.
+    """
+    fasta = Path(fasta)
+    dest = Path(dest) if dest is not None else default_dest(fasta)
+    owner = owner or Owner.current()
+    check_fasta(fasta)
+
+    found = _usable_or_raise(dest, fasta)
+    if found is not None:
+        return found
+    with _best_effort_lock(dest, enabled=lock, timeout=lock_timeout):
+        found = _usable_or_raise(dest, fasta)
+        if found is not None:
+            return found
+        state = classify(dest).state
+        legacy = legacy_path(fasta)
+        if state is State.MISSING and legacy.is_file() and dest == default_dest(fasta):
+            migrated = _migrate_legacy(fasta, legacy, dest, owner)
+            if migrated is not None:
+                return migrated
+        return _build(fasta, dest, owner, replace=state is not State.MISSING)
+
+
+def _usable_or_raise(dest: Path, fasta: Path) -> EnsureResult | None:
+    """A result when ``dest`` is a fresh cache *of* ``fasta``; None when it must be built.
+
+    Fresh alone is not enough at a custom destination: the cache could be a fresh cache of
+    another FASTA (its hints resolve to that one), so the requested file's fingerprint is
+    compared too.
+    """
+    found = classify(dest)
+    if found.state is State.FRESH:
+        meta = read_metadata(dest)
+        if not fingerprint(fasta).matches(meta.fingerprint):
+            return None
+        return EnsureResult(dest, "reused", None, meta)
+    if found.state is State.TOO_NEW:
+        raise TooNewError(
+            f"{found.reason}; upgrade gvl-farm, or remove {dest} to rebuild it in format "
+            f"{FORMAT_VERSION}."
+        )
+    if found.state is State.FOREIGN:
+        raise InputError(f"{found.reason}; choose another destination for the cache.")
+    return None
+
+
+def _build(fasta: Path, dest: Path, owner: Owner, *, replace: bool) -> EnsureResult:
+    outcome, meta = build_and_publish(
+        dest, lambda staged: write_cache(fasta, staged, dest), owner=owner, replace=replace
+    )
+    if outcome is Outcome.LOST:
+        # Someone published first. Their cache is of the same source, so it is ours too,
+        # provided it really is fresh.
+        found = _usable_or_raise(dest, fasta)
+        if found is None:
+            raise ArtifactInvalidError(
+                f"Another builder published {dest} first and it is not a fresh cache of "
+                f"{fasta}; build again."
+            )
+        return EnsureResult(dest, "reused", Outcome.LOST, found.metadata)
+    assert meta is not None
+    return EnsureResult(dest, "rebuilt" if replace else "built", outcome, meta)
+
+
+def _migrate_legacy(fasta: Path, legacy: Path, dest: Path, owner: Owner) -> EnsureResult | None:
+    """Reuse the bytes of a legacy flat ``X.gvl`` when they fit the source; None to build.
+
+    The source's contig lengths and fingerprint are read before the legacy file is touched.
+    Racing migrators each hard-link the legacy bytes (nobody moves them out from under
+    another), the first rename wins, and the legacy file is removed only after a publish.
+    """
+    before_stat = fasta.stat()
+    before = fingerprint(fasta)
+    lengths = _fai_lengths(fasta)
+    if lengths is None:
+        # No trustworthy index: count the lengths in one read-only pass (no writes, so far
+        # cheaper than a build) rather than strand the legacy bytes forever.
+        lengths = stream_contigs(fasta, lambda _block: None)
+        _check_unchanged(fasta, before, before_stat)
+    try:
+        if legacy.stat().st_size != sum(lengths.values()):
+            return None  # stale or truncated legacy bytes: leave them alone, build fresh
+    except FileNotFoundError:
+        return None
+
+    def write(staged: Path) -> CacheMetadata:
+        data = staged / DATA_FILE
+        try:
+            os.link(legacy, data)
+        except FileNotFoundError:
+            raise SkipPublish from None  # a racing migrator finished and removed it
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            shutil.copyfile(legacy, data)
+        meta = CacheMetadata(
+            format_version=FORMAT_VERSION,
+            genvarloader_version=GENVARLOADER_VERSION,
+            contigs=lengths,
+            source=source_hints(fasta, dest),
+            fingerprint=before,
+            farm_version=farm.__version__,
+            sequence_checksum=checksum(data),
+        )
+        (staged / METADATA_FILE).write_text(meta.model_dump_json())
+        return meta
+
+    outcome, meta = build_and_publish(dest, write, owner=owner, replace=False)
+    if outcome in (Outcome.PUBLISHED, Outcome.LOST):
+        with contextlib.suppress(FileNotFoundError):
+            legacy.unlink()
+    found = _usable_or_raise(dest, fasta)
+    if found is None:
+        return None
+    action: Action = "migrated" if outcome is Outcome.PUBLISHED else "reused"
+    return EnsureResult(dest, action, outcome, meta if meta is not None else found.metadata)
+
+
+def _fai_lengths(fasta: Path) -> dict[str, int] | None:
+    """Contig lengths from ``FASTA.fai`` when it is at least as new as the FASTA."""
+    fai = fasta.with_name(fasta.name + ".fai")
+    try:
+        if fai.stat().st_mtime < fasta.stat().st_mtime:
+            return None
+        lengths: dict[str, int] = {}
+        for line in fai.read_text().splitlines():
+            fields = line.split("\t")
+            if len(fields) < 2 or fields[0] in lengths:
+                return None
+            lengths[fields[0]] = int(fields[1])
+    except (OSError, ValueError):
+        return None
+    return lengths or None
+
+
+@contextlib.contextmanager
+def _best_effort_lock(dest: Path, *, enabled: bool, timeout: float):
+    if not enabled:
+        yield
+        return
+    lock = FileLock(str(dest) + ".lock")
+    try:
+        lock.acquire(timeout=timeout)
+    except (Timeout, OSError):
+        yield  # the rename keeps this correct; the lock only saves duplicate work
+        return
+    try:
+        yield
+    finally:
+        lock.release()
