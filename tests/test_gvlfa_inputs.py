@@ -1,0 +1,285 @@
+"""Bad input gets one clear sentence and publishes nothing; bad caches are found and rebuilt."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from farm.artifacts import gvlfa
+from farm.artifacts.base import State
+from farm.errors import (
+    ArtifactInvalidError,
+    DestinationError,
+    InputError,
+    SourceChangedError,
+    TooNewError,
+)
+from farm.publish import ASIDE_MARK, STAGING_MARK
+
+
+def _assert_nothing_published(fasta: Path, dest: Path | None = None) -> None:
+    dest = dest or gvlfa.default_dest(fasta)
+    assert not dest.exists()
+    left = [p.name for p in dest.parent.iterdir() if STAGING_MARK in p.name or ASIDE_MARK in p.name]
+    assert left == []
+
+
+def _bad_missing(d: Path) -> Path:
+    return d / "absent.fa"
+
+
+def _bad_empty(d: Path) -> Path:
+    (d / "empty.fa").write_bytes(b"")
+    return d / "empty.fa"
+
+
+def _bad_blank(d: Path) -> Path:
+    (d / "blank.fa").write_bytes(b"\n\n  \n")
+    return d / "blank.fa"
+
+
+def _bad_vcf(d: Path) -> Path:
+    (d / "calls.vcf").write_bytes(b"##fileformat=VCFv4.2\n#CHROM\tPOS\tID\n20\t1\t.\n")
+    return d / "calls.vcf"
+
+
+def _bad_binary(d: Path) -> Path:
+    (d / "blob.fa").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64)
+    return d / "blob.fa"
+
+
+def _bad_duplicate(d: Path) -> Path:
+    (d / "dup.fa").write_bytes(b">chr1\nACGT\n>chr2\nAC\n>chr1 again\nGG\n")
+    return d / "dup.fa"
+
+
+def _bad_gt_mid_line(d: Path) -> Path:
+    (d / "mid.fa").write_bytes(b">chr1\nACGT>chr2\nAC\n")
+    return d / "mid.fa"
+
+
+def _bad_truncated_bgzip(d: Path, real: dict[str, Path]) -> Path:
+    data = real["chr20.bgz"].read_bytes()
+    (d / "cut.fa.gz").write_bytes(data[: len(data) // 2])  # cut inside a block
+    return d / "cut.fa.gz"
+
+
+def _bad_bgzip_cut_at_block(d: Path, real: dict[str, Path]) -> Path:
+    data = real["chr20.bgz"].read_bytes()
+    # Drop the empty EOF block: every remaining gzip member is whole, so only the missing
+    # BGZF end-of-file marker tells that data is gone.
+    (d / "cut.fa.gz").write_bytes(data[:-28])
+    return d / "cut.fa.gz"
+
+
+BAD_INPUTS: dict[str, Callable[..., Path]] = {
+    "missing": _bad_missing,
+    "empty": _bad_empty,
+    "blank": _bad_blank,
+    "vcf": _bad_vcf,
+    "binary": _bad_binary,
+    "duplicate contig": _bad_duplicate,
+    "'>' mid-line": _bad_gt_mid_line,
+    "truncated bgzip": _bad_truncated_bgzip,
+    "bgzip without EOF block": _bad_bgzip_cut_at_block,
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_INPUTS))
+def test_bad_input_is_one_sentence_naming_the_file_and_publishes_nothing(
+    kind: str, tmp_path: Path, real_genomes: dict[str, Path]
+) -> None:
+    make = BAD_INPUTS[kind]
+    fasta = make(tmp_path, real_genomes) if "bgzip" in kind else make(tmp_path)
+    with pytest.raises(InputError) as info:
+        gvlfa.ensure_cache(fasta)
+    message = str(info.value)
+    assert str(fasta) in message
+    assert message.endswith(".") and "\n" not in message
+    _assert_nothing_published(fasta)
+
+
+def test_a_parent_that_is_a_file_is_a_destination_error(
+    real_genomes: dict[str, Path], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_bytes(b"")
+    dest = blocker / "ref.gvlfa"
+    with pytest.raises(DestinationError) as info:
+        gvlfa.ensure_cache(real_genomes["lambda"], dest)
+    assert str(dest) in str(info.value)
+    assert blocker.read_bytes() == b""
+
+
+def test_permission_denied_is_a_destination_error(
+    real_genomes: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tests run as root, where chmod blocks nothing: inject the refusal at the mkdir seam.
+    real_mkdir = Path.mkdir
+
+    def mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        if STAGING_MARK in self.name:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    fasta = real_genomes["lambda"]
+    with pytest.raises(DestinationError) as info:
+        gvlfa.ensure_cache(fasta)
+    assert str(gvlfa.default_dest(fasta)) in str(info.value)
+    assert "permission denied" in str(info.value)
+    _assert_nothing_published(fasta)
+
+
+def _built(fasta: Path) -> Path:
+    return gvlfa.ensure_cache(fasta).dest
+
+
+def _snapshot(dest: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(dest.iterdir())}
+
+
+def test_a_newer_format_is_refused_and_never_downgraded(real_genomes: dict[str, Path]) -> None:
+    fasta = real_genomes["lambda"]
+    dest = _built(fasta)
+    meta = json.loads((dest / gvlfa.METADATA_FILE).read_text())
+    meta["format_version"] = "2.0.0"
+    (dest / gvlfa.METADATA_FILE).write_text(json.dumps(meta))
+    before = _snapshot(dest)
+    assert gvlfa.classify(dest).state is State.TOO_NEW
+    with pytest.raises(TooNewError) as info:
+        gvlfa.ensure_cache(fasta)
+    assert str(dest) in str(info.value) and "2.0.0" in str(info.value)
+    with pytest.raises(TooNewError):
+        gvlfa.verify(dest)
+    assert _snapshot(dest) == before
+
+
+def test_a_destination_holding_other_files_is_refused_untouched(
+    real_genomes: dict[str, Path],
+) -> None:
+    fasta = real_genomes["lambda"]
+    dest = gvlfa.default_dest(fasta)
+    dest.mkdir()
+    (dest / "notes.txt").write_text("mine")
+    before = _snapshot(dest)
+    assert gvlfa.classify(dest).state is State.FOREIGN
+    with pytest.raises(InputError) as info:
+        gvlfa.ensure_cache(fasta)
+    assert str(dest) in str(info.value) and "notes.txt" in str(info.value)
+    assert _snapshot(dest) == before
+
+
+def test_a_stale_cache_is_rebuilt(real_genomes: dict[str, Path]) -> None:
+    fasta = real_genomes["lambda"]
+    dest = _built(fasta)
+    with open(fasta, "ab") as f:
+        f.write(b">extra\nacgtn\n")
+    assert gvlfa.classify(dest).state is State.STALE
+    result = gvlfa.ensure_cache(fasta)
+    assert result.action == "rebuilt"
+    assert list(result.metadata.contigs)[-1] == "extra"
+    assert (dest / gvlfa.DATA_FILE).read_bytes().endswith(b"ACGTN")
+    assert gvlfa.classify(dest, deep=True).state is State.FRESH
+
+
+def test_a_cache_of_the_wrong_size_is_rebuilt(real_genomes: dict[str, Path]) -> None:
+    fasta = real_genomes["yeast"]
+    dest = _built(fasta)
+    good = (dest / gvlfa.DATA_FILE).read_bytes()
+    os.truncate(dest / gvlfa.DATA_FILE, 1000)
+    assert gvlfa.classify(dest).state is State.CORRUPT
+    assert gvlfa.ensure_cache(fasta).action == "rebuilt"
+    assert (dest / gvlfa.DATA_FILE).read_bytes() == good
+
+
+def test_same_size_corruption_is_caught_only_by_a_deep_check(
+    real_genomes: dict[str, Path],
+) -> None:
+    dest = _built(real_genomes["yeast"])
+    data = dest / gvlfa.DATA_FILE
+    with open(data, "r+b") as f:
+        f.seek(100_000)
+        old = f.read(1)
+        f.seek(100_000)
+        f.write(b"A" if old != b"A" else b"C")
+    assert gvlfa.classify(dest).state is State.FRESH  # size and fingerprint still match
+    assert gvlfa.classify(dest, deep=True).state is State.CORRUPT
+    with pytest.raises(ArtifactInvalidError) as info:
+        gvlfa.verify(dest)
+    assert str(data) in str(info.value)
+
+
+def test_a_source_changing_mid_build_publishes_nothing(
+    real_genomes: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fasta = real_genomes["yeast"]
+    real_stream = gvlfa.stream_contigs
+
+    def stream_while_edited(path: Path, sink: Callable[[bytes], object]) -> dict[str, int]:
+        def edit_then_sink(block: bytes) -> object:
+            with open(path, "r+b") as f:  # same size, first MiB: only content changes
+                f.seek(200)
+                f.write(b"N" * 10)
+            return sink(block)
+
+        return real_stream(path, edit_then_sink, block_size=64 << 10)
+
+    monkeypatch.setattr(gvlfa, "stream_contigs", stream_while_edited)
+    with pytest.raises(SourceChangedError) as info:
+        gvlfa.ensure_cache(fasta)
+    assert str(fasta) in str(info.value)
+    _assert_nothing_published(fasta)
+
+
+def test_a_fresh_cache_of_another_fasta_at_the_destination_is_replaced(
+    real_genomes: dict[str, Path], tmp_path: Path
+) -> None:
+    dest = tmp_path / "shared.gvlfa"
+    gvlfa.ensure_cache(real_genomes["lambda"], dest)
+    result = gvlfa.ensure_cache(real_genomes["yeast"], dest)
+    assert result.action == "rebuilt"
+    assert list(result.metadata.contigs) == ["chrI"]
+    assert gvlfa.read_metadata(dest).source.filename == real_genomes["yeast"].name
+
+
+def _legacy_from_build(fasta: Path, tmp_path: Path) -> Path:
+    built = gvlfa.ensure_cache(fasta, tmp_path / "scratch.gvlfa").dest
+    legacy = gvlfa.legacy_path(fasta)
+    shutil.copyfile(built / gvlfa.DATA_FILE, legacy)
+    shutil.rmtree(built)
+    return legacy
+
+
+@pytest.mark.parametrize("with_fai", [True, False])
+def test_a_legacy_cache_is_migrated_and_removed(
+    real_genomes: dict[str, Path], tmp_path: Path, with_fai: bool
+) -> None:
+    fasta = real_genomes["yeast"]
+    if not with_fai:
+        fasta.with_name(fasta.name + ".fai").unlink()
+    legacy = _legacy_from_build(fasta, tmp_path)
+    legacy_bytes = legacy.read_bytes()
+    result = gvlfa.ensure_cache(fasta)
+    assert result.action == "migrated"
+    assert not legacy.exists()
+    assert (result.dest / gvlfa.DATA_FILE).read_bytes() == legacy_bytes
+    gvlfa.verify(result.dest)
+
+
+def test_a_legacy_cache_of_the_wrong_size_is_left_alone(
+    real_genomes: dict[str, Path], tmp_path: Path
+) -> None:
+    fasta = real_genomes["yeast"]
+    legacy = gvlfa.legacy_path(fasta)
+    legacy.write_bytes(b"ACGT" * 10)
+    result = gvlfa.ensure_cache(fasta)
+    assert result.action == "built"
+    assert legacy.read_bytes() == b"ACGT" * 10
+    gvlfa.verify(result.dest)

@@ -1,0 +1,65 @@
+"""The builder streams: its memory is bounded by its buffers, not by the genome."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Runs in a fresh interpreter so that ru_maxrss is this build's peak, not the test run's.
+_MEASURE = """
+import json, resource, sys
+from pathlib import Path
+from farm.artifacts.gvlfa import write_cache
+fasta, out = Path(sys.argv[1]), Path(sys.argv[2])
+out.mkdir()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+meta = write_cache(fasta, out, out)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"base_kib": base, "peak_kib": peak, "total": meta.total_length}))
+"""
+
+_LINES_PER_CHUNK = 1 << 16
+
+
+@pytest.fixture
+def big_fasta(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """~200 MB of 60-column mixed-case FASTA in 4 contigs, written 4 MB at a time."""
+    rng = np.random.default_rng(1)
+    alphabet = np.frombuffer(b"ACGTacgtN", np.uint8)
+    lines = alphabet[rng.integers(0, len(alphabet), (_LINES_PER_CHUNK, 61))]
+    lines[:, 60] = ord("\n")
+    chunk = lines.tobytes()
+    path = tmp_path / "big.fa"
+    chunks_per_contig = 13
+    with open(path, "wb") as f:
+        for i in range(4):
+            f.write(f">chr{i}\n".encode())
+            for _ in range(chunks_per_contig):
+                f.write(chunk)
+    yield path, 4 * chunks_per_contig * _LINES_PER_CHUNK * 60
+    path.unlink()
+
+
+@pytest.mark.slow
+def test_peak_memory_is_bounded_by_buffers_not_genome(
+    big_fasta: tuple[Path, int], tmp_path: Path
+) -> None:
+    fasta, expected_length = big_fasta
+    genome_mib = fasta.stat().st_size / 2**20
+    assert genome_mib > 190
+    run = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(fasta), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(run.stdout)
+    assert report["total"] == expected_length
+    grown_mib = (report["peak_kib"] - report["base_kib"]) / 1024
+    assert grown_mib < 120, f"peak grew {grown_mib:.0f} MiB building a {genome_mib:.0f} MiB genome"

@@ -1,0 +1,239 @@
+"""Atomic publish: durable before visible, one winner, nothing left behind, dead owners swept."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from farm import publish as pub
+from farm.errors import DestinationError
+from farm.publish import (
+    ASIDE_MARK,
+    STAGING_MARK,
+    Outcome,
+    Owner,
+    SkipPublish,
+    build_and_publish,
+    find_orphans,
+    remove_orphans,
+    staging_path,
+)
+
+
+def _leftovers(dest: Path) -> list[str]:
+    return sorted(
+        p.name for p in dest.parent.iterdir() if STAGING_MARK in p.name or ASIDE_MARK in p.name
+    )
+
+
+def _writer(content: bytes):
+    def build(staged: Path) -> str:
+        (staged / "sub").mkdir()
+        (staged / "data.bin").write_bytes(content)
+        (staged / "sub" / "meta.json").write_bytes(b"{}")
+        return content.decode()
+
+    return build
+
+
+@pytest.fixture
+def owner() -> Iterator[Owner]:
+    yield Owner.current("job-1")
+
+
+def test_owner_tagged_names_parse_back(tmp_path: Path, owner: Owner) -> None:
+    dest = tmp_path / "ref.fa.gvlfa"
+    for path in (pub.staging_path(dest, owner), pub.aside_path(dest, owner)):
+        assert path.parent == tmp_path and path.name.startswith(dest.name)
+        assert Owner.parse(path.name) == owner
+    assert Owner.parse(dest.name) is None
+    assert Owner.current("a.b/c d").job == "a_b_c_d"  # dots would break parsing
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_files_are_fsynced_before_the_rename_and_the_parent_after(
+    tmp_path: Path, owner: Owner, monkeypatch: pytest.MonkeyPatch, replace: bool
+) -> None:
+    dest = tmp_path / "art"
+    if replace:
+        build_and_publish(dest, _writer(b"old"), owner=owner, replace=False)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename, real_exchange = os.fsync, os.rename, pub._exchange
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(a: os.PathLike[str], b: os.PathLike[str]) -> None:
+        events.append(("rename", str(b)))
+        real_rename(a, b)
+
+    def exchange(a: Path, b: Path) -> bool:
+        events.append(("rename", str(b)))
+        return real_exchange(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(pub, "_exchange", exchange)
+    outcome, _ = build_and_publish(dest, _writer(b"new"), owner=owner, replace=replace)
+
+    assert outcome is (Outcome.REPLACED if replace else Outcome.PUBLISHED)
+    publish_at = events.index(("rename", str(dest)))
+    synced_before = {path for kind, path in events[:publish_at] if kind == "fsync"}
+    (staged,) = {p for p in synced_before if Owner.parse(Path(p).name) is not None}
+    for rel in ("data.bin", "sub/meta.json", "sub"):
+        assert f"{staged}/{rel}" in synced_before, rel
+    assert ("fsync", str(tmp_path)) in events[publish_at + 1 :]
+    assert (dest / "data.bin").read_bytes() == b"new"
+    assert _leftovers(dest) == []
+
+
+def test_first_writer_wins_and_the_loser_learns_it_lost(tmp_path: Path, owner: Owner) -> None:
+    dest = tmp_path / "art"
+
+    def build_while_another_publishes(staged: Path) -> str:
+        # A rival publishes between our start and our rename: the race, made deterministic.
+        assert build_and_publish(dest, _writer(b"rival"), owner=owner, replace=False)[0] is (
+            Outcome.PUBLISHED
+        )
+        return _writer(b"ours")(staged)
+
+    outcome, result = build_and_publish(
+        dest, build_while_another_publishes, owner=owner, replace=False
+    )
+    assert (outcome, result) == (Outcome.LOST, None)
+    assert (dest / "data.bin").read_bytes() == b"rival"
+    assert _leftovers(dest) == []
+
+
+@pytest.mark.parametrize("kernel_exchange", [True, False])
+def test_replace_swaps_in_the_new_artifact(
+    tmp_path: Path, owner: Owner, monkeypatch: pytest.MonkeyPatch, kernel_exchange: bool
+) -> None:
+    dest = tmp_path / "art"
+    build_and_publish(dest, _writer(b"old"), owner=owner, replace=False)
+    if not kernel_exchange:  # filesystems without renameat2(RENAME_EXCHANGE)
+        monkeypatch.setattr(pub, "_exchange", lambda _a, _b: False)
+    outcome, result = build_and_publish(dest, _writer(b"new"), owner=owner, replace=True)
+    assert (outcome, result) == (Outcome.REPLACED, "new")
+    assert (dest / "data.bin").read_bytes() == b"new"
+    assert _leftovers(dest) == []
+
+
+def test_skip_publish_leaves_the_destination_alone(tmp_path: Path, owner: Owner) -> None:
+    dest = tmp_path / "art"
+    build_and_publish(dest, _writer(b"old"), owner=owner, replace=False)
+
+    def skip(staged: Path) -> None:
+        (staged / "half").write_bytes(b"x")
+        raise SkipPublish
+
+    assert build_and_publish(dest, skip, owner=owner, replace=True) == (Outcome.SKIPPED, None)
+    assert (dest / "data.bin").read_bytes() == b"old"
+    assert _leftovers(dest) == []
+
+
+def test_a_failing_builder_leaves_no_staging_and_no_dest(tmp_path: Path, owner: Owner) -> None:
+    dest = tmp_path / "art"
+
+    def fail(staged: Path) -> None:
+        (staged / "half").write_bytes(b"x" * 1000)
+        raise RuntimeError("builder broke")
+
+    with pytest.raises(RuntimeError, match="builder broke"):
+        build_and_publish(dest, fail, owner=owner, replace=False)
+    assert not dest.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["write", "fsync"])
+def test_a_full_disk_is_a_destination_error_and_keeps_the_old_artifact(
+    tmp_path: Path, owner: Owner, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    dest = tmp_path / "art"
+    build_and_publish(dest, _writer(b"old"), owner=owner, replace=False)
+
+    def no_space(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    build = _writer(b"new")
+    if where == "write":
+
+        def build(staged: Path) -> None:
+            (staged / "part").write_bytes(b"x")
+            no_space()
+
+    else:
+        monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(DestinationError) as info:
+        build_and_publish(dest, build, owner=owner, replace=True)
+    assert str(dest) in str(info.value) and "disk is full" in str(info.value)
+    assert (dest / "data.bin").read_bytes() == b"old"
+    assert _leftovers(dest) == []
+
+
+_HOLD_STAGING = """
+import sys, time
+from pathlib import Path
+from farm.publish import Owner, staging_path
+staged = staging_path(Path(sys.argv[1]), Owner.current(sys.argv[2]))
+staged.mkdir()
+(staged / "partial.bin").write_bytes(b"half")
+print(staged, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def staging_holders(tmp_path: Path) -> Iterator[list[tuple[subprocess.Popen[str], Path]]]:
+    """Two real builders, each holding a staging directory; both are ended at teardown."""
+    procs: list[tuple[subprocess.Popen[str], Path]] = []
+    for job in ("dead-job", "live-job"):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_STAGING, str(tmp_path / f"{job}.gvlfa"), job],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        procs.append((proc, Path(proc.stdout.readline().strip())))
+    yield procs
+    for proc, _ in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_orphans_of_killed_builders_are_removed_and_live_ones_kept(
+    tmp_path: Path, staging_holders: list[tuple[subprocess.Popen[str], Path]]
+) -> None:
+    (dead, dead_dir), (live, live_dir) = staging_holders
+    assert dead_dir.is_dir() and live_dir.is_dir()
+    assert find_orphans(tmp_path) == []  # both builders are running
+
+    os.kill(dead.pid, signal.SIGKILL)
+    os.waitid(os.P_PID, dead.pid, os.WEXITED | os.WNOWAIT)  # dead, but not reaped
+    # A zombie keeps its pid until its parent reaps it, and must still count as gone.
+    orphans = find_orphans(tmp_path)
+    assert [o.path for o in orphans] == [dead_dir]
+    assert orphans[0].owner.pid == dead.pid and orphans[0].owner.job == "dead-job"
+    dead.wait()
+    remove_orphans(find_orphans(tmp_path))
+
+    assert not dead_dir.exists()
+    assert live_dir.is_dir() and live.poll() is None
+
+
+def test_a_reused_pid_does_not_keep_an_orphan_alive(tmp_path: Path) -> None:
+    # Our own pid is alive, but this process started long after the directory was last
+    # touched, so it cannot be the builder that wrote it.
+    staged = staging_path(tmp_path / "x.gvlfa", Owner.current("old"))
+    staged.mkdir()
+    os.utime(staged, (1_000_000_000, 1_000_000_000))
+    assert [o.path for o in find_orphans(tmp_path)] == [staged]
