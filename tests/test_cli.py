@@ -1,0 +1,180 @@
+"""The ``farm`` command as a user runs it: a real process, a real Redis, real workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from farm.artifacts import gvlfa
+from farm.artifacts.base import State
+from farm.publish import Owner, staging_path
+from farm.registry import Registry
+from tests.support.processes import PROJECT, farm_env
+
+LAMBDA = "lambda_NC_001416.1.fa"
+YEAST = "yeast_S288C_chrI_SGD2005.fa"
+
+
+def farm(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "farm.cli", *args],
+        env=env,
+        cwd=cwd or PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def assert_one_sentence(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+@pytest.fixture
+def env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    return farm_env(redis_url, tmp_path)
+
+
+def test_embedded_default_builds_through_the_queue_with_nothing_running(tmp_path, genomes):
+    """No FARM_REDIS_URL, no worker: a private Redis and a transient worker do the build."""
+    env = farm_env("", tmp_path)
+    del env["FARM_REDIS_URL"]
+    state = tmp_path / "state"
+    env["FARM_STATE_DIR"] = str(state)
+    try:
+        result = farm(env, "build", "cache", str(genomes / YEAST))
+        assert result.returncode == 0, result.stderr
+        dest = genomes / f"{YEAST}.gvlfa"
+        assert result.stdout.strip() == str(dest)
+        assert gvlfa.classify(dest, deep=True).state is State.FRESH
+        listed = [json.loads(line) for line in farm(env, "ls", "--json").stdout.splitlines()]
+        assert [(r["status"], r["dest"], r["action"]) for r in listed] == [
+            ("valid", str(dest), "built")
+        ]
+        assert listed[0]["worker"].startswith("transient-")
+        assert (state / "redis.sock").exists() and (state / "appendonlydir").is_dir()
+    finally:
+        pid = int((state / "redis.pid").read_text())
+        assert farm(env, "server", "stop").returncode == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_submit_status_wait_and_json(env, genomes, start_workers):
+    start_workers(1)
+    key = farm(env, "submit", "cache", str(genomes / LAMBDA)).stdout.strip()
+    assert len(key) == 64
+    waited = farm(env, "wait", key, "--timeout", "60")
+    assert waited.returncode == 0, waited.stderr
+    (status,) = [
+        json.loads(line) for line in farm(env, "status", key, "--json").stdout.splitlines()
+    ]
+    assert status["key"] == key
+    assert status["kind"] == "cache"
+    assert status["status"] == "valid"
+    assert status["dest"] == str(genomes / f"{LAMBDA}.gvlfa")
+    assert "error" not in status
+    assert status["checksum"].startswith("sha256:")
+
+
+def test_bad_input_gets_one_sentence_and_a_failed_job(env, genomes, start_workers, tmp_path):
+    start_workers(1)
+    (genomes / "notes.fa").write_text("plain notes, not a FASTA\n")
+    result = farm(env, "build", "cache", str(genomes / "notes.fa"))
+    assert_one_sentence(result, "notes.fa is not a FASTA file")
+    assert not (genomes / "notes.fa.gvlfa").exists()
+
+    key = farm(env, "submit", "cache", str(genomes / "notes.fa")).stdout.strip()
+    (status,) = [
+        json.loads(line) for line in farm(env, "status", key, "--json").stdout.splitlines()
+    ]
+    assert status["status"] == "failed" and "not a FASTA file" in status["error"]
+
+    good = farm(env, "submit", "cache", str(genomes / LAMBDA)).stdout.strip()
+    waited = farm(env, "wait", good, key, "--timeout", "60")
+    assert waited.returncode == 1
+    assert key in waited.stderr and good not in waited.stderr
+
+    missing = farm(env, "build", "cache", str(genomes / "missing.fa"))
+    assert_one_sentence(missing, "missing.fa does not exist")
+    outside = farm(env, "submit", "cache", str(genomes / LAMBDA), "--dest", "/outside.gvlfa")
+    assert_one_sentence(outside, "/outside.gvlfa is outside the allowed roots")
+
+
+def test_a_manifest_batch_of_mixed_requests(env, genomes, start_workers, tmp_path):
+    start_workers(1)
+    manifest = tmp_path / "batch.jsonl"
+    lines = [
+        {"kind": "cache", "fasta": str(genomes / LAMBDA)},
+        {"kind": "cache", "fasta": str(genomes / YEAST)},
+        {
+            "kind": "cache",
+            "fasta": str(genomes / f"{LAMBDA}.bgz"),
+            "dest": str(tmp_path / "b.gvlfa"),
+        },
+    ]
+    manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    keys = farm(env, "submit", "--manifest", str(manifest)).stdout.split()
+    assert len(set(keys)) == 3
+    assert farm(env, "wait", *keys, "--timeout", "60").returncode == 0
+
+    lines.append({"kind": "cache", "fasta": str(genomes / "nope.fa")})
+    manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    before = Registry.from_url(env["FARM_REDIS_URL"]).keys()
+    refused = farm(env, "submit", "--manifest", str(manifest))
+    assert_one_sentence(refused, "Request 4", "nope.fa does not exist", "Nothing was submitted")
+    assert Registry.from_url(env["FARM_REDIS_URL"]).keys() == before
+
+
+def test_verify_reindex_and_gc(env, genomes, start_workers, tmp_path):
+    start_workers(1)
+    keys = [
+        farm(env, "submit", "cache", str(genomes / name)).stdout.strip() for name in (LAMBDA, YEAST)
+    ]
+    assert farm(env, "wait", *keys, "--timeout", "60").returncode == 0
+    assert farm(env, "verify").returncode == 0
+
+    # A same-size corruption, invisible to GenVarLoader's size check, and a changed source.
+    data = genomes / f"{LAMBDA}.gvlfa" / gvlfa.DATA_FILE
+    raw = bytearray(data.read_bytes())
+    raw[100] = ord("N") if raw[100] != ord("N") else ord("A")
+    data.write_bytes(bytes(raw))
+    with open(genomes / YEAST, "ab") as f:
+        f.write(b"ACGT\n")
+    assert farm(env, "verify").returncode == 1
+    records = {
+        r["key"]: r
+        for r in map(json.loads, farm(env, "status", *keys, "--json").stdout.split("\n")[:2])
+    }
+    assert records[keys[0]]["status"] == "invalid" and "checksum" in records[keys[0]]["error"]
+    assert records[keys[1]]["status"] == "stale" and "changed" in records[keys[1]]["error"]
+
+    # Losing the registry loses no artifact: reindex finds the caches and their keys again.
+    registry = Registry.from_url(env["FARM_REDIS_URL"])
+    registry._r.flushdb()
+    (genomes / YEAST).write_bytes((PROJECT / "data" / "genomes" / YEAST).read_bytes())
+    assert farm(env, "reindex", str(genomes)).returncode == 0
+    assert registry.keys() == sorted(keys)
+    assert registry.get(keys[1]).status == "valid"
+    # reindex is shallow (sizes and fingerprints); the deep check is verify's job
+    assert registry.get(keys[0]).status == "valid"
+    assert farm(env, "verify", keys[0]).returncode == 1
+
+    # gc removes the staging dir of a dead builder and keeps a live one's.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = staging_path(genomes / "x.gvlfa", Owner("job1", dead.pid, Owner.current().host))
+    live = staging_path(genomes / "y.gvlfa", Owner.current("job2"))
+    orphan.mkdir()
+    live.mkdir()
+    swept = farm(env, "gc", str(genomes))
+    assert swept.returncode == 0 and str(orphan) in swept.stdout
+    assert not orphan.exists() and live.exists()
