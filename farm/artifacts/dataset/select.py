@@ -163,13 +163,31 @@ def _walk(
     at the first call where the length written so far (reference gaps plus ALT bases)
     reaches the region's length: before that call if the gap alone reaches it, else after.
     """
+    past = sites.starts[local] >= q_end
+    if not past.any():
+        return carriers
+    # Without a carried deletion a haplotype is never short, so it stops at its first call
+    # past the end; only haplotypes carrying a deletion need the length walk.
+    ilens = sites.ilens[local]
+    needs = carriers[ilens < 0].any(axis=0)
+    keep = carriers & ~past[:, None]
+    if needs.any():
+        keep[:, needs] = _walk_cols(sites, local, carriers[:, needs], q_start, q_end)
+    return keep
+
+
+def _walk_cols(
+    sites: ContigSites,
+    local: NDArray[np.intp],
+    carriers: NDArray[np.bool_],
+    q_start: int,
+    q_end: int,
+) -> NDArray[np.bool_]:
     q_len = q_end - q_start
     vs = sites.starts[local][:, None]
     il = sites.ilens[local][:, None]
     inq = vs >= q_start
     past = (vs >= q_end)[:, 0]
-    if not past.any():
-        return carriers
     v_end = vs - np.minimum(il, 0) + inq
     running = np.maximum.accumulate(np.where(carriers, v_end, _NEG), axis=0)
     last_end = np.empty_like(running)
@@ -222,13 +240,19 @@ def _vcf_window_end(
         prev_end = np.empty(stop - pos, np.int64)
         prev_end[0] = last_end
         prev_end[1:] = np.where(latest[:-1] < 0, last_end, rec_ends[pos:stop][latest[:-1]])
-        contrib = np.where(indel[:, None], (vs - prev_end)[:, None] + il[:, None] * c, 0)
+        # lengths change only at indel rows: accumulate those, then spread "all long
+        # enough?" to the rows after each
+        rows = np.flatnonzero(indel)
+        contrib = (vs[rows] - prev_end[rows])[:, None] + il[rows][:, None] * c[rows]
         running = delta[None, :] + np.cumsum(contrib, axis=0)
+        all_ok = np.concatenate([[bool((delta >= 0).all())], (running >= 0).all(axis=1)])
+        seen = np.searchsorted(rows, np.arange(stop - pos), "right")
         checked = ((spanning + np.arange(pos - j0, stop - j0)) % _CHECK_EVERY) == 0
-        ok = checked & (running >= 0).all(axis=1)
+        ok = checked & all_ok[seen]
         if ok.any():
             return pos + int(np.argmax(ok)) + 1
-        delta = running[-1]
+        if rows.size:
+            delta = running[-1]
         if indel.any():
             last_end = int(rec_ends[pos:stop][indel][-1])
         pos = stop
