@@ -16,9 +16,10 @@ from pathlib import Path
 from farm.config import Settings
 from farm.embedded import resolve_url
 from farm.errors import FarmError
+from farm.fingerprint import Fingerprint, fingerprint
 from farm.queue import Sender
 from farm.registry import ArtifactRecord, Registry, Status
-from farm.requests import BuildRequest, prepare, request_key
+from farm.requests import BuildRequest, derive_key, prepare
 from farm.service import queued_record
 
 
@@ -72,9 +73,13 @@ class Farm:
 
     def _submit_chunk(self, requests: list[BuildRequest]) -> list[Submission]:
         records = []
+        seen: dict[Path, Fingerprint] = {}  # a batch often shares sources (one genome, N dests)
         for request in requests:
-            key, sources = request_key(request)
-            records.append(queued_record(request, key, sources))
+            sources = {
+                role: seen.get(path) or seen.setdefault(path, fingerprint(path))
+                for role, path in request.source_files().items()
+            }
+            records.append(queued_record(request, derive_key(request, sources), sources))
         present = [_published(Path(r.dest)) for r in records]
         claims = self.registry.claim_many(
             records, dest_present=present, requeue_after=self.settings.requeue_after
