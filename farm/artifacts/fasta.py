@@ -10,12 +10,18 @@ sequentially), which is also why a plain-gzip FASTA, which htslib cannot index, 
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import os
+import threading
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+import numpy as np
 
 from farm.errors import InputError
 
@@ -151,7 +157,9 @@ class _Parser:
             raise InputError(
                 f"FASTA file {self.path} is empty; point at a FASTA with at least one contig."
             )
-        return self.contigs
+        # htslib leaves a contig with no sequence out of its index, so GenVarLoader never
+        # lists one; dropping it here keeps the metadata identical to GenVarLoader's.
+        return {name: length for name, length in self.contigs.items() if length}
 
 
 def stream_contigs(path: Path, sink: Sink, *, block_size: int = BLOCK_SIZE) -> dict[str, int]:
@@ -190,3 +198,190 @@ def _contig_name(path: Path, header: bytearray, seen: dict[str, int]) -> str:
 
 def _not_fasta(path: Path, why: str = "it does not start with '>'") -> str:
     return f"{path} is not a FASTA file ({why}); point at a FASTA or bgzipped FASTA file."
+
+
+# --- fixed-width fast path ------------------------------------------------------------------
+#
+# A FASTA with a trustworthy ``.fai`` has fixed-width lines, so every output byte's input
+# position is known: sequence can be copied out of a (lines, width) view with numpy, whose
+# copies and ufuncs release the GIL. Fixed output chunks can then be built by several threads
+# at once, each reading, cleaning, checking and writing its own slice with pread/pwrite. Any
+# byte that does not fit the layout the index promises aborts the fast path (NotFixedWidth)
+# and the caller falls back to the streaming reader, which is the reference behaviour.
+
+
+class NotFixedWidth(Exception):  # control flow: the caller falls back to streaming
+    """The file does not match its ``.fai`` layout; use :func:`stream_contigs`."""
+
+
+@dataclass(frozen=True)
+class FaiRecord:
+    name: str
+    length: int
+    offset: int
+    line_bases: int
+    line_width: int
+
+    @property
+    def end(self) -> int:
+        """Input position just after the contig's last sequence byte."""
+        if self.length == 0:
+            return self.offset
+        last = (self.length - 1) // self.line_bases
+        return self.offset + last * self.line_width + self.length - last * self.line_bases
+
+
+def read_fai(fasta: Path) -> list[FaiRecord] | None:
+    """The records of ``FASTA.fai`` when it is at least as new as the FASTA, else None."""
+    fai = fasta.with_name(fasta.name + ".fai")
+    try:
+        if fai.stat().st_mtime < fasta.stat().st_mtime:
+            return None
+        records = []
+        for line in fai.read_text().splitlines():
+            name, length, offset, bases, width = line.split("\t")[:5]
+            records.append(FaiRecord(name, int(length), int(offset), int(bases), int(width)))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not records or len({r.name for r in records}) != len(records):
+        return None
+    return records
+
+
+def _check_layout(fd: int, records: list[FaiRecord], size: int) -> None:
+    """Headers, gaps and line widths exactly as the index says, or NotFixedWidth."""
+    prev_end = 0
+    names = {r.name.encode() for r in records}
+    for r in records:
+        if not (r.length > 0 and r.line_bases > 0 and r.line_width - r.line_bases in (1, 2)):
+            raise NotFixedWidth(r.name)
+        gap = _pread_small(fd, prev_end, r.offset)
+        if not gap.endswith(b"\n"):
+            raise NotFixedWidth(r.name)
+        # Between two contigs: blank lines, then headers. All but the last are contigs with
+        # no sequence, which htslib leaves out of the index; their names must still be new.
+        lines = [line for line in gap.split(b"\n") if line.strip()]
+        if not lines or not all(line.startswith(b">") for line in lines):
+            raise NotFixedWidth(r.name)
+        tokens = [line[1:].split(maxsplit=1)[:1] for line in lines]
+        if [] in tokens or tokens[-1][0] != r.name.encode():
+            raise NotFixedWidth(r.name)
+        empty = [t[0] for t in tokens[:-1]]
+        if len(set(empty)) != len(empty) or names.intersection(empty):
+            raise NotFixedWidth(r.name)
+        names.update(empty)
+        prev_end = r.end
+    if _pread_small(fd, prev_end, size).strip() or prev_end > size:
+        raise NotFixedWidth("trailing bytes")
+
+
+def _pread_small(fd: int, start: int, end: int) -> bytes:
+    if end < start or end - start > 1 << 16:
+        raise NotFixedWidth("gap")
+    return os.pread(fd, end - start, start)
+
+
+class _Scratch(threading.local):
+    """Per-thread buffers, reused across chunks so no chunk allocates (or page-faults)."""
+
+    def __init__(self) -> None:
+        self.raw = np.empty(0, np.uint8)
+        self.compact = np.empty(0, np.uint8)
+        self.out = np.empty(0, np.uint8)
+        self.mask = np.empty(0, np.bool_)
+
+    @staticmethod
+    def grow(arr: np.ndarray, n: int) -> np.ndarray:
+        return arr if arr.size >= n else np.empty(max(n, arr.size * 2), arr.dtype)
+
+
+def _copy_segment(fd: int, r: FaiRecord, q0: int, q1: int, dest: np.ndarray, s: _Scratch) -> None:
+    """Contig bases [q0, q1) into ``dest``, checking every line end they cross."""
+    lb, lw = r.line_bases, r.line_width
+    l0, l1 = q0 // lb, (q1 - 1) // lb + 1
+    start, nbytes = r.offset + l0 * lw, (l1 - l0) * lw
+    s.raw = s.grow(s.raw, nbytes)
+    raw = s.raw[:nbytes]
+    got = 0
+    while got < nbytes and (n := os.preadv(fd, [raw[got:]], start + got)):
+        got += n
+    needed = (q1 - 1) // lb * lw + (q1 - 1) % lb + 1 - l0 * lw
+    if got < needed:
+        raise NotFixedWidth(r.name)
+    lines = raw.reshape(l1 - l0, lw)
+    with_end = min(l1, (r.length - 1) // lb) - l0  # lines here that are not the contig's last
+    if with_end > 0:
+        ends = lines[:with_end, lb:]
+        if lw - lb == 1:
+            ok = bool((ends == 0x0A).all())
+        else:
+            ok = bool((ends[:, 0] == 0x0D).all() and (ends[:, 1] == 0x0A).all())
+        if not ok:
+            raise NotFixedWidth(r.name)
+    s.compact = s.grow(s.compact, (l1 - l0) * lb)
+    compact = s.compact[: (l1 - l0) * lb].reshape(l1 - l0, lb)
+    np.copyto(compact, lines[:, :lb])
+    dest[:] = compact.reshape(-1)[q0 - l0 * lb : q1 - l0 * lb]
+
+
+def _upper_and_check(v: np.ndarray, s: _Scratch) -> None:
+    """Upper-case in place; NotFixedWidth for any byte htslib would drop, or a '>'."""
+    s.mask = s.grow(s.mask, v.size)
+    s.compact = s.grow(s.compact, v.size)
+    mask, tmp = s.mask[: v.size], s.compact[: v.size]
+    np.subtract(v, ord("a"), out=tmp)  # uint8 wraps: a..z become 0..25, all else >= 26
+    np.less(tmp, 26, out=mask)
+    np.left_shift(mask.view(np.uint8), 5, out=tmp)
+    np.subtract(v, tmp, out=v)
+    if v.size and (v.min() < 0x21 or v.max() > 0x7E or np.any(v == ord(">"))):
+        raise NotFixedWidth("bytes outside the fixed layout")
+
+
+def copy_fixed_width(
+    path: Path,
+    records: list[FaiRecord],
+    out_fd: int,
+    *,
+    chunk_size: int,
+    on_chunk: Callable[[int, memoryview], object],
+    threads: int = 2,
+) -> dict[str, int]:
+    """Write the cleaned sequence of a plain fixed-width FASTA to ``out_fd`` in parallel.
+
+    ``on_chunk(k, bytes)`` sees output chunk ``k`` (bytes ``[k*chunk_size, ...)``) once,
+    from a worker thread, before it is written. Raises NotFixedWidth (nothing useful
+    written) when the file departs from its index.
+    """
+    with open(path, "rb", buffering=0) as f:
+        fd = f.fileno()
+        _check_layout(fd, records, os.fstat(fd).st_size)
+        starts = np.cumsum([0] + [r.length for r in records]).tolist()
+        total = starts[-1]
+        os.ftruncate(out_fd, total)
+        scratch = _Scratch()
+
+        def build_chunk(k: int) -> None:
+            a, b = k * chunk_size, min(total, (k + 1) * chunk_size)
+            scratch.out = scratch.grow(scratch.out, b - a)
+            out = scratch.out[: b - a]
+            i = bisect.bisect_right(starts, a) - 1
+            pos = a
+            while pos < b:
+                r, base = records[i], starts[i]
+                q1 = min(b, base + r.length) - base
+                if q1 > pos - base:
+                    _copy_segment(fd, r, pos - base, q1, out[pos - a : q1 + base - a], scratch)
+                pos = base + max(q1, pos - base)
+                i += 1
+            _upper_and_check(out, scratch)
+            view = memoryview(out)
+            on_chunk(k, view)
+            done = 0
+            while done < len(view):
+                done += os.pwrite(out_fd, view[done:], a + done)
+
+        n_chunks = -(-total // chunk_size)
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for _ in pool.map(build_chunk, range(n_chunks)):
+                pass
+    return {r.name: r.length for r in records}

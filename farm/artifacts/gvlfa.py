@@ -3,8 +3,12 @@
 A cache is ``metadata.json`` plus ``sequence.bin`` (every contig upper-cased, concatenated in
 file order). The farm writes the same bytes and the same metadata as GenVarLoader 0.43.1, plus
 two extra keys that GenVarLoader ignores: ``farm_version`` (who built it) and
-``sequence_checksum`` (the full content checksum that lets a deep verify catch a same-size
-corruption, which the size check cannot see).
+``sequence_checksum`` (a full content checksum, chunked CRC-32 so builder threads can compute
+it, that lets a deep verify catch a same-size corruption the size check cannot see).
+
+Building takes one of two paths: a plain FASTA whose ``.fai`` is trustworthy is copied in
+parallel fixed-width chunks (``copy_fixed_width``); everything else, and any file that departs
+from its index, is streamed (``stream_contigs``). Both write the same bytes (tested).
 """
 
 from __future__ import annotations
@@ -13,10 +17,9 @@ import contextlib
 import errno
 import os
 import shutil
-import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Queue
 from typing import Literal
 
 from filelock import FileLock, Timeout
@@ -24,14 +27,22 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 import farm
 from farm.artifacts.base import Classification, State
-from farm.artifacts.fasta import stream_contigs
+from farm.artifacts.fasta import (
+    NotFixedWidth,
+    copy_fixed_width,
+    is_gzip,
+    read_fai,
+    stream_contigs,
+)
 from farm.errors import ArtifactInvalidError, InputError, SourceChangedError, TooNewError
 from farm.fingerprint import (
+    CHECK_CHUNK,
+    ChunkedCrc,
     Fingerprint,
-    checksum,
+    chunk_crc_checksum,
+    chunk_crc_digest,
+    content_matches,
     fingerprint,
-    format_checksum,
-    new_checksum,
 )
 from farm.publish import Outcome, Owner, SkipPublish, build_and_publish
 
@@ -116,47 +127,46 @@ def resolve_source(dest: Path, meta: CacheMetadata) -> Path | None:
 # --- building -------------------------------------------------------------------------------
 
 
-class _HashingWriter:
-    """Writes blocks and checksums them on a second thread: hashing and the FASTA parse
-    each release the GIL, so the two overlap on two cores."""
+def _build_threads() -> int:
+    """Two threads already saturate memory bandwidth here; more only contend for cores."""
+    return max(1, min(2, len(os.sched_getaffinity(0))))
 
-    def __init__(self, path: Path) -> None:
-        self._file = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in finish()
-        self._hash = new_checksum()
-        self._queue: Queue[bytes | None] = Queue(maxsize=4)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
 
-    def _run(self) -> None:
-        while (block := self._queue.get()) is not None:
-            if self._error is not None:
-                continue
-            try:
-                self._hash.update(block)
-                view = memoryview(block)
-                while view:
-                    view = view[self._file.write(view) :]
-            except BaseException as e:  # surfaced to the producer in finish()
-                self._error = e
+def _write_sequence(fasta: Path, fd: int) -> tuple[dict[str, int], str]:
+    """Write ``sequence.bin`` to ``fd``; return the contigs and the content checksum.
 
-    def __call__(self, block: bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(block)
+    A plain FASTA whose ``.fai`` is trustworthy takes the parallel fixed-width path; any file
+    that departs from its index, and every gzipped file, is streamed instead.
+    """
+    records = None if is_gzip(fasta) else read_fai(fasta)
+    if records is not None:
+        crcs = [0] * -(-sum(r.length for r in records) // CHECK_CHUNK)
 
-    def finish(self) -> str:
-        self._queue.put(None)
-        self._thread.join()
-        self._file.close()
-        if self._error is not None:
-            raise self._error
-        return format_checksum(self._hash)
+        def record_crc(k: int, chunk: memoryview) -> None:
+            crcs[k] = zlib.crc32(chunk)
 
-    def abort(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self._file.close()
+        try:
+            contigs = copy_fixed_width(
+                fasta,
+                records,
+                fd,
+                chunk_size=CHECK_CHUNK,
+                on_chunk=record_crc,
+                threads=_build_threads(),
+            )
+            return contigs, chunk_crc_digest(crcs)
+        except NotFixedWidth:
+            os.ftruncate(fd, 0)  # the streaming reader is the reference: start over
+            os.lseek(fd, 0, os.SEEK_SET)
+    running = ChunkedCrc()
+
+    def write(block: bytes) -> None:
+        running.update(block)
+        view = memoryview(block)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    return stream_contigs(fasta, write), running.hexdigest()
 
 
 def write_cache(fasta: Path, out_dir: Path, dest: Path) -> CacheMetadata:
@@ -168,13 +178,11 @@ def write_cache(fasta: Path, out_dir: Path, dest: Path) -> CacheMetadata:
     """
     before_stat = fasta.stat()
     before = fingerprint(fasta)
-    writer = _HashingWriter(out_dir / DATA_FILE)
+    fd = os.open(out_dir / DATA_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        contigs = stream_contigs(fasta, writer)
-    except BaseException:
-        writer.abort()
-        raise
-    digest = writer.finish()
+        contigs, digest = _write_sequence(fasta, fd)
+    finally:
+        os.close(fd)
     _check_unchanged(fasta, before, before_stat)
     meta = CacheMetadata(
         format_version=FORMAT_VERSION,
@@ -241,7 +249,7 @@ def classify(dest: Path, *, deep: bool = False) -> Classification:
         return Classification(
             State.CORRUPT, f"{data} has {size} bytes, its contigs add up to {meta.total_length}"
         )
-    if deep and meta.sequence_checksum and checksum(data) != meta.sequence_checksum:
+    if deep and meta.sequence_checksum and content_matches(data, meta.sequence_checksum) is False:
         return Classification(State.CORRUPT, f"{data} does not match its recorded checksum")
     source = resolve_source(dest, meta)
     if source is None:
@@ -401,7 +409,7 @@ def _migrate_legacy(fasta: Path, legacy: Path, dest: Path, owner: Owner) -> Ensu
             source=source_hints(fasta, dest),
             fingerprint=before,
             farm_version=farm.__version__,
-            sequence_checksum=checksum(data),
+            sequence_checksum=chunk_crc_checksum(data),
         )
         (staged / METADATA_FILE).write_text(meta.model_dump_json())
         return meta
@@ -419,19 +427,8 @@ def _migrate_legacy(fasta: Path, legacy: Path, dest: Path, owner: Owner) -> Ensu
 
 def _fai_lengths(fasta: Path) -> dict[str, int] | None:
     """Contig lengths from ``FASTA.fai`` when it is at least as new as the FASTA."""
-    fai = fasta.with_name(fasta.name + ".fai")
-    try:
-        if fai.stat().st_mtime < fasta.stat().st_mtime:
-            return None
-        lengths: dict[str, int] = {}
-        for line in fai.read_text().splitlines():
-            fields = line.split("\t")
-            if len(fields) < 2 or fields[0] in lengths:
-                return None
-            lengths[fields[0]] = int(fields[1])
-    except (OSError, ValueError):
-        return None
-    return lengths or None
+    records = read_fai(fasta)
+    return None if records is None else {r.name: r.length for r in records}
 
 
 @contextlib.contextmanager
