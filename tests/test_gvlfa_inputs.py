@@ -216,22 +216,32 @@ def test_same_size_corruption_is_caught_only_by_a_deep_check(
     assert str(data) in str(info.value)
 
 
+@pytest.mark.parametrize("path", ["streaming", "fixed-width"])
 def test_a_source_changing_mid_build_publishes_nothing(
-    real_genomes: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    real_genomes: dict[str, Path], monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
     fasta = real_genomes["yeast"]
-    real_stream = gvlfa.stream_contigs
 
-    def stream_while_edited(path: Path, sink: Callable[[bytes], object]) -> dict[str, int]:
-        def edit_then_sink(block: bytes) -> object:
-            with open(path, "r+b") as f:  # same size, first MiB: only content changes
-                f.seek(200)
-                f.write(b"N" * 10)
-            return sink(block)
+    def edit() -> None:
+        with open(fasta, "r+b") as f:  # same size, first MiB: only the content changes
+            f.seek(200)
+            f.write(b"N" * 10)
 
-        return real_stream(path, edit_then_sink, block_size=64 << 10)
+    if path == "streaming":
+        fasta.with_name(fasta.name + ".fai").unlink()
+        real_stream = gvlfa.stream_contigs
 
-    monkeypatch.setattr(gvlfa, "stream_contigs", stream_while_edited)
+        def stream_while_edited(p: Path, sink: Callable[[bytes], object]) -> dict[str, int]:
+            return real_stream(p, lambda block: (edit(), sink(block)), block_size=64 << 10)
+
+        monkeypatch.setattr(gvlfa, "stream_contigs", stream_while_edited)
+    else:
+        real_copy = gvlfa.copy_fixed_width
+
+        def copy_while_edited(*args: object, on_chunk: Callable, **kwargs: object) -> object:
+            return real_copy(*args, on_chunk=lambda k, c: (edit(), on_chunk(k, c)), **kwargs)
+
+        monkeypatch.setattr(gvlfa, "copy_fixed_width", copy_while_edited)
     with pytest.raises(SourceChangedError) as info:
         gvlfa.ensure_cache(fasta)
     assert str(fasta) in str(info.value)

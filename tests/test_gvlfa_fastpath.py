@@ -1,0 +1,153 @@
+"""The parallel fixed-width path writes exactly what the streaming reader writes, or steps aside."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pysam
+import pytest
+
+from farm.artifacts import fasta as fa
+from farm.artifacts import gvlfa
+from farm.fingerprint import ChunkedCrc, chunk_crc_checksum
+
+
+def _streamed(path: Path) -> tuple[dict[str, int], bytes]:
+    parts: list[bytes] = []
+    contigs = fa.stream_contigs(path, parts.append)
+    return contigs, b"".join(parts)
+
+
+def _fixed_width(path: Path, out: Path, *, chunk_size: int, threads: int = 2) -> dict[str, int]:
+    records = fa.read_fai(path)
+    assert records is not None
+    fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        return fa.copy_fixed_width(
+            path, records, fd, chunk_size=chunk_size, on_chunk=lambda _k, _c: None, threads=threads
+        )
+    finally:
+        os.close(fd)
+
+
+def _index(path: Path) -> Path:
+    pysam.faidx(str(path))  # htslib's own index, as a user would have it
+    return path
+
+
+@pytest.fixture
+def layouts(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    """Fixed-width FASTAs with what makes chunk arithmetic hard: contigs shorter than a line,
+    an empty contig, line ends that are CRLF, lengths that are exact multiples of a line."""
+    d = tmp_path / "layouts"
+    d.mkdir()
+    specs = {
+        "lf": (b"\n", {"a": 1, "b": 59, "c": 60, "d": 61, "e": 0, "f": 1234, "g": 120}),
+        "crlf": (b"\r\n", {"chr1": 500, "chr2": 7, "chr3": 1000}),
+    }
+    paths = {}
+    for name, (newline, contigs) in specs.items():
+        body = []
+        for i, (contig, length) in enumerate(contigs.items()):
+            seq = (b"ACGTNacgtnRYKMswbdhv" * (length // 20 + 1))[i : i + length]
+            body.append(b">" + contig.encode() + b" desc" + newline)
+            body.extend(seq[j : j + 60] + newline for j in range(0, length, 60))
+        path = d / f"{name}.fa"
+        path.write_bytes(b"".join(body))
+        paths[name] = _index(path)
+    yield paths
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 60, 61, 1000, 1 << 20])
+@pytest.mark.parametrize("layout", ["lf", "crlf"])
+def test_fixed_width_equals_streaming_at_any_chunk_size(
+    layouts: dict[str, Path], tmp_path: Path, layout: str, chunk_size: int
+) -> None:
+    path = layouts[layout]
+    out = tmp_path / "seq.bin"
+    contigs = _fixed_width(path, out, chunk_size=chunk_size)
+    expected_contigs, expected = _streamed(path)
+    assert list(contigs.items()) == list(expected_contigs.items())
+    assert out.read_bytes() == expected
+
+
+@pytest.mark.parametrize("key", ["lambda", "yeast", "chr20"])
+def test_real_genomes_take_the_fast_path_and_match_streaming(
+    real_genomes: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    path = real_genomes[key]
+    if fa.read_fai(path) is None:
+        _index(path)
+    expected_contigs, expected = _streamed(path)
+
+    def no_streaming(*_args: object, **_kwargs: object) -> dict[str, int]:
+        raise AssertionError("the fixed-width path should have been taken")
+
+    monkeypatch.setattr(gvlfa, "stream_contigs", no_streaming)
+    out = tmp_path / "out"
+    out.mkdir()
+    meta = gvlfa.write_cache(path, out, out)
+    assert list(meta.contigs.items()) == list(expected_contigs.items())
+    assert (out / gvlfa.DATA_FILE).read_bytes() == expected
+    running = ChunkedCrc()
+    running.update(expected)
+    assert meta.sequence_checksum == running.hexdigest() == chunk_crc_checksum(out / "sequence.bin")
+
+
+def _ragged_line(path: Path) -> None:
+    data = path.read_bytes()
+    i = data.index(b"\n", data.index(b"\n") + 1)  # end of the first sequence line
+    path.write_bytes(data[: i - 3] + data[i:] + b"ACG\n")  # same size, one short line
+
+
+def _space_in_line(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[data.index(b"\n") + 5] = ord(" ")
+    path.write_bytes(bytes(data))
+
+
+def _renamed_header(path: Path) -> None:
+    path.write_bytes(path.read_bytes().replace(b">", b">x", 1)[:-1])
+
+
+def _gt_mid_line(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[data.index(b"\n") + 5] = ord(">")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_ragged_line, _space_in_line, _renamed_header, _gt_mid_line],
+    ids=lambda f: f.__name__,
+)
+def test_a_file_that_departs_from_its_index_falls_back_to_streaming(
+    real_genomes: dict[str, Path], tmp_path: Path, damage
+) -> None:
+    path = real_genomes["lambda"]
+    fai = path.with_name(path.name + ".fai")
+    damage(path)
+    os.utime(fai)  # the stale index now looks trustworthy: only the layout check can tell
+    assert fa.read_fai(path) is not None
+    with pytest.raises(fa.NotFixedWidth):
+        _fixed_width(path, tmp_path / "seq.bin", chunk_size=1000)
+    try:
+        expected_contigs, expected = _streamed(path)
+    except fa.InputError:
+        with pytest.raises(fa.InputError):
+            gvlfa.ensure_cache(path)
+        return
+    result = gvlfa.ensure_cache(path)
+    assert list(result.metadata.contigs.items()) == list(expected_contigs.items())
+    assert (result.dest / gvlfa.DATA_FILE).read_bytes() == expected
+    gvlfa.verify(result.dest)
+
+
+def test_an_index_older_than_the_fasta_is_not_trusted(real_genomes: dict[str, Path]) -> None:
+    path = real_genomes["yeast"]
+    fai = path.with_name(path.name + ".fai")
+    os.utime(fai, (0, 0))
+    assert fa.read_fai(path) is None
+    assert fa.read_fai(real_genomes["lambda.bgz"]) is not None  # gzip is excluded by the caller
