@@ -46,11 +46,14 @@ def real_genomes(tmp_path: Path) -> Iterator[dict[str, Path]]:
 
 
 # Soft-masked lower case, N runs, every IUPAC code, CRLF line ends, a description after the
-# name, a contig whose last line is short, and a last line with no newline at all.
+# name, a contig whose last line is short, a contig with no sequence, and a last line with no
+# newline at all.
 _TRICKY_CONTIGS = {
     "chr1": "ACGTacgtNNNNnnnnACGT" * 9 + "acg",
     "chr2 a description\twith a tab": "RYKMSWBDHVNrykmswbdhvn-ACGT" * 5,
     "chrM": "acgtn" * 31 + "ACG",
+    "empty": "",  # htslib leaves it out of the index, so GenVarLoader never lists it
+    "chrLast": "ACGTNacgtn" * 13,
 }
 
 
