@@ -28,7 +28,14 @@ from farm.config import QUEUE, Settings
 from farm.errors import FarmError, InputError
 from farm.publish import remove_orphans
 from farm.registry import ArtifactRecord, Status
-from farm.requests import BuildRequest, CacheRequest, parse_request, prepare, request_key
+from farm.requests import (
+    BuildRequest,
+    CacheRequest,
+    DatasetRequest,
+    parse_request,
+    prepare,
+    request_key,
+)
 
 app = typer.Typer(
     name="farm",
@@ -151,6 +158,74 @@ def build_cache(
     _build(CacheRequest(fasta=fasta, dest=dest), timeout=timeout, inline=inline)
 
 
+VariantsOption = Annotated[
+    Path, typer.Option("--variants", help="bgzipped+indexed VCF/BCF, or PGEN with .pvar/.psam.")
+]
+RegionsOption = Annotated[Path, typer.Option("--regions", help="BED of regions.")]
+DatasetDestOption = Annotated[Path, typer.Option("--dest", help="Dataset directory to publish.")]
+SamplesOption = Annotated[
+    str | None,
+    typer.Option("--samples", help="Comma-separated sample names, or a file of one a line."),
+]
+JitterOption = Annotated[int, typer.Option("--max-jitter", min=0, help="Widen regions by N bp.")]
+StrandOption = Annotated[
+    int, typer.Option("--strand-column", min=0, help="1-based BED column of the strand; 0: none.")
+]
+
+
+def _samples(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_file():
+        names = [line.strip() for line in path.read_text().splitlines()]
+    else:
+        names = [name.strip() for name in value.split(",")]
+    names = [n for n in names if n]
+    if not names:
+        raise InputError(f"--samples {value} names no sample; give names or a file of names.")
+    return tuple(names)
+
+
+def _dataset_request(
+    variants: Path,
+    regions: Path,
+    dest: Path,
+    samples: str | None,
+    max_jitter: int,
+    strand_column: int,
+) -> DatasetRequest:
+    try:
+        return DatasetRequest(
+            variants=variants,
+            regions=regions,
+            dest=dest,
+            samples=_samples(samples),
+            max_jitter=max_jitter,
+            strand_column=strand_column,
+        )
+    except ValidationError as e:
+        raise InputError(f"Invalid dataset request: {e.errors()[0]['msg']}.") from e
+
+
+@build_app.command("dataset")
+def build_dataset(
+    variants: VariantsOption,
+    regions: RegionsOption,
+    dest: DatasetDestOption,
+    samples: SamplesOption = None,
+    max_jitter: JitterOption = 0,
+    strand_column: StrandOption = 6,
+    timeout: TimeoutOption = None,
+    inline: Annotated[
+        bool, typer.Option(help="Build in this process, through the same lease and registry.")
+    ] = False,
+) -> None:
+    """Build (or reuse) a GenVarLoader dataset and print where it is."""
+    request = _dataset_request(variants, regions, dest, samples, max_jitter, strand_column)
+    _build(request, timeout=timeout, inline=inline)
+
+
 # --- submit ----------------------------------------------------------------------------------
 
 
@@ -199,6 +274,21 @@ def submit_cache(
     """Submit the cache of FASTA; print its key."""
     with _farm() as farm:
         print(farm.submit(CacheRequest(fasta=fasta, dest=dest)).key)
+
+
+@submit_app.command("dataset")
+def submit_dataset(
+    variants: VariantsOption,
+    regions: RegionsOption,
+    dest: DatasetDestOption,
+    samples: SamplesOption = None,
+    max_jitter: JitterOption = 0,
+    strand_column: StrandOption = 6,
+) -> None:
+    """Submit a dataset build; print its key."""
+    request = _dataset_request(variants, regions, dest, samples, max_jitter, strand_column)
+    with _farm() as farm:
+        print(farm.submit(request).key)
 
 
 # --- status / wait / ls ----------------------------------------------------------------------

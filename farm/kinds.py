@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.artifacts import gvlfa
-from farm.artifacts.base import Classification
-from farm.fingerprint import Fingerprint
-from farm.publish import Owner
-from farm.requests import BuildRequest, CacheRequest
+from farm.artifacts import dataset, gvlfa
+from farm.artifacts.base import Classification, State
+from farm.artifacts.dataset.validate import read_record
+from farm.artifacts.dataset.writer import FARM_RECORD
+from farm.errors import ArtifactInvalidError, FarmError, InputError, TooNewError
+from farm.fingerprint import Fingerprint, checksum
+from farm.publish import Outcome, Owner
+from farm.requests import BuildRequest, CacheRequest, DatasetRequest
 
 
 @dataclass(frozen=True)
@@ -32,13 +35,44 @@ def ensure(request: BuildRequest, owner: Owner) -> Built:
             size_bytes=dir_size(result.dest),
             checksum=result.metadata.sequence_checksum,
         )
-    raise TypeError(f"no builder for {type(request).__name__}")
+    return _ensure_dataset(request, owner)
+
+
+def _ensure_dataset(request: DatasetRequest, owner: Owner) -> Built:
+    dest = request.destination()
+    found = dataset.classify_dataset(dest)
+    if found.state is State.FRESH:
+        return _dataset_built("reused", dest)
+    if found.state is State.TOO_NEW:
+        raise TooNewError(f"{found.reason}; upgrade gvl-farm, or remove {dest} to rebuild it.")
+    if found.state is State.FOREIGN:
+        raise InputError(f"{found.reason}; choose another destination for the dataset.")
+    replace = found.state is not State.MISSING
+    outcome, _ = dataset.build_dataset(request.params(), dest, owner=owner, replace=replace)
+    if outcome is Outcome.LOST and not dataset.classify_dataset(dest).state.usable:
+        raise ArtifactInvalidError(
+            f"Another builder published {dest} first and it is not a fresh dataset of this "
+            "request; build again."
+        )
+    action = {Outcome.LOST: "reused", Outcome.REPLACED: "rebuilt"}.get(outcome, "built")
+    return _dataset_built(action, dest)
+
+
+def _dataset_built(action: str, dest: Path) -> Built:
+    return Built(action, dir_size(dest), checksum(dest / FARM_RECORD))
 
 
 def classify(request: BuildRequest, *, deep: bool = False) -> Classification:
     if isinstance(request, CacheRequest):
         return gvlfa.classify(request.destination(), deep=deep)
-    raise TypeError(f"no classifier for {type(request).__name__}")
+    dest = request.destination()
+    found = dataset.classify_dataset(dest)
+    if deep and found.state.usable:
+        try:
+            dataset.validate_dataset(dest, deep=True)
+        except ArtifactInvalidError as e:
+            return Classification(State.CORRUPT, str(e))
+    return found
 
 
 def recorded_request(dest: Path) -> tuple[BuildRequest, dict[str, Fingerprint]] | None:
@@ -52,4 +86,32 @@ def recorded_request(dest: Path) -> tuple[BuildRequest, dict[str, Fingerprint]] 
         source = gvlfa.resolve_source(dest, meta) or Path(meta.source.absolute_path)
         request = CacheRequest(fasta=source, dest=dest).absolute()
         return request, {"fasta": meta.fingerprint}
-    return None
+    return _recorded_dataset(dest)
+
+
+def _recorded_dataset(dest: Path) -> tuple[DatasetRequest, dict[str, Fingerprint]] | None:
+    try:
+        record = read_record(dest)
+    except ArtifactInvalidError:
+        return None
+    if record is None or record.get("kind") != "dataset":
+        return None
+    fields = dict(record["request"])
+    if fields.get("samples") is not None:
+        fields["samples"] = tuple(fields["samples"])
+    request = DatasetRequest(dest=dest, **fields).absolute()
+    by_path = {
+        str(Path(path).resolve()): Fingerprint.model_validate(fp)
+        for path, fp in record["sources"].items()
+    }
+    roles = {role: str(Path(path).resolve()) for role, path in _roles(request).items()}
+    if set(roles.values()) != set(by_path):
+        return None
+    return request, {role: by_path[path] for role, path in roles.items()}
+
+
+def _roles(request: DatasetRequest) -> dict[str, Path]:
+    try:
+        return request.source_files()
+    except FarmError:
+        return {}

@@ -21,11 +21,11 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from farm.artifacts import gvlfa
+from farm.artifacts import dataset, gvlfa
 from farm.errors import DestinationError
 from farm.fingerprint import Fingerprint, fingerprint
 
@@ -63,7 +63,67 @@ class CacheRequest(BaseModel):
         )
 
 
-BuildRequest = CacheRequest
+class DatasetRequest(BaseModel):
+    """Build a GenVarLoader dataset from a variant file (VCF/BCF or PGEN) and a BED."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["dataset"] = "dataset"
+    variants: Path
+    regions: Path
+    dest: Path
+    samples: tuple[str, ...] | None = None
+    max_jitter: int = Field(0, ge=0)
+    extend_to_length: bool = True
+    strand_column: int = Field(6, ge=0)
+
+    @property
+    def format_version(self) -> str:
+        return dataset.FORMAT_VERSION
+
+    def params(self) -> dataset.DatasetParams:
+        return dataset.DatasetParams(
+            variants=self.variants,
+            regions=self.regions,
+            samples=self.samples,
+            max_jitter=self.max_jitter,
+            extend_to_length=self.extend_to_length,
+            strand_column=self.strand_column,
+        )
+
+    def destination(self) -> Path:
+        return self.dest
+
+    def source_files(self) -> dict[str, Path]:
+        """By role: the variant file, its index or .pvar/.psam, and the BED."""
+        files = self.params().source_files()
+        roles: dict[str, Path] = {"variants": self.variants, "regions": self.regions}
+        for path in files:
+            if path in (self.variants, self.regions):
+                continue
+            suffix = path.suffix.lstrip(".")
+            roles["index" if suffix in ("tbi", "csi") else suffix] = path
+        return roles
+
+    def canonical_params(self) -> dict[str, Any]:
+        """Parameters only: paths enter the key through their contents, not their names."""
+        canonical = self.params().canonical()
+        return {k: v for k, v in canonical.items() if k not in ("variants", "regions")}
+
+    def check_inputs(self) -> None:
+        self.params().check()
+
+    def absolute(self) -> DatasetRequest:
+        return self.model_copy(
+            update={
+                "variants": _absolute(self.variants),
+                "regions": _absolute(self.regions),
+                "dest": _absolute(self.dest),
+            }
+        )
+
+
+BuildRequest = Annotated[CacheRequest | DatasetRequest, Field(discriminator="kind")]
 _REQUEST = TypeAdapter(BuildRequest)
 
 

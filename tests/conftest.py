@@ -10,6 +10,10 @@ from pathlib import Path
 import pysam
 import pytest
 
+from farm.config import Settings
+from farm.registry import Registry
+from tests.support.processes import Worker, farm_env, redis_server
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
 
@@ -74,3 +78,62 @@ def tricky_fasta(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "tricky"
     d.mkdir()
     yield write_tricky_fasta(d / "tricky.fa")
+
+
+# --- the farm: a real Redis server and real Celery workers, stopped by PID -------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def registry(redis_url: str) -> Iterator[Registry]:
+    reg = Registry.from_url(redis_url)
+    reg._r.flushdb()
+    yield reg
+    reg._r.close()
+
+
+@pytest.fixture
+def genomes(tmp_path: Path) -> Path:
+    """A private copy of the shipped genomes (builders write beside their sources)."""
+    dest = tmp_path / "genomes"
+    shutil.copytree(DATA / "genomes", dest)
+    return dest
+
+
+@pytest.fixture
+def farm_settings(redis_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        allowed_roots=str(tmp_path),
+        state_dir=tmp_path / ".farm-state",
+        lease_ttl_s=3.0,
+        worker_heartbeat_s=0.5,
+    )
+
+
+@pytest.fixture
+def start_workers(redis_url: str, tmp_path: Path, registry) -> Iterator:
+    """Start real worker processes (``start(n, **settings)``); all are stopped at the end."""
+    started: list[Worker] = []
+    logdir = tmp_path / "worker-logs"
+    logdir.mkdir()
+
+    def start(n: int = 1, *, app: str = "workers.app", **settings: object) -> list[Worker]:
+        settings.setdefault("lease_ttl_s", 3.0)
+        settings.setdefault("worker_heartbeat_s", 0.5)
+        settings.setdefault("unacked_restore_interval_s", 1.0)
+        env = farm_env(redis_url, tmp_path, **settings)
+        batch = [Worker(env, f"w{len(started) + i}", logdir, app=app) for i in range(n)]
+        started.extend(batch)
+        for w in batch:
+            w.wait_ready()
+        return batch
+
+    yield start
+    for w in started:
+        w.stop()

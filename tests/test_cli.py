@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from farm.artifacts import gvlfa
@@ -178,3 +180,69 @@ def test_verify_reindex_and_gc(env, genomes, start_workers, tmp_path):
     swept = farm(env, "gc", str(genomes))
     assert swept.returncode == 0 and str(orphan) in swept.stdout
     assert not orphan.exists() and live.exists()
+
+
+CHR20 = PROJECT / "data" / "grch37_chr20"
+VCF = "1kgp_203samples_unphased.chr20_1000001-2000000.vcf.gz"
+PGEN = "plink2/1kgp_203samples.chr20_1000001-2000000.pgen"
+FASTA20 = "GRCh37_chr20_0-2Mb_Nmasked_first1Mb.fa.gz"
+
+
+@pytest.fixture
+def chr20(tmp_path: Path) -> Path:
+    dest = tmp_path / "chr20"
+    shutil.copytree(CHR20, dest)
+    return dest
+
+
+def test_datasets_and_caches_share_the_queue_and_open_in_genvarloader(
+    env, chr20, start_workers, tmp_path
+):
+    import genvarloader as gvl
+
+    start_workers(1)
+    manifest = tmp_path / "mixed.jsonl"
+    requests = [
+        {"kind": "cache", "fasta": str(chr20 / FASTA20)},
+        {
+            "kind": "dataset",
+            "variants": str(chr20 / VCF),
+            "regions": str(chr20 / "SIRPB2_refseq.chr20.bed"),
+            "dest": str(tmp_path / "vcf.gvl"),
+            "strand_column": 7,
+        },
+    ]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    keys = farm(env, "submit", "--manifest", str(manifest)).stdout.split()
+    assert farm(env, "wait", *keys, "--timeout", "120").returncode == 0
+    built = farm(
+        env, "build", "dataset", "--variants", str(chr20 / PGEN),
+        "--regions", str(chr20 / "SIRPB2_refseq.chr20.bed"), "--dest", str(tmp_path / "pgen.gvl"),
+        "--strand-column", "7", "--samples", "NA06989,NA07000", "--timeout", "120",
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.strip() == str(tmp_path / "pgen.gvl")
+
+    reference = gvl.Reference.from_path(chr20 / FASTA20)
+    full = gvl.Dataset.open(tmp_path / "vcf.gvl", reference).with_seqs("haplotypes")
+    subset = gvl.Dataset.open(tmp_path / "pgen.gvl", reference).with_seqs("haplotypes")
+    assert full.shape == (7, 203) and subset.shape == (7, 2)
+    assert list(subset.samples) == ["NA06989", "NA07000"]
+    columns = [list(full.samples).index(s) for s in subset.samples]
+    got, want = subset[:, :], full[:, columns]
+    np.testing.assert_array_equal(np.asarray(got.lengths), np.asarray(want.lengths))
+    np.testing.assert_array_equal(np.asarray(got.data), np.asarray(want.data))
+
+    listed = {r["dest"]: r for r in map(json.loads, farm(env, "ls", "--json").stdout.splitlines())}
+    assert listed[str(tmp_path / "pgen.gvl")]["kind"] == "dataset"
+    assert farm(env, "verify").returncode == 0
+
+
+def test_dataset_bad_input_is_refused_with_one_sentence(env, chr20, start_workers):
+    (chr20 / (VCF + ".tbi")).unlink()
+    refused = farm(
+        env, "build", "dataset", "--variants", str(chr20 / VCF),
+        "--regions", str(chr20 / "SIRPB2_refseq.chr20.bed"), "--dest", str(chr20 / "x.gvl"),
+    )  # fmt: skip
+    assert_one_sentence(refused, VCF, "has no index", "tabix")
+    assert not (chr20 / "x.gvl").exists()
