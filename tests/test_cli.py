@@ -84,7 +84,8 @@ def test_submit_status_wait_and_json(env, genomes, start_workers):
     assert status["status"] == "valid"
     assert status["dest"] == str(genomes / f"{LAMBDA}.gvlfa")
     assert "error" not in status
-    assert status["checksum"].startswith("sha256:")
+    dest = genomes / f"{LAMBDA}.gvlfa"
+    assert status["checksum"] == gvlfa.read_metadata(dest).sequence_checksum
 
 
 def test_bad_input_gets_one_sentence_and_a_failed_job(env, genomes, start_workers, tmp_path):
