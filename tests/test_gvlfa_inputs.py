@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pysam
 import pytest
 
 from farm.artifacts import gvlfa
@@ -293,3 +294,29 @@ def test_a_legacy_cache_of_the_wrong_size_is_left_alone(
     assert result.action == "built"
     assert legacy.read_bytes() == b"ACGT" * 10
     gvlfa.verify(result.dest)
+
+
+@pytest.mark.parametrize("index", [True, False], ids=["fixed-width", "streaming"])
+def test_a_full_disk_during_a_rebuild_keeps_the_old_cache(
+    real_genomes: dict[str, Path], monkeypatch: pytest.MonkeyPatch, index: bool
+) -> None:
+    fasta = real_genomes["yeast"]
+    if not index:
+        fasta.with_name(fasta.name + ".fai").unlink()
+    dest = _built(fasta)
+    with open(fasta, "ab") as f:
+        f.write(b">extra\nACGT\n")  # stale now: ensure_cache will rebuild
+    if index:
+        pysam.faidx(str(fasta))
+    before = _snapshot(dest)
+
+    def no_space(*_args: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", no_space)
+    monkeypatch.setattr(os, "write", no_space)
+    with pytest.raises(DestinationError) as info:
+        gvlfa.ensure_cache(fasta)
+    assert str(dest) in str(info.value) and "disk is full" in str(info.value)
+    assert _snapshot(dest) == before
+    assert not [p for p in dest.parent.iterdir() if STAGING_MARK in p.name]

@@ -393,7 +393,13 @@ def copy_fixed_width(
                 done += os.pwrite(out_fd, view[done:], a + done)
 
         n_chunks = -(-total // chunk_size)
-        with ThreadPoolExecutor(max(1, threads)) as pool:
+        pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="gvlfa-build")
+        try:
             for _ in pool.map(build_chunk, range(n_chunks)):
                 pass
+        except BaseException:
+            # The first failure decides; do not build the rest of a genome for nothing.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     return {r.name: r.length for r in records}
