@@ -6,6 +6,10 @@ becomes ``\\n``) then ``bytes.replace(b"\\n", b"")`` (a memchr/memcpy loop). Tha
 ~1.7 GB/s where a single ``translate`` with a delete set manages ~1.2 GB/s, because the delete
 set costs a branch per byte. No ``.fai`` is needed (it is a random-access index, and we read
 sequentially), which is also why a plain-gzip FASTA, which htslib cannot index, is supported.
+
+A plain FASTA with a trustworthy ``.fai`` can instead take :func:`copy_fixed_width`, which
+builds fixed output chunks on several threads (below); the streaming reader stays the
+reference, and the fast path hands back to it at the first byte that does not fit.
 """
 
 from __future__ import annotations
