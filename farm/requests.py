@@ -147,6 +147,12 @@ def prepare(request: BuildRequest, roots: list[Path]) -> BuildRequest:
     """
     request = request.absolute()
     request.check_inputs()
+    check_destination(request, roots)
+    return request
+
+
+def check_destination(request: BuildRequest, roots: list[Path]) -> None:
+    """Refuse a destination outside the allowed roots (clients and workers both ask)."""
     dest = request.destination()
     if not any(dest == root or dest.is_relative_to(root) for root in roots):
         allowed = os.pathsep.join(str(r) for r in roots)
@@ -154,7 +160,6 @@ def prepare(request: BuildRequest, roots: list[Path]) -> BuildRequest:
             f"Destination {dest} is outside the allowed roots ({allowed}); choose a destination "
             "below one of them or add its root to FARM_ALLOWED_ROOTS."
         )
-    return request
 
 
 def fingerprints(request: BuildRequest) -> dict[str, Fingerprint]:

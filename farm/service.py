@@ -21,7 +21,7 @@ from farm.fingerprint import Fingerprint
 from farm.leases import Lease
 from farm.publish import Owner
 from farm.registry import ArtifactRecord, Registry, Status
-from farm.requests import BuildRequest, request_key
+from farm.requests import BuildRequest, check_destination, request_key
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ def ensure(
     """
     registry, settings = ctx.registry, ctx.settings
     try:
+        check_destination(request, settings.roots)  # never trust a message's destination
         current_key, sources = request_key(request)
     except FarmError as e:
         return _fail(ctx, request, key, {}, str(e))

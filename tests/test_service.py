@@ -106,3 +106,13 @@ def test_a_key_that_keeps_killing_its_worker_stops_after_max_attempts(
     assert record.status is Status.FAILED
     assert "interrupted 3 times" in record.error
     assert not request.destination().exists()
+
+
+def test_a_worker_refuses_a_destination_outside_its_roots(genomes, registry, farm_settings):
+    """A crafted message cannot make a worker write outside the roots it was given."""
+    request = CacheRequest(fasta=genomes / LAMBDA, dest=Path("/elsewhere/x.gvlfa")).absolute()
+    key = request_key(request)[0]
+    record = service.ensure(request, key, service.Context(registry, farm_settings, "w"))
+    assert record.status is Status.FAILED
+    assert "/elsewhere/x.gvlfa is outside the allowed roots" in record.error
+    assert not Path("/elsewhere").exists()
