@@ -114,12 +114,13 @@ def main() -> int:
 
     def farm_stream() -> None:
         out.mkdir()
-        real = gvlfa.read_fai
-        gvlfa.read_fai = lambda _path: None  # as if there were no index: the streaming path
+        real = gvlfa.read_fai, gvlfa.infer_layout
+        # No layout, from the index or a scan: the streaming reader (gzip, ragged lines).
+        gvlfa.read_fai = gvlfa.infer_layout = lambda _path: None
         try:
             gvlfa.write_cache(fasta, out, farm_dest)
         finally:
-            gvlfa.read_fai = real
+            gvlfa.read_fai, gvlfa.infer_layout = real
 
     def farm_ensure() -> None:
         gvlfa.ensure_cache(fasta, farm_dest, owner=Owner.current("bench"))

@@ -20,8 +20,15 @@ def _streamed(path: Path) -> tuple[dict[str, int], bytes]:
     return contigs, b"".join(parts)
 
 
-def _fixed_width(path: Path, out: Path, *, chunk_size: int, threads: int = 2) -> dict[str, int]:
-    records = fa.read_fai(path)
+def _fixed_width(
+    path: Path,
+    out: Path,
+    *,
+    chunk_size: int,
+    threads: int = 2,
+    records: list[fa.FaiRecord] | None = None,
+) -> dict[str, int]:
+    records = records or fa.read_fai(path)
     assert records is not None
     fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     try:
@@ -30,6 +37,10 @@ def _fixed_width(path: Path, out: Path, *, chunk_size: int, threads: int = 2) ->
         )
     finally:
         os.close(fd)
+
+
+def _no_streaming(*_args: object, **_kwargs: object) -> dict[str, int]:
+    raise AssertionError("the fixed-width path should have been taken")
 
 
 def _index(path: Path) -> Path:
@@ -82,10 +93,7 @@ def test_real_genomes_take_the_fast_path_and_match_streaming(
         _index(path)
     expected_contigs, expected = _streamed(path)
 
-    def no_streaming(*_args: object, **_kwargs: object) -> dict[str, int]:
-        raise AssertionError("the fixed-width path should have been taken")
-
-    monkeypatch.setattr(gvlfa, "stream_contigs", no_streaming)
+    monkeypatch.setattr(gvlfa, "stream_contigs", _no_streaming)
     out = tmp_path / "out"
     out.mkdir()
     meta = gvlfa.write_cache(path, out, out)
@@ -118,24 +126,37 @@ def _gt_mid_line(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.parametrize("layout_from", ["stale index", "scan"])
 @pytest.mark.parametrize(
     "damage",
     [_ragged_line, _space_in_line, _renamed_header, _gt_mid_line],
     ids=lambda f: f.__name__,
 )
-def test_a_file_that_departs_from_its_index_falls_back_to_streaming(
-    real_genomes: dict[str, Path], tmp_path: Path, damage
+def test_the_fast_path_never_disagrees_with_streaming(
+    real_genomes: dict[str, Path], tmp_path: Path, damage, layout_from: str
 ) -> None:
     path = real_genomes["lambda"]
     fai = path.with_name(path.name + ".fai")
     damage(path)
-    os.utime(fai)  # the stale index now looks trustworthy: only the layout check can tell
-    assert fa.read_fai(path) is not None
-    with pytest.raises(fa.NotFixedWidth):
-        _fixed_width(path, tmp_path / "seq.bin", chunk_size=1000)
+    if layout_from == "stale index":
+        os.utime(fai)  # the stale index now looks trustworthy: only the layout check can tell
+        records = fa.read_fai(path)
+    else:
+        fai.unlink()
+        records = fa.infer_layout(path)
     try:
         expected_contigs, expected = _streamed(path)
     except fa.InputError:
+        expected_contigs, expected = {}, None
+    if records is not None:
+        try:
+            contigs = _fixed_width(path, tmp_path / "seq.bin", chunk_size=1000, records=records)
+        except fa.NotFixedWidth:
+            pass  # it stepped aside: fine
+        else:
+            assert layout_from == "scan"  # a stale index is always caught
+            assert (contigs, (tmp_path / "seq.bin").read_bytes()) == (expected_contigs, expected)
+    if expected is None:
         with pytest.raises(fa.InputError):
             gvlfa.ensure_cache(path)
         return
@@ -143,6 +164,29 @@ def test_a_file_that_departs_from_its_index_falls_back_to_streaming(
     assert list(result.metadata.contigs.items()) == list(expected_contigs.items())
     assert (result.dest / gvlfa.DATA_FILE).read_bytes() == expected
     gvlfa.verify(result.dest)
+
+
+@pytest.mark.parametrize("key", ["lf", "crlf", "lambda", "yeast", "chr20", "tricky"])
+def test_the_scanned_layout_is_htslibs_index(
+    key: str, layouts: dict[str, Path], real_genomes: dict[str, Path], tricky_fasta: Path
+) -> None:
+    path = {**layouts, **real_genomes, "tricky": tricky_fasta}[key]
+    if fa.read_fai(path) is None:
+        _index(path)
+    assert fa.infer_layout(path) == fa.read_fai(path)
+
+
+def test_without_an_index_the_fast_path_is_still_taken(
+    real_genomes: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = real_genomes["chr20"]
+    path.with_name(path.name + ".fai").unlink(missing_ok=True)
+    expected_contigs, expected = _streamed(path)
+    monkeypatch.setattr(gvlfa, "stream_contigs", _no_streaming)
+    result = gvlfa.ensure_cache(path)
+    assert not path.with_name(path.name + ".fai").exists()  # nothing written beside the source
+    assert result.metadata.contigs == expected_contigs
+    assert (result.dest / gvlfa.DATA_FILE).read_bytes() == expected
 
 
 def test_an_index_older_than_the_fasta_is_not_trusted(real_genomes: dict[str, Path]) -> None:

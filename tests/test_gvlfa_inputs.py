@@ -138,6 +138,12 @@ def test_permission_denied_is_a_destination_error(
     _assert_nothing_published(fasta)
 
 
+def _force_streaming(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No layout, from an index or a scan: the build takes the streaming reader."""
+    monkeypatch.setattr(gvlfa, "read_fai", lambda _path: None)
+    monkeypatch.setattr(gvlfa, "infer_layout", lambda _path: None)
+
+
 def _built(fasta: Path) -> Path:
     return gvlfa.ensure_cache(fasta).dest
 
@@ -229,7 +235,7 @@ def test_a_source_changing_mid_build_publishes_nothing(
             f.write(b"N" * 10)
 
     if path == "streaming":
-        fasta.with_name(fasta.name + ".fai").unlink()
+        _force_streaming(monkeypatch)
         real_stream = gvlfa.stream_contigs
 
         def stream_while_edited(p: Path, sink: Callable[[bytes], object]) -> dict[str, int]:
@@ -302,7 +308,7 @@ def test_a_full_disk_during_a_rebuild_keeps_the_old_cache(
 ) -> None:
     fasta = real_genomes["yeast"]
     if not index:
-        fasta.with_name(fasta.name + ".fai").unlink()
+        _force_streaming(monkeypatch)
     dest = _built(fasta)
     with open(fasta, "ab") as f:
         f.write(b">extra\nACGT\n")  # stale now: ensure_cache will rebuild

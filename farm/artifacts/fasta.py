@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import gzip
+import mmap
 import os
 import threading
 import zlib
@@ -247,6 +248,53 @@ def read_fai(fasta: Path) -> list[FaiRecord] | None:
             records.append(FaiRecord(name, int(length), int(offset), int(bases), int(width)))
     except (OSError, ValueError, UnicodeDecodeError):
         return None
+    if not records or len({r.name for r in records}) != len(records):
+        return None
+    return records
+
+
+def infer_layout(fasta: Path) -> list[FaiRecord] | None:
+    """The index a plain FASTA would have if its lines are fixed-width, found without one.
+
+    One memchr-speed scan for line-initial '>' gives the contigs; each contig's first line
+    gives its widths and its extent gives its length. Nothing here is trusted:
+    :func:`copy_fixed_width` checks every line end against these records and hands back to
+    the streaming reader at the first mismatch. None when the file is clearly not a
+    candidate (empty, not starting with '>', a repeated name).
+    """
+    try:
+        with open(fasta, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return _scan_layout(mm)
+    except (OSError, ValueError):  # ValueError: mmap of an empty file
+        return None
+
+
+def _scan_layout(mm: mmap.mmap) -> list[FaiRecord] | None:
+    size = len(mm)
+    gt = mm.find(b">")
+    if gt < 0 or mm[:gt].strip():
+        return None
+    records: list[FaiRecord] = []
+    while gt >= 0:
+        header_end = mm.find(b"\n", gt)
+        if header_end < 0:
+            break  # a last header with no sequence
+        tokens = mm[gt + 1 : header_end].split(maxsplit=1)
+        nxt = mm.find(b"\n>", header_end)
+        region_end = size if nxt < 0 else nxt + 1
+        gt = -1 if nxt < 0 else nxt + 1
+        offset = header_end + 1
+        tail_start = max(offset, region_end - 4096)
+        end = tail_start + len(mm[tail_start:region_end].rstrip())
+        if not tokens or end == offset:
+            continue  # no name (streaming says so) or no sequence (htslib skips it)
+        first_nl = mm.find(b"\n", offset, region_end)
+        width = (region_end if first_nl < 0 else first_nl + 1) - offset
+        bases = width - (2 if mm[offset + width - 2 : offset + width] == b"\r\n" else 1)
+        full, rest = divmod(end - offset, width)
+        if bases <= 0 or rest > bases:
+            return None
+        records.append(FaiRecord(tokens[0].decode(), full * bases + rest, offset, bases, width))
     if not records or len({r.name for r in records}) != len(records):
         return None
     return records

@@ -30,6 +30,7 @@ from farm.artifacts.base import Classification, State
 from farm.artifacts.fasta import (
     NotFixedWidth,
     copy_fixed_width,
+    infer_layout,
     is_gzip,
     read_fai,
     stream_contigs,
@@ -136,10 +137,11 @@ def _build_threads() -> int:
 def _write_sequence(fasta: Path, fd: int) -> tuple[dict[str, int], str]:
     """Write ``sequence.bin`` to ``fd``; return the contigs and the content checksum.
 
-    A plain FASTA whose ``.fai`` is trustworthy takes the parallel fixed-width path; any file
-    that departs from its index, and every gzipped file, is streamed instead.
+    A plain FASTA takes the parallel fixed-width path, with the layout of its ``.fai`` when
+    that is trustworthy, else the layout a quick scan infers; any file that departs from that
+    layout, and every gzipped file, is streamed instead.
     """
-    records = None if is_gzip(fasta) else read_fai(fasta)
+    records = None if is_gzip(fasta) else (read_fai(fasta) or infer_layout(fasta))
     if records is not None:
         crcs = [0] * -(-sum(r.length for r in records) // CHECK_CHUNK)
 
