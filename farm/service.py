@@ -116,33 +116,14 @@ def ensure(
         registry.put(
             record.evolve(status=Status.BUILDING, started_at=started, worker=ctx.worker, error=None)
         )
-        owner = Owner.current(job=key)
         try:
-            built = kinds.ensure(request, owner)
-        except FarmError as e:
+            built = kinds.ensure(request, Owner.current(job=key))
+        except BaseException as e:
+            sentence = _failure_sentence(e, request, settings, interrupts)
+            if sentence is None:
+                raise
             registry.clear_attempts(key)
-            return _fail(ctx, request, key, sources, str(e))
-        except interrupts:
-            registry.clear_attempts(key)
-            return _fail(
-                ctx,
-                request,
-                key,
-                sources,
-                f"The build of {request.destination()} exceeded the time limit of "
-                f"{settings.soft_time_limit_s:g} s; raise FARM_SOFT_TIME_LIMIT_S and submit again.",
-            )
-        except Exception as e:
-            log.exception("internal error while building %s", key)
-            registry.clear_attempts(key)
-            return _fail(
-                ctx,
-                request,
-                key,
-                sources,
-                f"Internal error while building {request.destination()} "
-                f"({type(e).__name__}: {e}); see the worker log and report it.",
-            )
+            return _fail(ctx, request, key, sources, sentence)
         finished = time.time()
         done = record.evolve(
             status=Status.VALID,
@@ -159,6 +140,29 @@ def ensure(
         registry.put(done)
         registry.clear_attempts(key)
         return done
+
+
+def _failure_sentence(
+    e: BaseException,
+    request: BuildRequest,
+    settings: Settings,
+    interrupts: tuple[type[BaseException], ...],
+) -> str | None:
+    """What the record should say about a build that raised; None: not ours to record."""
+    if isinstance(e, FarmError):
+        return str(e)
+    if isinstance(e, interrupts):
+        return (
+            f"The build of {request.destination()} exceeded the time limit of "
+            f"{settings.soft_time_limit_s:g} s; raise FARM_SOFT_TIME_LIMIT_S and submit again."
+        )
+    if isinstance(e, Exception):
+        log.exception("internal error while building %s", request.destination())
+        return (
+            f"Internal error while building {request.destination()} "
+            f"({type(e).__name__}: {e}); see the worker log and report it."
+        )
+    return None  # KeyboardInterrupt, SystemExit: the process is going away
 
 
 def _fail(

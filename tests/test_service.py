@@ -116,3 +116,32 @@ def test_a_worker_refuses_a_destination_outside_its_roots(genomes, registry, far
     assert record.status is Status.FAILED
     assert "/elsewhere/x.gvlfa is outside the allowed roots" in record.error
     assert not Path("/elsewhere").exists()
+
+
+class _Interrupted(Exception):
+    """Stands in for Celery's SoftTimeLimitExceeded: the service only knows it by the tuple."""
+
+
+def test_a_time_limit_and_an_internal_error_are_recorded_as_sentences(
+    genomes, registry, farm_settings, monkeypatch
+):
+    from farm import kinds
+
+    request, key = _prepared(genomes, farm_settings)
+    ctx = service.Context(registry, farm_settings, "w")
+
+    def interrupted(*_a, **_k):
+        raise _Interrupted
+
+    monkeypatch.setattr(kinds, "ensure", interrupted)
+    record = service.ensure(request, key, ctx, interrupts=(_Interrupted,))
+    assert record.status is Status.FAILED and "exceeded the time limit" in record.error
+
+    def broken(*_a, **_k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(kinds, "ensure", broken)
+    record = service.ensure(request, key, ctx, interrupts=(_Interrupted,))
+    assert record.status is Status.FAILED
+    assert record.error.startswith("Internal error") and "RuntimeError: boom" in record.error
+    assert registry.lease_holder(key) is None
