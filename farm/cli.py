@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -25,7 +25,7 @@ from rich.table import Table
 from farm import embedded, maintenance, service
 from farm.client import Farm
 from farm.config import QUEUE, Settings
-from farm.errors import FarmError, InputError
+from farm.errors import BrokerError, FarmError, InputError
 from farm.publish import remove_orphans
 from farm.registry import ArtifactRecord, Status
 from farm.requests import (
@@ -94,33 +94,54 @@ def _build(request: BuildRequest, *, timeout: float | None, inline: bool) -> Non
             submission = farm.submit(request)
             record = submission.record
             if not record.status.terminal:
-                with _worker_if_none(farm, settings):
-                    record = farm.wait([submission.key], timeout_s=timeout)[0] or record
+                with _worker_if_none(farm, settings) as check_worker:
+                    waited = farm.wait(
+                        [submission.key],
+                        timeout_s=timeout,
+                        on_progress=lambda _done, _total: check_worker(),
+                    )
+                    record = waited[0] or record
     _report_one(record)
 
 
 @contextmanager
-def _worker_if_none(farm: Farm, settings: Settings) -> Iterator[None]:
-    """On the embedded default, a build with no worker around starts one for its duration."""
+def _worker_if_none(farm: Farm, settings: Settings) -> Iterator[Callable[[], None]]:
+    """On the embedded default, a build with no worker around starts one for its duration.
+
+    Yields a check that raises if that worker died, so a broken worker cannot leave the
+    build waiting forever.
+    """
     live = farm.registry.live_workers(within_s=3 * settings.worker_heartbeat_s)
     if live:
-        yield
+        yield lambda: None
         return
     if not settings.embedded:
         err.print(
             "[yellow]No live worker is consuming the queue; start one with `farm worker`. "
             "Waiting.[/]"
         )
-        yield
+        yield lambda: None
         return
-    proc = subprocess.Popen(
-        [*_celery_worker_argv(), "--pool", "solo", "-n", f"transient-{os.getpid()}@%h"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log_path = settings.state_dir / f"transient-worker-{os.getpid()}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [*_celery_worker_argv(), "--pool", "solo", "-n", f"transient-{os.getpid()}@%h"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def check() -> None:
+        if proc.poll() is not None:
+            lines = log_path.read_text(errors="replace").strip().splitlines()
+            raise BrokerError(
+                f"The worker started for this build exited with code {proc.returncode} "
+                f"({lines[-1] if lines else 'no output'}); see {log_path}."
+            )
+
     try:
-        yield
+        yield check
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -128,6 +149,8 @@ def _worker_if_none(farm: Farm, settings: Settings) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if proc.returncode in (0, -signal.SIGTERM):
+            log_path.unlink(missing_ok=True)  # kept only when there is something to read
 
 
 def _report_one(record: ArtifactRecord) -> None:
