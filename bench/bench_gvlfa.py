@@ -112,6 +112,15 @@ def main() -> int:
         out.mkdir()
         gvlfa.write_cache(fasta, out, farm_dest)
 
+    def farm_scan() -> None:
+        out.mkdir()
+        real = gvlfa.read_fai
+        gvlfa.read_fai = lambda _path: None  # as if never indexed: the layout is scanned
+        try:
+            gvlfa.write_cache(fasta, out, farm_dest)
+        finally:
+            gvlfa.read_fai = real
+
     def farm_stream() -> None:
         out.mkdir()
         real = gvlfa.read_fai, gvlfa.infer_layout
@@ -127,6 +136,7 @@ def main() -> int:
 
     results = {
         "farm write_cache": timed(farm_build, reset, args.repeats),
+        "farm write_cache, no .fai": timed(farm_scan, reset, args.repeats),
         "farm write_cache, streaming": timed(farm_stream, reset, args.repeats),
         "farm ensure_cache (+fsync)": timed(farm_ensure, reset, args.repeats),
         "gvl 0.43.1 build": timed(lambda: gvl_cache.build(fasta, gvl_dest), reset, args.repeats),

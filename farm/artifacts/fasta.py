@@ -280,9 +280,8 @@ def _scan_layout(mm: mmap.mmap) -> list[FaiRecord] | None:
         if header_end < 0:
             break  # a last header with no sequence
         tokens = mm[gt + 1 : header_end].split(maxsplit=1)
-        nxt = mm.find(b"\n>", header_end)
-        region_end = size if nxt < 0 else nxt + 1
-        gt = -1 if nxt < 0 else nxt + 1
+        gt = _next_header(mm, header_end)
+        region_end = size if gt < 0 else gt
         offset = header_end + 1
         tail_start = max(offset, region_end - 4096)
         end = tail_start + len(mm[tail_start:region_end].rstrip())
@@ -298,6 +297,14 @@ def _scan_layout(mm: mmap.mmap) -> list[FaiRecord] | None:
     if not records or len({r.name for r in records}) != len(records):
         return None
     return records
+
+
+def _next_header(mm: mmap.mmap, pos: int) -> int:
+    """Position of the next '>' that starts a line, or -1. A one-byte find is memchr (~10 GB/s);
+    finding b"\\n>" goes through the two-byte search, eight times slower on a genome."""
+    while (gt := mm.find(b">", pos)) > 0 and mm[gt - 1] != 0x0A:
+        pos = gt + 1  # a '>' inside a line: not a header (the layout check will refuse it)
+    return gt
 
 
 def _check_layout(fd: int, records: list[FaiRecord], size: int) -> None:
