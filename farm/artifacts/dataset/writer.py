@@ -95,7 +95,15 @@ def write_dataset(params: DatasetParams, out_dir: Path) -> dict[str, Any]:
             rows = np.flatnonzero(table_rows[:, 0] == c_i)
             sites = per_contig[match_contig(contig, file_contigs) or contig]
             total = _write_contig(
-                params, source, samples, sites, table_rows, rows, idx_out, off_out, total,
+                params,
+                source,
+                samples,
+                sites,
+                table_rows,
+                rows,
+                idx_out,
+                off_out,
+                total,
                 match_contig(contig, file_contigs) or contig,
             )
         off_out.write(np.asarray([total], np.int64))
@@ -195,8 +203,14 @@ def _write_contig(
             lengths = np.zeros(n_haps, np.int64)
         else:
             res = select_region(
-                sites, buf, q_start, q_end, max_span=max_span, policy=source.policy,
-                extend=params.extend_to_length, n_haps=n_haps,
+                sites,
+                buf,
+                q_start,
+                q_end,
+                max_span=max_span,
+                policy=source.policy,
+                extend=params.extend_to_length,
+                n_haps=n_haps,
             )
             idx_out.write(res.idxs)
             lengths = res.lengths
