@@ -29,15 +29,13 @@ from typing import BinaryIO
 
 import numpy as np
 
+from farm.artifacts.bgzf import Bgzf, bgzf_state
 from farm.errors import InputError
 
 # 4 MiB blocks keep translate's output in L2/L3 for the replace that follows; larger blocks
 # are no faster and every block in flight costs memory (see the memory test).
 BLOCK_SIZE = 4 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
-# A bgzip file ends with this empty block; without it the file was cut at a block boundary,
-# which the gzip format itself cannot notice.
-_BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 _NL = 0x0A
 
 
@@ -65,23 +63,10 @@ def is_gzip(path: Path) -> bool:
         return f.read(2) == _GZIP_MAGIC
 
 
-def _is_bgzf_truncated(path: Path) -> bool:
-    """True for a BGZF file (gzip with the 'BC' extra field) that lacks its EOF block."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-        if not (head[3:4] == b"\x04" and head[12:14] == b"BC"):
-            return False  # plain gzip: the gzip reader's own checks are all there is
-        size = os.fstat(f.fileno()).st_size
-        if size < len(_BGZF_EOF):
-            return True
-        f.seek(size - len(_BGZF_EOF))
-        return f.read() != _BGZF_EOF
-
-
 def _open(path: Path) -> BinaryIO:
     try:
         if is_gzip(path):
-            if _is_bgzf_truncated(path):
+            if bgzf_state(path) is Bgzf.TRUNCATED:
                 raise InputError(
                     f"FASTA file {path} is a truncated bgzip file (its end-of-file block is "
                     "missing); re-download it or recompress it with bgzip."

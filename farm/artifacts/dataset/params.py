@@ -7,12 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from farm.artifacts.bgzf import Bgzf, bgzf_state
 from farm.artifacts.dataset import regions as bed
 from farm.errors import InputError
 
 VariantKind = Literal["vcf", "pgen"]
-# A complete BGZF file ends with this empty block; without it the file was cut short.
-BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 _VCF_SUFFIXES = (".vcf.gz", ".vcf.bgz", ".bcf")
 
 
@@ -158,21 +157,17 @@ def match_contig(name: str, available: list[str] | set[str]) -> str | None:
 
 
 def _check_bgzf(path: Path) -> None:
-    with open(path, "rb") as f:
-        head = f.read(18)
-        if head[:4] != b"\x1f\x8b\x08\x04" or head[12:14] != b"BC":
-            raise InputError(
-                f"Variant file {path} is not BGZF-compressed (plain gzip or not compressed); "
-                f"recompress it with bgzip and index it again."
-            )
-        f.seek(0, 2)
-        size = f.tell()
-        f.seek(max(0, size - len(BGZF_EOF)))
-        if f.read() != BGZF_EOF:
-            raise InputError(
-                f"Variant file {path} is truncated (its BGZF end-of-file block is missing); "
-                f"copy or export it again."
-            )
+    state = bgzf_state(path)
+    if state is Bgzf.NOT_BGZF:
+        raise InputError(
+            f"Variant file {path} is not BGZF-compressed (plain gzip or not compressed); "
+            f"recompress it with bgzip and index it again."
+        )
+    if state is Bgzf.TRUNCATED:
+        raise InputError(
+            f"Variant file {path} is truncated (its BGZF end-of-file block is missing); "
+            f"copy or export it again."
+        )
 
 
 def _vcf_samples(path: Path) -> list[str]:
