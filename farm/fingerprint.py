@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -56,12 +57,17 @@ def format_checksum(h: hashlib._Hash) -> str:
 def checksum(path: str | os.PathLike[str]) -> str:
     """Full-content checksum, as ``sha256:<hex>``."""
     h = new_checksum()
-    buf = bytearray(_READ_CHUNK)
+    _feed(path, h.update, _READ_CHUNK)
+    return format_checksum(h)
+
+
+def _feed(path: str | os.PathLike[str], update: Callable[[memoryview], object], size: int) -> None:
+    """Hand every byte of a file to ``update``, through one reused buffer."""
+    buf = bytearray(size)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
-            h.update(view[:n])
-    return format_checksum(h)
+            update(view[:n])
 
 
 def tree_checksums(root: Path) -> dict[str, str]:
@@ -114,11 +120,7 @@ class ChunkedCrc:
 
 def chunk_crc_checksum(path: str | os.PathLike[str]) -> str:
     running = ChunkedCrc()
-    buf = bytearray(CHECK_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            running.update(view[:n])
+    _feed(path, running.update, CHECK_CHUNK)
     return running.hexdigest()
 
 

@@ -187,14 +187,25 @@ def write_cache(fasta: Path, out_dir: Path, dest: Path) -> CacheMetadata:
     finally:
         os.close(fd)
     _check_unchanged(fasta, before, before_stat)
+    return _write_metadata(out_dir, fasta, dest, contigs, before, digest)
+
+
+def _write_metadata(
+    out_dir: Path,
+    fasta: Path,
+    dest: Path,
+    contigs: dict[str, int],
+    source_fingerprint: Fingerprint,
+    sequence_checksum: str,
+) -> CacheMetadata:
     meta = CacheMetadata(
         format_version=FORMAT_VERSION,
         genvarloader_version=GENVARLOADER_VERSION,
         contigs=contigs,
         source=source_hints(fasta, dest),
-        fingerprint=before,
+        fingerprint=source_fingerprint,
         farm_version=farm.__version__,
-        sequence_checksum=digest,
+        sequence_checksum=sequence_checksum,
     )
     (out_dir / METADATA_FILE).write_text(meta.model_dump_json())
     return meta
@@ -405,17 +416,7 @@ def _migrate_legacy(fasta: Path, legacy: Path, dest: Path, owner: Owner) -> Ensu
             if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise
             shutil.copyfile(legacy, data)
-        meta = CacheMetadata(
-            format_version=FORMAT_VERSION,
-            genvarloader_version=GENVARLOADER_VERSION,
-            contigs=lengths,
-            source=source_hints(fasta, dest),
-            fingerprint=before,
-            farm_version=farm.__version__,
-            sequence_checksum=chunk_crc_checksum(data),
-        )
-        (staged / METADATA_FILE).write_text(meta.model_dump_json())
-        return meta
+        return _write_metadata(staged, fasta, dest, lengths, before, chunk_crc_checksum(data))
 
     outcome, meta = build_and_publish(dest, write, owner=owner, replace=False)
     if outcome in (Outcome.PUBLISHED, Outcome.LOST):
