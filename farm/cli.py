@@ -51,7 +51,8 @@ app.add_typer(build_app, name="build")
 app.add_typer(submit_app, name="submit", invoke_without_command=True)
 app.add_typer(server_app, name="server")
 
-out = Console()
+# Piped output is not folded at 80 columns: paths stay whole for the next program.
+out = Console(width=None if sys.stdout.isatty() else 240)
 err = Console(stderr=True)
 
 EXIT_FAILED = 1
