@@ -10,7 +10,7 @@ from farm.artifacts.base import Classification, State
 from farm.artifacts.dataset.validate import read_record
 from farm.artifacts.dataset.writer import FARM_RECORD
 from farm.errors import ArtifactInvalidError, FarmError, InputError, TooNewError
-from farm.fingerprint import Fingerprint, checksum
+from farm.fingerprint import Fingerprint, checksum, fingerprint
 from farm.publish import Outcome, Owner
 from farm.requests import BuildRequest, CacheRequest, DatasetRequest
 
@@ -40,7 +40,7 @@ def ensure(request: BuildRequest, owner: Owner) -> Built:
 
 def _ensure_dataset(request: DatasetRequest, owner: Owner) -> Built:
     dest = request.destination()
-    found = dataset.classify_dataset(dest)
+    found = classify(request)
     if found.state is State.FRESH:
         return _dataset_built("reused", dest)
     if found.state is State.TOO_NEW:
@@ -49,7 +49,7 @@ def _ensure_dataset(request: DatasetRequest, owner: Owner) -> Built:
         raise InputError(f"{found.reason}; choose another destination for the dataset.")
     replace = found.state is not State.MISSING
     outcome, _ = dataset.build_dataset(request.params(), dest, owner=owner, replace=replace)
-    if outcome is Outcome.LOST and not dataset.classify_dataset(dest).state.usable:
+    if outcome is Outcome.LOST and classify(request).state is not State.FRESH:
         raise ArtifactInvalidError(
             f"Another builder published {dest} first and it is not a fresh dataset of this "
             "request; build again."
@@ -63,10 +63,21 @@ def _dataset_built(action: str, dest: Path) -> Built:
 
 
 def classify(request: BuildRequest, *, deep: bool = False) -> Classification:
-    if isinstance(request, CacheRequest):
-        return gvlfa.classify(request.destination(), deep=deep)
     dest = request.destination()
+    if isinstance(request, CacheRequest):
+        found = gvlfa.classify(dest, deep=deep)
+        if found.state is State.FRESH and not fingerprint(request.fasta).matches(
+            gvlfa.read_metadata(dest).fingerprint
+        ):
+            # Fresh for its own source, but that is another FASTA than this request's.
+            return Classification(State.STALE, f"{dest} holds the cache of another FASTA")
+        return found
     found = dataset.classify_dataset(dest)
+    if found.state is State.FRESH:
+        record = read_record(dest)
+        if record is not None and record.get("request") != request.params().canonical():
+            # Fresh sources, other parameters (samples, jitter...): not this request's dataset.
+            return Classification(State.STALE, f"{dest} was built from another request")
     if deep and found.state.usable:
         try:
             dataset.validate_dataset(dest, deep=True)

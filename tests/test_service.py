@@ -145,3 +145,60 @@ def test_a_time_limit_and_an_internal_error_are_recorded_as_sentences(
     assert record.status is Status.FAILED
     assert record.error.startswith("Internal error") and "RuntimeError: boom" in record.error
     assert registry.lease_holder(key) is None
+
+
+def test_a_destination_rebuilt_for_another_request_supersedes_the_old_record(
+    tmp_path, registry, farm_settings
+):
+    """Same destination, other parameters: the dataset is rebuilt, not silently reused, and
+    the first key's record turns stale (and stays stale under verify)."""
+    import shutil
+
+    import genvarloader as gvl
+
+    from farm import maintenance
+    from farm.requests import DatasetRequest
+    from tests.support.dataset_data import DATA, SIRPB2, SIRPB2_STRAND_COLUMN, VCF
+
+    inputs = tmp_path / "chr20"
+    shutil.copytree(DATA, inputs)
+    ctx = service.Context(registry, farm_settings, "w")
+    records = []
+    for samples in (("NA06989", "NA07000"), ("NA06994",)):
+        request = prepare(
+            DatasetRequest(
+                variants=inputs / VCF,
+                regions=inputs / SIRPB2,
+                dest=tmp_path / "ds.gvl",
+                samples=samples,
+                strand_column=SIRPB2_STRAND_COLUMN,
+            ),
+            farm_settings.roots,
+        )
+        records.append(service.ensure(request, request_key(request)[0], ctx))
+    first, second = records
+    assert first.key != second.key
+    assert (first.action, second.action) == ("built", "rebuilt")
+    assert registry.get(first.key).status is Status.STALE
+    assert registry.get(second.key).status is Status.VALID
+    ds = gvl.Dataset.open(tmp_path / "ds.gvl", inputs / "GRCh37_chr20_0-2Mb_Nmasked_first1Mb.fa.gz")
+    assert list(ds.samples) == ["NA06994"]
+    verdicts = {r.key: r.status for r in maintenance.verify(registry)}
+    assert verdicts == {first.key: Status.STALE, second.key: Status.VALID}
+
+
+def test_a_cache_destination_taken_by_another_fasta_stays_stale_under_verify(
+    genomes, registry, farm_settings
+):
+    from farm import maintenance
+
+    ctx = service.Context(registry, farm_settings, "w")
+    dest = genomes / "shared.gvlfa"
+    keys = []
+    for name in (LAMBDA, "yeast_S288C_chrI_SGD2005.fa"):
+        request, key = _prepared(genomes, farm_settings, name, dest=dest)
+        assert service.ensure(request, key, ctx).status is Status.VALID
+        keys.append(key)
+    assert gvlfa.read_metadata(dest).contigs == {"chrI": 230208}
+    verdicts = {r.key: r.status for r in maintenance.verify(registry)}
+    assert verdicts == {keys[0]: Status.STALE, keys[1]: Status.VALID}
