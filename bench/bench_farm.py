@@ -9,6 +9,7 @@ tiny genome (vs a plain Celery no-op round trip). Run: ``python bench/bench_farm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -54,14 +55,21 @@ def start_worker(argv: list[str], env: dict[str, str], log: Path) -> subprocess.
     deadline = time.monotonic() + 60
     while b"ready." not in log.read_bytes():
         if time.monotonic() > deadline or proc.poll() is not None:
+            stop(proc)
             raise SystemExit(f"worker did not start:\n{log.read_text()[-2000:]}")
         time.sleep(0.1)
     return proc
 
 
 def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(30)
+    """Stop a worker and its pool by process group; SIGKILL if it will not go."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def main() -> None:
@@ -142,49 +150,15 @@ def main() -> None:
 
         (work / "direct").mkdir()
         bare = median_ms(direct, args.builds)
-        worker = start_worker(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.app",
-                "worker",
-                "-Q",
-                "farm.builds",
-                "--pool",
-                "prefork",
-                "--concurrency",
-                "1",
-                "--without-mingle",
-                "--without-gossip",
-                "--loglevel",
-                "INFO",
-            ],
-            env,
-            work / "worker.log",
-        )
-        noop_worker = start_worker(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "bench.celery_baseline",
-                "worker",
-                "-Q",
-                "baseline",
-                "--pool",
-                "solo",
-                "--without-mingle",
-                "--without-gossip",
-                "--loglevel",
-                "INFO",
-            ],
-            env,
-            work / "noop.log",
-        )
-        try:
+        with contextlib.ExitStack() as processes:
+            for app, queue, pool, log in (
+                ("workers.app", QUEUE, "prefork", "worker.log"),
+                ("bench.celery_baseline", "baseline", "solo", "noop.log"),
+            ):
+                argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue]
+                argv += ["--pool", pool, "--concurrency", "1", "--loglevel", "INFO"]
+                argv += ["--without-mingle", "--without-gossip"]
+                processes.callback(stop, start_worker(argv, env, work / log))
             with Farm.connect(settings) as farm:
 
                 def through_farm() -> None:
@@ -197,9 +171,6 @@ def main() -> None:
                 farmed = median_ms(through_farm, args.builds)
             noop.apply_async().get(timeout=30)
             roundtrip = median_ms(lambda: noop.apply_async().get(timeout=30), 200)
-        finally:
-            stop(worker)
-            stop(noop_worker)
         rows.append(
             ("build, bare builder", f"{bare:.2f} ms", f"median of {args.builds}, lambda 48 kb")
         )
