@@ -244,6 +244,11 @@ class Registry:
         return raw.decode() if raw else None
 
     @_redis_errors
+    def lease_remaining_s(self, key: str) -> float:
+        """Seconds before the lease on ``key`` expires unless renewed; 0 when there is none."""
+        return max(0, int(self._r.pttl(self._lease(key)))) / 1000
+
+    @_redis_errors
     def live_lease_with_prefix(self, key_prefix: str) -> bool:
         """Whether any lease's key starts with ``key_prefix`` (owner tags carry a prefix)."""
         pattern = f"{self._lease(key_prefix)}*"

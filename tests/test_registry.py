@@ -103,3 +103,11 @@ def test_workers_are_live_while_they_heartbeat(registry: Registry):
     assert registry.live_workers(within_s=5) == ["w1"]
     registry.worker_gone("w1")
     assert registry.live_workers(within_s=5) == []
+
+
+def test_a_lease_runs_out_within_its_ttl_unless_renewed(registry: Registry):
+    assert registry.lease_remaining_s("k") == 0
+    assert registry.acquire_lease("k", "a", 2.0)
+    assert 0 < registry.lease_remaining_s("k") <= 2.0
+    assert registry.renew_lease("k", "a", 30.0)
+    assert 2.0 < registry.lease_remaining_s("k") <= 30.0
