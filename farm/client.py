@@ -18,7 +18,7 @@ from farm.embedded import resolve_url
 from farm.errors import FarmError
 from farm.fingerprint import Fingerprint, fingerprint
 from farm.queue import Sender
-from farm.registry import ArtifactRecord, Registry, Status
+from farm.registry import ArtifactRecord, Registry
 from farm.requests import BuildRequest, derive_key, prepare
 from farm.service import queued_record
 
@@ -128,7 +128,3 @@ class Farm:
 def _published(dest: Path) -> bool:
     """A cheap check that a recorded artifact has not vanished from disk."""
     return (dest / "metadata.json").exists()
-
-
-def all_valid(records: Sequence[ArtifactRecord | None]) -> bool:
-    return all(r is not None and r.status is Status.VALID for r in records)

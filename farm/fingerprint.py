@@ -12,7 +12,6 @@ import hashlib
 import os
 import zlib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -68,13 +67,6 @@ def _feed(path: str | os.PathLike[str], update: Callable[[memoryview], object], 
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
             update(view[:n])
-
-
-def tree_checksums(root: Path) -> dict[str, str]:
-    """Checksums of every file below root, keyed by POSIX relative path (sorted)."""
-    return {
-        p.relative_to(root).as_posix(): checksum(p) for p in sorted(root.rglob("*")) if p.is_file()
-    }
 
 
 # --- chunked CRC: the checksum a parallel builder can compute ----------------------------------

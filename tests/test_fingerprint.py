@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from genvarloader import _fasta_cache as gvl_cache
 
-from farm.fingerprint import FINGERPRINT_WINDOW, checksum, fingerprint, tree_checksums
+from farm.fingerprint import FINGERPRINT_WINDOW, checksum, fingerprint
 
 
 @pytest.mark.parametrize("key", ["lambda", "lambda.bgz", "yeast", "chr20", "chr20.bgz"])
@@ -35,12 +35,3 @@ def test_checksum_catches_a_same_size_change_the_fingerprint_misses(
     assert gvl_cache.fingerprint(path).digest == fp_before.digest  # GenVarLoader misses it too
     assert checksum(path) != sum_before
     assert checksum(path).startswith("sha256:")
-
-
-def test_tree_checksums_cover_every_file(tmp_path: Path) -> None:
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "a").write_bytes(b"a")
-    (tmp_path / "sub" / "b").write_bytes(b"b")
-    sums = tree_checksums(tmp_path)
-    assert list(sums) == ["a", "sub/b"]
-    assert sums["a"] == checksum(tmp_path / "a")
