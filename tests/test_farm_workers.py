@@ -163,3 +163,25 @@ def test_a_build_longer_than_the_visibility_timeout_runs_once_and_can_be_followe
     logdir = tmp_path / "worker-logs"
     assert deliveries(logdir) >= 2, "the broker did redeliver the running message"
     assert build_starts(logdir) == 1
+
+
+def test_a_message_that_kills_its_worker_fails_after_max_attempts(
+    genomes: Path, farm_settings: Settings, redis_url: str, start_workers, tmp_path: Path
+):
+    """The pool child dies mid-build every time: Celery requeues (late ack, reject on worker
+    lost), the next delivery takes over the lease once it expires, and after
+    FARM_MAX_ATTEMPTS interrupted builds the job fails with a sentence instead of looping."""
+    start_workers(1, app=SLOW_APP, test_build_kills_worker=1, lease_ttl_s=1, max_attempts=2)
+    fasta = genomes / LAMBDA
+    with connect(farm_settings, redis_url) as farm:
+        key = farm.submit(CacheRequest(fasta=fasta)).key
+        (record,) = farm.wait([key], timeout_s=120)
+    assert record.status is Status.FAILED
+    assert "interrupted 2 times" in record.error
+    assert build_starts(tmp_path / "worker-logs") == 2
+    dest = gvlfa.default_dest(fasta)
+    assert not dest.exists()
+    orphans = maintenance.gc(Registry.from_url(redis_url), [genomes], grace_s=0)
+    assert len(orphans) == 2  # one staging dir per killed build, each found by gc
+    remove_orphans(orphans)
+    assert not list(genomes.glob("*.farmtmp.*"))
