@@ -148,12 +148,14 @@ class DatasetParams(BaseModel):
         return samples
 
 
+def contig_aliases(name: str) -> tuple[str, str]:
+    """A contig's name as given and with its "chr" prefix added or removed."""
+    return name, name[3:] if name.startswith("chr") else f"chr{name}"
+
+
 def match_contig(name: str, available: list[str] | set[str]) -> str | None:
     """The variant file's name for a BED contig, allowing a "chr" prefix on either side."""
-    if name in available:
-        return name
-    alt = name[3:] if name.startswith("chr") else f"chr{name}"
-    return alt if alt in available else None
+    return next((alias for alias in contig_aliases(name) if alias in available), None)
 
 
 def _check_bgzf(path: Path) -> None:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 import farm
-from farm.artifacts.dataset.params import DatasetParams, match_contig
+from farm.artifacts.dataset.params import DatasetParams, contig_aliases, match_contig
 from farm.artifacts.dataset.pgen import PgenFile
 from farm.artifacts.dataset.regions import Regions, read_bed
 from farm.artifacts.dataset.select import ContigSites, select_region
@@ -70,9 +70,7 @@ def write_dataset(params: DatasetParams, out_dir: Path) -> dict[str, Any]:
     geno.mkdir()
 
     table = SiteTable(params.variants, geno / "variants.arrow")
-    wanted = set(regions.contigs)
-    wanted |= {c[3:] if c.startswith("chr") else f"chr{c}" for c in regions.contigs}
-    table.keep_positions_for(wanted)
+    table.keep_positions_for({alias for c in regions.contigs for alias in contig_aliases(c)})
     source.read_sites(table)
     per_contig = table.finish()
     if isinstance(source, PgenFile):
@@ -93,18 +91,18 @@ def write_dataset(params: DatasetParams, out_dir: Path) -> dict[str, Any]:
         total = 0
         for c_i, contig in enumerate(regions.contigs):
             rows = np.flatnonzero(table_rows[:, 0] == c_i)
-            sites = per_contig[match_contig(contig, file_contigs) or contig]
+            file_contig = match_contig(contig, file_contigs) or contig
             total = _write_contig(
                 params,
                 source,
                 samples,
-                sites,
+                per_contig[file_contig],
                 table_rows,
                 rows,
                 idx_out,
                 off_out,
                 total,
-                match_contig(contig, file_contigs) or contig,
+                file_contig,
             )
         off_out.write(np.asarray([total], np.int64))
     finally:
