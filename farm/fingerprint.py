@@ -1,20 +1,26 @@
-"""Source fingerprints (GenVarLoader's cheap identity check) and full-content checksums.
+"""Source fingerprints (GenVarLoader's cheap identity check), source stamps, content checksums.
 
 The fingerprint is byte-for-byte GenVarLoader's record, so a cache the farm writes is taken as
 fresh by GenVarLoader and the other way round. It only hashes the first MiB plus the size, so a
 same-size edit past the first MiB is invisible to it; the content checksum closes that gap for
-deep verification, at the price of reading every byte.
+deep verification, at the price of reading every byte. During a build, a :class:`SourceStamp`
+closes it at the price of one ``fstat``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 import zlib
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from farm.errors import SourceChangedError
 
 FINGERPRINT_WINDOW = 1 << 20
 CHECKSUM_ALGORITHM = "sha256"  # SHA-NI makes it the fastest strong hash hashlib offers here
@@ -38,10 +44,81 @@ class Fingerprint(BaseModel):
 def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
     """Fingerprint a file as stored (compressed bytes for a bgzipped file)."""
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        n = min(FINGERPRINT_WINDOW, size)
-        digest = hashlib.blake2b(f.read(n)).hexdigest()
+        return _fingerprint_open(f, os.fstat(f.fileno()).st_size)
+
+
+def _fingerprint_open(f: BinaryIO, size: int) -> Fingerprint:
+    n = min(FINGERPRINT_WINDOW, size)
+    digest = hashlib.blake2b(f.read(n)).hexdigest()
     return Fingerprint(n_bytes_hashed=n, digest=digest, size_bytes=size)
+
+
+# A file's ctime comes from a clock that, before Linux 6.13's multigrain timestamps, advances
+# once per timer tick: 10 ms at the slowest standard rate (HZ=100). Twice that leaves a margin.
+SETTLE_NS = 20_000_000
+_SETTLE_TRIES = 5
+
+
+@dataclass(frozen=True)
+class SourceStamp:
+    """A source file as a build is about to read it, to compare with the file after the build.
+
+    The fingerprint alone misses a same-size edit past the first MiB, and size plus mtime miss
+    it too once mtime is set back (``os.utime``, ``touch -d``, ``cp -p``, ``rsync -t``). The
+    stamp adds what a user cannot set back: ``ctime``, which the kernel moves on every write,
+    truncate, chmod or utime of the inode, and the device and inode number, which a file
+    replaced by a rename (editors, ``cp`` to a temp name then ``mv``) does not keep.
+
+    Timestamp granularity: a change within the same clock step as the stamped ctime may keep
+    the ctime. On Linux >= 6.13 (ext4, xfs, btrfs, tmpfs) the ``fstat`` here makes the next
+    change get a fine-grained, later ctime. Elsewhere the step is one timer tick (1-10 ms), so
+    :meth:`take` waits until the file's ctime is :data:`SETTLE_NS` older than the clock before
+    stamping; from then on every change gets a later ctime. Not covered: filesystems whose
+    stamps are coarser (FAT's 2 s, network filesystems whose server sets the times) and a clock
+    set backwards; there a same-size edit past the first MiB with mtime restored, in the same
+    step as the previous change, is seen only by a full checksum (``farm verify``).
+    """
+
+    path: Path
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    fingerprint: Fingerprint
+
+    @classmethod
+    def take(cls, path: str | os.PathLike[str]) -> SourceStamp:
+        """Stamp ``path`` before reading it, once its ctime has settled (see the class doc).
+
+        Raises :class:`SourceChangedError` for a file that keeps changing while it settles.
+        """
+        for _ in range(_SETTLE_TRIES):
+            now = time.time_ns()  # before the fstat: the clock had passed ``now`` by then
+            stamp = cls._read(Path(path))
+            age = now - stamp.ctime_ns
+            # Settled; or stamped by a clock far ahead of ours (a server's): waiting is futile.
+            if not -SETTLE_NS <= age < SETTLE_NS:
+                return stamp
+            time.sleep((SETTLE_NS - age) / 1e9)
+        raise SourceChangedError(
+            f"{path} is being written to right now; nothing was built from it, submit the "
+            "build again once the file is final."
+        )
+
+    @classmethod
+    def _read(cls, path: Path) -> SourceStamp:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())  # before reading, so a write after it moves ctime
+            fp = _fingerprint_open(f, st.st_size)
+        return cls(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, fp)
+
+    def unchanged(self) -> bool:
+        """Whether the file at :attr:`path` is still the one stamped: same inode, untouched."""
+        try:
+            return self._read(self.path) == self
+        except OSError:  # gone, or made unreadable (a chmod, which moves ctime anyway)
+            return False
 
 
 def new_checksum() -> hashlib._Hash:

@@ -96,14 +96,7 @@ class DatasetRequest(BaseModel):
 
     def source_files(self) -> dict[str, Path]:
         """By role: the variant file, its index or .pvar/.psam, and the BED."""
-        files = self.params().source_files()
-        roles: dict[str, Path] = {"variants": self.variants, "regions": self.regions}
-        for path in files:
-            if path in (self.variants, self.regions):
-                continue
-            suffix = path.suffix.lstrip(".")
-            roles["index" if suffix in ("tbi", "csi") else suffix] = path
-        return roles
+        return self.params().source_roles()
 
     def canonical_params(self) -> dict[str, Any]:
         """Parameters only: paths enter the key through their contents, not their names."""

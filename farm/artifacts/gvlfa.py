@@ -40,6 +40,7 @@ from farm.fingerprint import (
     CHECK_CHUNK,
     ChunkedCrc,
     Fingerprint,
+    SourceStamp,
     chunk_crc_checksum,
     chunk_crc_digest,
     content_matches,
@@ -172,22 +173,24 @@ def _write_sequence(fasta: Path, fd: int) -> tuple[dict[str, int], str]:
     return stream_contigs(fasta, write), running.hexdigest()
 
 
-def write_cache(fasta: Path, out_dir: Path, dest: Path) -> CacheMetadata:
+def write_cache(
+    fasta: Path, out_dir: Path, dest: Path, *, expected: Fingerprint | None = None
+) -> CacheMetadata:
     """Write ``sequence.bin`` and ``metadata.json`` for ``fasta`` into ``out_dir``.
 
     ``dest`` is where the cache will be published; the source hints are relative to it.
-    The fingerprint is taken before reading and compared after, so a source that changes
-    under the build fails it instead of publishing a mix of old and new.
+    The source is stamped before reading and checked after (:class:`SourceStamp`), so a
+    source that changes under the build fails it instead of publishing a mix of old and new;
+    one that is not ``expected`` fails it before anything is written.
     """
-    before_stat = fasta.stat()
-    before = fingerprint(fasta)
+    stamp = _stamp(fasta, expected)
     fd = os.open(out_dir / DATA_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         contigs, digest = _write_sequence(fasta, fd)
     finally:
         os.close(fd)
-    _check_unchanged(fasta, before, before_stat)
-    return _write_metadata(out_dir, fasta, dest, contigs, before, digest)
+    _check_unchanged(stamp)
+    return _write_metadata(out_dir, fasta, dest, contigs, stamp.fingerprint, digest)
 
 
 def _write_metadata(
@@ -211,15 +214,25 @@ def _write_metadata(
     return meta
 
 
-def _check_unchanged(fasta: Path, before: Fingerprint, before_stat: os.stat_result) -> None:
-    after_stat = fasta.stat()
-    changed = (after_stat.st_size, after_stat.st_mtime_ns) != (
-        before_stat.st_size,
-        before_stat.st_mtime_ns,
-    )
-    if changed or not fingerprint(fasta).matches(before):
+def _stamp(fasta: Path, expected: Fingerprint | None) -> SourceStamp:
+    """Stamp the source before it is read; refuse it unless it is the content asked for.
+
+    ``expected`` is the fingerprint the request was keyed with: a file that changed between
+    the keying and the build would otherwise be built, and recorded, under the wrong key.
+    """
+    stamp = SourceStamp.take(fasta)
+    if expected is not None and not stamp.fingerprint.matches(expected):
         raise SourceChangedError(
-            f"FASTA file {fasta} changed while its cache was being built; "
+            f"FASTA file {fasta} changed after its cache was requested; nothing was "
+            "published, submit the build again to build from the current file."
+        )
+    return stamp
+
+
+def _check_unchanged(stamp: SourceStamp) -> None:
+    if not stamp.unchanged():
+        raise SourceChangedError(
+            f"FASTA file {stamp.path} changed while its cache was being built; "
             "nothing was published, submit the build again once the file is final."
         )
 
@@ -315,6 +328,8 @@ def ensure_cache(
     owner: Owner | None = None,
     lock: bool = True,
     lock_timeout: float = LOCK_TIMEOUT_S,
+    expected: Fingerprint | None = None,
+    force: bool = False,
 ) -> EnsureResult:
     """Make ``dest`` (default ``FASTA.gvlfa``) a fresh cache of ``fasta``, building only if needed.
 
@@ -322,41 +337,55 @@ def ensure_cache(
     check is repeated inside the lock. The lock is only an optimisation: when it is a no-op
     (some network filesystems) or times out, every caller builds and the first rename wins,
     which is still correct because their bytes are identical.
+
+    ``expected``: the source fingerprint the request was keyed with. A cache is reused only if
+    it was built from it, and a source that no longer has it fails the build with
+    :class:`SourceChangedError` before anything is written.
+
+    ``force``: build even when a usable cache (or a legacy one to migrate) is there. The
+    shortcut trusts a shallow check (sizes and the source fingerprint), which a same-size
+    corruption of ``sequence.bin`` passes; forcing is how a caller that distrusts it gets a
+    cache built from the source, swapped in atomically. The action is then ``rebuilt`` (or
+    ``built`` where nothing was), never ``reused`` unless a concurrent builder published first.
+    A foreign or too-new destination is still refused.
     """
     fasta = Path(fasta)
     dest = Path(dest) if dest is not None else default_dest(fasta)
     owner = owner or Owner.current()
     check_fasta(fasta)
 
-    found = _usable_or_raise(dest, fasta)
+    found = _usable_or_raise(dest, fasta, expected, force=force)
     if found is not None:
         return found
     with _best_effort_lock(dest, enabled=lock, timeout=lock_timeout):
-        found = _usable_or_raise(dest, fasta)
+        found = _usable_or_raise(dest, fasta, expected, force=force)
         if found is not None:
             return found
         state = classify(dest).state
         legacy = legacy_path(fasta)
-        if state is State.MISSING and legacy.is_file() and dest == default_dest(fasta):
-            migrated = _migrate_legacy(fasta, legacy, dest, owner)
+        if (
+            not force
+            and state is State.MISSING
+            and legacy.is_file()
+            and dest == default_dest(fasta)
+        ):
+            migrated = _migrate_legacy(fasta, legacy, dest, owner, expected)
             if migrated is not None:
                 return migrated
-        return _build(fasta, dest, owner, replace=state is not State.MISSING)
+        return _build(fasta, dest, owner, expected, replace=force or state is not State.MISSING)
 
 
-def _usable_or_raise(dest: Path, fasta: Path) -> EnsureResult | None:
+def _usable_or_raise(
+    dest: Path, fasta: Path, expected: Fingerprint | None, *, force: bool = False
+) -> EnsureResult | None:
     """A result when ``dest`` is a fresh cache *of* ``fasta``; None when it must be built.
 
     Fresh alone is not enough at a custom destination: the cache could be a fresh cache of
     another FASTA (its hints resolve to that one), so the requested file's fingerprint is
-    compared too.
+    compared too, and the ``expected`` one when given. ``force``: never usable, but a
+    destination that must not be overwritten is still refused.
     """
     found = classify(dest)
-    if found.state is State.FRESH:
-        meta = read_metadata(dest)
-        if not fingerprint(fasta).matches(meta.fingerprint):
-            return None
-        return EnsureResult(dest, "reused", None, meta)
     if found.state is State.TOO_NEW:
         raise TooNewError(
             f"{found.reason}; upgrade gvl-farm, or remove {dest} to rebuild it in format "
@@ -364,17 +393,29 @@ def _usable_or_raise(dest: Path, fasta: Path) -> EnsureResult | None:
         )
     if found.state is State.FOREIGN:
         raise InputError(f"{found.reason}; choose another destination for the cache.")
-    return None
+    if force or found.state is not State.FRESH:
+        return None
+    meta = read_metadata(dest)
+    if not fingerprint(fasta).matches(meta.fingerprint):
+        return None
+    if expected is not None and not expected.matches(meta.fingerprint):
+        return None  # the build then fails on the source that is not the expected one
+    return EnsureResult(dest, "reused", None, meta)
 
 
-def _build(fasta: Path, dest: Path, owner: Owner, *, replace: bool) -> EnsureResult:
+def _build(
+    fasta: Path, dest: Path, owner: Owner, expected: Fingerprint | None, *, replace: bool
+) -> EnsureResult:
     outcome, meta = build_and_publish(
-        dest, lambda staged: write_cache(fasta, staged, dest), owner=owner, replace=replace
+        dest,
+        lambda staged: write_cache(fasta, staged, dest, expected=expected),
+        owner=owner,
+        replace=replace,
     )
     if outcome is Outcome.LOST:
         # Someone published first. Their cache is of the same source, so it is ours too,
         # provided it really is fresh.
-        found = _usable_or_raise(dest, fasta)
+        found = _usable_or_raise(dest, fasta, expected)
         if found is None:
             raise ArtifactInvalidError(
                 f"Another builder published {dest} first and it is not a fresh cache of "
@@ -382,24 +423,25 @@ def _build(fasta: Path, dest: Path, owner: Owner, *, replace: bool) -> EnsureRes
             )
         return EnsureResult(dest, "reused", Outcome.LOST, found.metadata)
     assert meta is not None
-    return EnsureResult(dest, "rebuilt" if replace else "built", outcome, meta)
+    return EnsureResult(dest, "rebuilt" if outcome is Outcome.REPLACED else "built", outcome, meta)
 
 
-def _migrate_legacy(fasta: Path, legacy: Path, dest: Path, owner: Owner) -> EnsureResult | None:
+def _migrate_legacy(
+    fasta: Path, legacy: Path, dest: Path, owner: Owner, expected: Fingerprint | None
+) -> EnsureResult | None:
     """Reuse the bytes of a legacy flat ``X.gvl`` when they fit the source; None to build.
 
-    The source's contig lengths and fingerprint are read before the legacy file is touched.
-    Racing migrators each hard-link the legacy bytes (nobody moves them out from under
-    another), the first rename wins, and the legacy file is removed only after a publish.
+    The source is stamped and its contig lengths read before the legacy file is touched, and
+    the stamp is checked before the publish. Racing migrators each hard-link the legacy bytes
+    (nobody moves them out from under another), the first rename wins, and the legacy file is
+    removed only after a publish.
     """
-    before_stat = fasta.stat()
-    before = fingerprint(fasta)
+    stamp = _stamp(fasta, expected)
     lengths = _fai_lengths(fasta)
     if lengths is None:
         # No trustworthy index: count the lengths in one read-only pass (no writes, so far
         # cheaper than a build) rather than strand the legacy bytes forever.
         lengths = stream_contigs(fasta, lambda _block: None)
-        _check_unchanged(fasta, before, before_stat)
     try:
         if legacy.stat().st_size != sum(lengths.values()):
             return None  # stale or truncated legacy bytes: leave them alone, build fresh
@@ -416,13 +458,15 @@ def _migrate_legacy(fasta: Path, legacy: Path, dest: Path, owner: Owner) -> Ensu
             if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise
             shutil.copyfile(legacy, data)
-        return _write_metadata(staged, fasta, dest, lengths, before, chunk_crc_checksum(data))
+        checksum = chunk_crc_checksum(data)
+        _check_unchanged(stamp)  # the lengths and fingerprint recorded are still the file's
+        return _write_metadata(staged, fasta, dest, lengths, stamp.fingerprint, checksum)
 
     outcome, meta = build_and_publish(dest, write, owner=owner, replace=False)
     if outcome in (Outcome.PUBLISHED, Outcome.LOST):
         with contextlib.suppress(FileNotFoundError):
             legacy.unlink()
-    found = _usable_or_raise(dest, fasta)
+    found = _usable_or_raise(dest, fasta, expected)
     if found is None:
         return None
     action: Action = "migrated" if outcome is Outcome.PUBLISHED else "reused"

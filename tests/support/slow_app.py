@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from farm.artifacts import gvlfa
 from workers.app import app
@@ -22,14 +23,14 @@ log = logging.getLogger("farm.test.slow")
 _write_cache = gvlfa.write_cache
 
 
-def _slow_write_cache(fasta: Path, out_dir: Path, dest: Path):
+def _slow_write_cache(fasta: Path, out_dir: Path, dest: Path, **kwargs: Any):
     log.warning("BUILD-START %s pid=%d", dest, os.getpid())
     (out_dir / gvlfa.DATA_FILE).write_bytes(b"partial")
     if os.environ.get("FARM_TEST_BUILD_KILLS_WORKER"):
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(float(os.environ.get("FARM_TEST_BUILD_SECONDS", "0")))
     (out_dir / gvlfa.DATA_FILE).unlink()
-    return _write_cache(fasta, out_dir, dest)
+    return _write_cache(fasta, out_dir, dest, **kwargs)
 
 
 gvlfa.write_cache = _slow_write_cache

@@ -8,6 +8,7 @@ from typing import Any
 from farm.artifacts.dataset.params import DatasetParams
 from farm.artifacts.dataset.validate import classify_dataset, validate_dataset
 from farm.artifacts.dataset.writer import FORMAT_VERSION, write_dataset
+from farm.fingerprint import Fingerprint
 from farm.publish import Outcome, Owner, build_and_publish
 
 __all__ = [
@@ -21,12 +22,22 @@ __all__ = [
 
 
 def build_dataset(
-    params: DatasetParams, dest: Path, *, owner: Owner, replace: bool = False
+    params: DatasetParams,
+    dest: Path,
+    *,
+    owner: Owner,
+    replace: bool = False,
+    expected: dict[str, Fingerprint] | None = None,
 ) -> tuple[Outcome, dict[str, Any] | None]:
     """Check the inputs, build into a staging directory, and publish it at ``dest`` atomically.
 
     Checking first means a bad request fails in milliseconds with nothing staged; a defect
     only a full read finds fails the build, and :func:`build_and_publish` removes the staging.
+    ``replace`` swaps out whatever is at ``dest`` atomically, without reading it: a forced
+    rebuild of a dataset that looks fresh but is corrupt inside is this. ``expected``: the
+    sources' fingerprints by role, as :func:`write_dataset` takes them.
     """
     params.check()
-    return build_and_publish(dest, lambda d: write_dataset(params, d), owner=owner, replace=replace)
+    return build_and_publish(
+        dest, lambda d: write_dataset(params, d, expected=expected), owner=owner, replace=replace
+    )

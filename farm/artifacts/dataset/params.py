@@ -71,15 +71,24 @@ class DatasetParams(BaseModel):
 
     def source_files(self) -> list[Path]:
         """Every file whose content decides the dataset: its fingerprints key the build."""
+        return list(self.source_roles().values())
+
+    def source_roles(self) -> dict[str, Path]:
+        """The source files by role: ``variants``, then ``index`` (a VCF/BCF's .tbi or .csi,
+        when there is one) or ``pvar`` and ``psam`` (a PGEN's), then ``regions`` (the BED).
+
+        These are the names the request key gives its sources, and the keys of the
+        ``expected`` fingerprints a build checks its sources against.
+        """
+        roles = {"variants": self.variants}
         if self.kind == "pgen":
             from farm.artifacts.dataset.pgen import siblings
 
-            pvar, psam = siblings(self.variants)
-            files = [self.variants, pvar, psam]
-        else:
-            index = self.index_file()
-            files = [self.variants] + ([index] if index is not None else [])
-        return [*files, self.regions]
+            roles["pvar"], roles["psam"] = siblings(self.variants)
+        elif (index := self.index_file()) is not None:
+            roles["index"] = index
+        roles["regions"] = self.regions
+        return roles
 
     def canonical(self) -> dict[str, Any]:
         """JSON-able request with absolute paths and samples in the order the dataset holds them."""

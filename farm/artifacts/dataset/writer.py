@@ -29,7 +29,14 @@ from farm.artifacts.dataset.select import ContigSites, select_region
 from farm.artifacts.dataset.sites import SiteTable
 from farm.artifacts.dataset.vcf import VcfFile
 from farm.errors import InputError, SourceChangedError
-from farm.fingerprint import checksum, fingerprint, format_checksum, new_checksum
+from farm.fingerprint import (
+    Fingerprint,
+    SourceStamp,
+    checksum,
+    fingerprint,
+    format_checksum,
+    new_checksum,
+)
 
 FORMAT_VERSION = "2.0.0"
 # The genvarloader release whose layout this writer reproduces; readers take a version
@@ -60,9 +67,18 @@ class _HashedWriter:
         return format_checksum(self._h)
 
 
-def write_dataset(params: DatasetParams, out_dir: Path) -> dict[str, Any]:
-    """Build the dataset into the existing empty ``out_dir``; return its metadata.json content."""
-    before = {str(p): fingerprint(p) for p in params.source_files()}
+def write_dataset(
+    params: DatasetParams, out_dir: Path, *, expected: dict[str, Fingerprint] | None = None
+) -> dict[str, Any]:
+    """Build the dataset into the existing empty ``out_dir``; return its metadata.json content.
+
+    Every source file is stamped before anything is read and checked after the last read
+    (:class:`SourceStamp`), so a source that changes under the build fails it. ``expected``
+    maps each role of :meth:`DatasetParams.source_roles` to the fingerprint the request was
+    keyed with (None: no check); a source that no longer has it fails the build before
+    anything is written.
+    """
+    stamps = _stamp_sources(params, expected)
     regions = read_bed(params.regions, params.strand_column)
     source = PgenFile(params.variants) if params.kind == "pgen" else VcfFile(params.variants)
     samples = _select_samples(params, source.samples)
@@ -126,12 +142,12 @@ def write_dataset(params: DatasetParams, out_dir: Path) -> dict[str, Any]:
     }
     (out_dir / "metadata.json").write_text(json.dumps(metadata, separators=(",", ":")))
 
-    after = {str(p): fingerprint(p) for p in params.source_files()}
-    if any(not before[k].matches(after[k]) for k in before) or before.keys() != after.keys():
-        raise SourceChangedError(
-            f"An input of the dataset changed while it was being built ({params.variants} or "
-            f"{params.regions}); the build was discarded: build again once it is stable."
-        )
+    for stamp in stamps:
+        if not stamp.unchanged():
+            raise SourceChangedError(
+                f"Input {stamp.path} of the dataset changed while it was being built; nothing "
+                "was published, submit the build again once the file is final."
+            )
     for rel in ("metadata.json", "input_regions.arrow", "regions.npy", GENOTYPE_FILES[0]):
         sums[rel] = checksum(out_dir / rel)
     record = {
@@ -139,11 +155,33 @@ def write_dataset(params: DatasetParams, out_dir: Path) -> dict[str, Any]:
         "farm_version": farm.__version__,
         "format_version": FORMAT_VERSION,
         "request": params.canonical(),
-        "sources": {k: v.model_dump() for k, v in before.items()},
+        "sources": {str(s.path): s.fingerprint.model_dump() for s in stamps},
         "checksums": dict(sorted(sums.items())),
     }
     (out_dir / FARM_RECORD).write_text(json.dumps(record, indent=1))
     return metadata
+
+
+def _stamp_sources(
+    params: DatasetParams, expected: dict[str, Fingerprint] | None
+) -> list[SourceStamp]:
+    """Stamp every source before it is read; refuse any that is not the content asked for.
+
+    With ``expected``, its roles must be exactly the sources' roles: a file that appeared or
+    went away since the request was keyed (an index, say) changed the request too.
+    """
+    roles = params.source_roles()
+    stamps = {role: SourceStamp.take(path) for role, path in roles.items()}
+    if expected is not None:
+        for role in sorted(stamps.keys() | expected.keys()):
+            stamp, want = stamps.get(role), expected.get(role)
+            if stamp is None or want is None or not stamp.fingerprint.matches(want):
+                raise SourceChangedError(
+                    f"Input {roles.get(role, params.variants)} of the dataset changed after it "
+                    "was requested; nothing was published, submit the build again to build "
+                    "from the current files."
+                )
+    return list(stamps.values())
 
 
 def _select_samples(params: DatasetParams, available: list[str]) -> list[str]:
