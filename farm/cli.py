@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -28,14 +28,7 @@ from farm.config import QUEUE, Settings
 from farm.errors import BrokerError, FarmError, InputError
 from farm.publish import remove_orphans
 from farm.registry import ArtifactRecord, Status
-from farm.requests import (
-    BuildRequest,
-    CacheRequest,
-    DatasetRequest,
-    parse_request,
-    prepare,
-    request_key,
-)
+from farm.requests import BuildRequest, CacheRequest, DatasetRequest, parse_request
 
 app = typer.Typer(
     name="farm",
@@ -58,6 +51,7 @@ err = Console(stderr=True)
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
+EXIT_INTERRUPTED = 130
 
 DestOption = Annotated[
     Path | None, typer.Option("--dest", help="Where to publish (default: FASTA.gvlfa).")
@@ -87,71 +81,113 @@ def _build(request: BuildRequest, *, timeout: float | None, inline: bool) -> Non
     settings = _settings()
     with Farm.connect(settings) as farm:
         if inline:
-            prepared = prepare(request, settings.roots)
-            key, _ = request_key(prepared)
             ctx = service.Context(farm.registry, settings, service.inline_worker_name())
-            record = service.ensure(prepared, key, ctx)
+            try:
+                record = farm.build_here(request, ctx)
+            except KeyboardInterrupt:
+                err.print("Cancelled: the build was stopped and nothing was published.")
+                raise typer.Exit(EXIT_INTERRUPTED) from None
         else:
             submission = farm.submit(request)
             record = submission.record
             if not record.status.terminal:
-                with _worker_if_none(farm, settings) as check_worker:
-                    waited = farm.wait(
-                        [submission.key],
-                        timeout_s=timeout,
-                        on_progress=lambda _done, _total: check_worker(),
-                    )
-                    record = waited[0] or record
+                record = _follow(farm, settings, submission.key, timeout) or record
     _report_one(record)
 
 
-@contextmanager
-def _worker_if_none(farm: Farm, settings: Settings) -> Iterator[Callable[[], None]]:
-    """On the embedded default, a build with no worker around starts one for its duration.
+def _follow(
+    farm: Farm, settings: Settings, key: str, timeout: float | None
+) -> ArtifactRecord | None:
+    with _worker_if_none(farm, settings) as worker:
+        try:
+            (record,) = farm.wait(
+                [key], timeout_s=timeout, on_progress=lambda _done, _total: worker.check()
+            )
+        except KeyboardInterrupt:
+            if worker.transient:
+                worker.cancel(key)
+                err.print("Cancelled: the build was stopped and nothing was published.")
+            else:
+                err.print(f"Stopped waiting; the build goes on (`farm wait {key}`).")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    return record
 
-    Yields a check that raises if that worker died, so a broken worker cannot leave the
-    build waiting forever.
-    """
-    live = farm.registry.live_workers(within_s=3 * settings.worker_heartbeat_s)
-    if live:
-        yield lambda: None
+
+class _TransientWorker:
+    """A worker started for one build on the embedded default, stopped when it is done."""
+
+    def __init__(self, farm: Farm, settings: Settings) -> None:
+        self.farm = farm
+        self.log_path = settings.state_dir / f"transient-worker-{os.getpid()}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # No grace: when this command stops it, a build still running is handed back at once.
+        env = {**os.environ, "FARM_STOP_GRACE_S": "0"}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [*_celery_worker_argv(), "--pool", "solo", "-n", f"transient-{os.getpid()}@%h"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches this command, which decides
+            )
+
+    transient = True
+
+    def check(self) -> None:
+        """Raise if the worker died, so a broken worker cannot leave the build waiting."""
+        if self.proc.poll() is not None:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+            raise BrokerError(
+                f"The worker started for this build exited with code {self.proc.returncode} "
+                f"({lines[-1] if lines else 'no output'}); see {self.log_path}."
+            )
+
+    def cancel(self, key: str) -> None:
+        """Stop the build (its staging is removed) and record that it was cancelled, so no
+        later worker builds what the user stopped."""
+        self.stop()
+        service.cancel(self.farm.registry, key, "the user stopped `farm build`")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.returncode in (0, -signal.SIGTERM):
+            self.log_path.unlink(missing_ok=True)  # kept only when there is something to read
+
+
+class _NoTransientWorker:
+    transient = False
+
+    def check(self) -> None:
+        pass
+
+
+@contextmanager
+def _worker_if_none(
+    farm: Farm, settings: Settings
+) -> Iterator[_TransientWorker | _NoTransientWorker]:
+    """On the embedded default, a build with no worker around starts one for its duration."""
+    if farm.registry.live_workers(within_s=3 * settings.worker_heartbeat_s):
+        yield _NoTransientWorker()
         return
     if not settings.embedded:
         err.print(
             "[yellow]No live worker is consuming the queue; start one with `farm worker`. "
             "Waiting.[/]"
         )
-        yield lambda: None
+        yield _NoTransientWorker()
         return
-    log_path = settings.state_dir / f"transient-worker-{os.getpid()}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [*_celery_worker_argv(), "--pool", "solo", "-n", f"transient-{os.getpid()}@%h"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def check() -> None:
-        if proc.poll() is not None:
-            lines = log_path.read_text(errors="replace").strip().splitlines()
-            raise BrokerError(
-                f"The worker started for this build exited with code {proc.returncode} "
-                f"({lines[-1] if lines else 'no output'}); see {log_path}."
-            )
-
+    worker = _TransientWorker(farm, settings)
     try:
-        yield check
+        yield worker
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.returncode in (0, -signal.SIGTERM):
-            log_path.unlink(missing_ok=True)  # kept only when there is something to read
+        worker.stop()
 
 
 def _report_one(record: ArtifactRecord) -> None:
@@ -364,7 +400,11 @@ def wait(
 ) -> None:
     """Wait until every key is terminal; exit 0 only when all are valid."""
     with _farm() as farm, _progress(len(keys)) as update:
-        records = farm.wait(keys, timeout_s=timeout, on_progress=update)
+        try:
+            records = farm.wait(keys, timeout_s=timeout, on_progress=update)
+        except KeyboardInterrupt:
+            err.print("Stopped waiting; the builds go on (`farm wait` again to follow them).")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     bad = [(k, r) for k, r in zip(keys, records, strict=True) if r is None or r.status != "valid"]
     for key, r in bad:
         if r is None:
@@ -490,7 +530,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except FarmError as e:
         sys.exit(_fail(str(e)))
     except KeyboardInterrupt:
-        sys.exit(130)
+        err.print("Interrupted.")
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Submission validates and keys each request locally, then claims all keys in one round trip;
 only the first claimant of a key sends a message, so 500 jobs asking for the same artifact
 queue one build. A request whose artifact is already valid is answered from the registry
-without any worker.
+without any worker. A claim is confirmed once its message is out; a client killed in between
+leaves a claim that the workers' watchdog sends on its behalf.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from farm import service
 from farm.config import Settings
 from farm.embedded import resolve_url
-from farm.errors import FarmError
+from farm.errors import BrokerError, FarmError
 from farm.fingerprint import Fingerprint, fingerprint
 from farm.queue import Sender
-from farm.registry import ArtifactRecord, Registry
+from farm.registry import ArtifactRecord, Claim, Registry, Status
 from farm.requests import BuildRequest, derive_key, prepare
-from farm.service import queued_record
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class Farm:
         self.settings = settings
         self.registry = registry
         self._sender = sender
+        # What this client submitted, by key: a key whose record vanishes (a Redis restart
+        # without persistence) is submitted again by wait() instead of reported unknown.
+        self._submitted: dict[str, BuildRequest] = {}
 
     @classmethod
     def connect(cls, settings: Settings | None = None) -> Farm:
@@ -71,7 +75,22 @@ class Farm:
             out.extend(self._submit_chunk(prepared[i : i + chunk]))
         return out
 
-    def _submit_chunk(self, requests: list[BuildRequest]) -> list[Submission]:
+    def build_here(self, request: BuildRequest, ctx: service.Context) -> ArtifactRecord:
+        """Build in this process, through the same claim, lease and registry as a worker.
+
+        The claim is not sent to the queue: this process builds it. Should it die before it
+        takes the lease, the watchdog sends the claim to the workers after the grace period.
+        """
+        prepared = prepare(request, self.settings.roots)
+        (submission,) = self._submit_chunk([prepared], send=False)
+        while True:
+            record = service.ensure(prepared, submission.key, ctx)
+            if record.status.terminal:
+                return record
+            # Another builder holds the key: follow it, and take over if its lease runs out.
+            self.wait([submission.key], timeout_s=self.settings.lease_ttl_s)
+
+    def _submit_chunk(self, requests: list[BuildRequest], *, send: bool = True) -> list[Submission]:
         records = []
         seen: dict[Path, Fingerprint] = {}  # a batch often shares sources (one genome, N dests)
         for request in requests:
@@ -79,16 +98,29 @@ class Farm:
                 role: seen.get(path) or seen.setdefault(path, fingerprint(path))
                 for role, path in request.source_files().items()
             }
-            records.append(queued_record(request, derive_key(request, sources), sources))
-        present = [_published(Path(r.dest)) for r in records]
-        claims = self.registry.claim_many(
-            records, dest_present=present, requeue_after=self.settings.requeue_after
-        )
-        to_send: dict[str, dict] = {}
-        for claim in claims:
-            if claim.enqueue:
-                to_send[claim.record.key] = claim.record.request
-        self._sender.send(to_send.items())
+            records.append(service.queued_record(request, derive_key(request, sources), sources))
+        grace = self.settings.send_grace_s
+        claims = self.registry.claim_many(records, send_grace_s=grace)
+        # Only now, with the record read, ask whether a valid artifact is still on disk: asked
+        # before the claim, a publish in between would turn a fresh valid record back to queued.
+        vanished = [
+            (i, claim)
+            for i, claim in enumerate(claims)
+            if claim.record.status is Status.VALID and not _published(Path(claim.record.dest))
+        ]
+        if vanished:
+            taken = self.registry.replace_if_unchanged(
+                [(claim.raw, records[i]) for i, claim in vanished], send_grace_s=grace
+            )
+            for (i, _), ok in zip(vanished, taken, strict=True):
+                if ok:
+                    claims[i] = Claim(True, records[i], b"")
+        to_send = {c.record.key: c.record.request for c in claims if c.enqueue}
+        if send:
+            self._sender.send(to_send.items())
+            self.registry.confirm_sent(to_send)
+        for request, claim in zip(requests, claims, strict=True):
+            self._submitted[claim.record.key] = request
         return [Submission(c.record.key, c.record, c.enqueue) for c in claims]
 
     def status(self, keys: Sequence[str]) -> list[ArtifactRecord | None]:
@@ -102,18 +134,39 @@ class Farm:
         timeout_s: float | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[ArtifactRecord | None]:
-        """Poll until every key is terminal (or unknown) or the timeout passes."""
+        """Poll until every key is terminal (or unknown) or the timeout passes.
+
+        Keys in flight need nothing from the caller: the farm requeues them if their worker
+        or message is lost. A key this client submitted whose record is gone is resubmitted.
+        """
         keys = list(keys)
         pending = dict.fromkeys(keys)
         done: dict[str, ArtifactRecord | None] = {}
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         interval = 0.002
+        outage_since: float | None = None
         while pending:
             batch = list(pending)
-            for key, record in zip(batch, self.registry.get_many(batch), strict=True):
-                if record is None or record.status.terminal:
+            lost = []
+            try:
+                records = self.registry.get_many(batch)
+            except BrokerError:
+                # A broker restart is no reason to give up on builds that go on without it.
+                now = time.monotonic()
+                outage_since = outage_since or now
+                if now - outage_since > self.settings.registry_patience_s:
+                    raise
+                time.sleep(0.5)
+                continue
+            outage_since = None
+            for key, record in zip(batch, records, strict=True):
+                if record is None and key in self._submitted:
+                    lost.append(self._submitted[key])
+                elif record is None or record.status.terminal:
                     done[key] = record
                     del pending[key]
+            if lost:
+                self.submit_many(lost)
             if on_progress is not None:
                 on_progress(len(done), len(keys))
             if not pending or (deadline is not None and time.monotonic() >= deadline):

@@ -32,14 +32,22 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(30.0, gt=0)
     soft_time_limit_s: float = Field(6 * 3600.0, gt=0)
     time_limit_s: float = Field(6 * 3600.0 + 120.0, gt=0)
-    # None: derived from the time limit so a running build is never redelivered.
+    # None: a little more than a lease. A message held by a worker that died is redelivered
+    # then; a running build's message is redelivered too, and its duplicate, finding the
+    # live lease, is dropped at once.
     visibility_timeout_s: float | None = Field(None, gt=0)
+    unacked_restore_interval_s: float = Field(1.0, gt=0)
     max_attempts: int = Field(3, ge=1)
-    # A queued record with no builder for this long is re-enqueued by the next submission
-    # (its message may have been lost with a broker that kept nothing on disk).
-    requeue_after_s: float | None = Field(None, gt=0)
-    unacked_restore_interval_s: float = Field(10.0, gt=0)
     worker_heartbeat_s: float = Field(2.0, gt=0)
+    # How often each worker's watchdog looks at keys past their deadline (one at a time).
+    watchdog_interval_s: float = Field(1.0, gt=0)
+    # How often the keys in flight are checked against the broker even with no sign of loss
+    # (a Redis restart or a silent worker triggers a check at once).
+    reconcile_interval_s: float = Field(300.0, gt=0)
+    # SIGTERM: a running build gets this long to finish before its key is handed back.
+    stop_grace_s: float = Field(5.0, ge=0)
+    # Workers keep retrying the registry this long while Redis is unreachable.
+    registry_patience_s: float = Field(60.0, ge=0)
 
     @model_validator(mode="after")
     def _limits_in_order(self) -> Settings:
@@ -55,11 +63,17 @@ class Settings(BaseSettings):
     def visibility_timeout(self) -> float:
         if self.visibility_timeout_s is not None:
             return self.visibility_timeout_s
-        return self.time_limit_s + 2 * self.lease_ttl_s + 60.0
+        return self.lease_ttl_s + 5.0
 
     @property
-    def requeue_after(self) -> float:
-        return self.requeue_after_s or self.visibility_timeout
+    def send_grace_s(self) -> float:
+        """How long a claimed key may wait for its sender to confirm the message is out."""
+        return self.lease_ttl_s
+
+    @property
+    def worker_silent_after_s(self) -> float:
+        """A worker not heard from for this long is presumed dead."""
+        return 3 * self.worker_heartbeat_s + 1.0
 
     @property
     def embedded(self) -> bool:
@@ -77,6 +91,10 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
         "broker_url": broker_url,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
+        # Never give up on the broker: a worker outlives any Redis restart.
+        "broker_connection_max_retries": None,
+        # A build does not need the broker: a connection loss must not cancel it.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # JSON only: nothing is ever unpickled from the broker.
         "task_serializer": "json",
         "result_serializer": "json",

@@ -29,3 +29,11 @@ class ArtifactInvalidError(FarmError):
 
 class BrokerError(FarmError, ConnectionError):
     """The registry or broker cannot be reached; the request is safe to retry."""
+
+
+class StopRequested(BaseException):
+    """The worker is stopping and its grace period ran out: give the key back.
+
+    A BaseException, like KeyboardInterrupt, so no ``except Exception`` in a builder
+    swallows it; the staging directory is still removed on the way out.
+    """

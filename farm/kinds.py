@@ -26,29 +26,54 @@ def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def ensure(request: BuildRequest, owner: Owner) -> Built:
-    """Make the request's artifact valid on disk, building only what is missing or stale."""
+def ensure(
+    request: BuildRequest,
+    owner: Owner,
+    *,
+    force: bool = False,
+    expected: dict[str, Fingerprint] | None = None,
+) -> Built:
+    """Make the request's artifact valid on disk, building only what is missing or stale.
+
+    ``force``: never reuse what is at the destination (it failed verification, or belongs to
+    a superseded request). ``expected``: the sources' fingerprints by role, as keyed; a source
+    that no longer has them fails the build before anything is written.
+    """
     if isinstance(request, CacheRequest):
-        result = gvlfa.ensure_cache(request.fasta, request.destination(), owner=owner)
+        result = gvlfa.ensure_cache(
+            request.fasta,
+            request.destination(),
+            owner=owner,
+            force=force,
+            expected=expected.get("fasta") if expected is not None else None,
+        )
         return Built(
             action=result.action,
             size_bytes=dir_size(result.dest),
             checksum=result.metadata.sequence_checksum,
         )
-    return _ensure_dataset(request, owner)
+    return _ensure_dataset(request, owner, force=force, expected=expected)
 
 
-def _ensure_dataset(request: DatasetRequest, owner: Owner) -> Built:
+def _ensure_dataset(
+    request: DatasetRequest,
+    owner: Owner,
+    *,
+    force: bool,
+    expected: dict[str, Fingerprint] | None,
+) -> Built:
     dest = request.destination()
     found = classify(request)
-    if found.state is State.FRESH:
+    if found.state is State.FRESH and not force and _built_from(dest, expected):
         return _dataset_built("reused", dest)
     if found.state is State.TOO_NEW:
         raise TooNewError(f"{found.reason}; upgrade gvl-farm, or remove {dest} to rebuild it.")
     if found.state is State.FOREIGN:
         raise InputError(f"{found.reason}; choose another destination for the dataset.")
     replace = found.state is not State.MISSING
-    outcome, _ = dataset.build_dataset(request.params(), dest, owner=owner, replace=replace)
+    outcome, _ = dataset.build_dataset(
+        request.params(), dest, owner=owner, replace=replace, expected=expected
+    )
     if outcome is Outcome.LOST and classify(request).state is not State.FRESH:
         raise ArtifactInvalidError(
             f"Another builder published {dest} first and it is not a fresh dataset of this "
@@ -56,6 +81,16 @@ def _ensure_dataset(request: DatasetRequest, owner: Owner) -> Built:
         )
     action = {Outcome.LOST: "reused", Outcome.REPLACED: "rebuilt"}.get(outcome, "built")
     return _dataset_built(action, dest)
+
+
+def _built_from(dest: Path, expected: dict[str, Fingerprint] | None) -> bool:
+    """Whether the dataset at ``dest`` was built from the expected source contents (a fresh
+    dataset of files that changed since the request was keyed is not this request's)."""
+    if expected is None:
+        return True
+    record = read_record(dest) or {}
+    recorded = {(fp["digest"], fp["size_bytes"]) for fp in (record.get("sources") or {}).values()}
+    return recorded == {(fp.digest, fp.size_bytes) for fp in expected.values()}
 
 
 def _dataset_built(action: str, dest: Path) -> Built:

@@ -2,7 +2,9 @@
 
 The lease only saves work: it stops a duplicate message, a second submission or a second
 machine from building what is already being built. Correctness never depends on it (the
-atomic rename does), so a lease that is lost mid-build is logged, not fatal.
+atomic rename does), so a lease that is lost mid-build is logged, not fatal. Its expiry is
+also how the farm learns that a builder died: the watchdog requeues a key in flight whose
+lease ran out.
 """
 
 from __future__ import annotations
@@ -25,33 +27,47 @@ class Lease:
         self.holder = holder
         self.ttl_s = ttl_s
         self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def try_acquire(self) -> bool:
         return self.registry.acquire_lease(self.key, self.holder, self.ttl_s)
 
     @contextmanager
     def heartbeat(self) -> Iterator[Lease]:
-        """Renew every third of the TTL until the block ends, then release."""
-        stop = threading.Event()
+        """Renew every third of the TTL until the block ends, then release.
 
-        def beat() -> None:
-            while not stop.wait(self.ttl_s / 3):
-                try:
-                    if not self.registry.renew_lease(self.key, self.holder, self.ttl_s):
-                        self.lost = True
-                        log.warning("lease on %s was lost; building on regardless", self.key)
-                        return
-                except BrokerError as e:
-                    log.warning("cannot renew lease on %s: %s", self.key, e)
-
-        thread = threading.Thread(target=beat, name=f"lease-{self.key[:12]}", daemon=True)
-        thread.start()
+        A lease that ran out while nobody else took it (Redis was down longer than the TTL)
+        is taken back on the next beat.
+        """
+        self._thread = threading.Thread(
+            target=self._beat, name=f"lease-{self.key[:12]}", daemon=True
+        )
+        self._thread.start()
         try:
             yield self
         finally:
-            stop.set()
-            thread.join()
+            self.stop_renewing()
             try:
                 self.registry.release_lease(self.key, self.holder)
             except BrokerError as e:  # it expires by itself
                 log.warning("cannot release lease on %s: %s", self.key, e)
+
+    def stop_renewing(self) -> None:
+        """Before the holder's last word: no renewal may run after the record is final (it
+        would take the released lease back)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                if not self.registry.renew_lease(self.key, self.holder, self.ttl_s):
+                    self.lost = True
+                    log.warning("lease on %s was lost; building on regardless", self.key)
+                    return
+            except BrokerError as e:
+                log.warning("cannot renew lease on %s: %s", self.key, e)
+            except Exception:
+                log.exception("cannot renew lease on %s; retrying", self.key)

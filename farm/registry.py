@@ -2,8 +2,20 @@
 
 Records never expire (unlike Celery results). The artifacts on disk describe themselves, so
 the registry can always be rebuilt from them (``farm reindex``); it is an index of the truth,
-not the truth. Leases and worker heartbeats live beside the records, behind this one module,
-so nothing else in the farm speaks Redis.
+not the truth. Leases, worker heartbeats and the bookkeeping of keys in flight live beside the
+records, behind this one module, so nothing else in the farm speaks Redis.
+
+Keys in flight (``queued`` or ``building``) are tracked so the farm heals itself without a
+client (see :mod:`farm.watchdog`):
+
+- ``inflight`` (sorted set, score: when the key was claimed) holds every non-terminal key. A
+  reconciliation walks it, so its cost grows with the work in flight, not with the registry.
+- ``due`` (sorted set, score: a deadline) holds the keys whose progress must be checked by
+  then: a claim whose message has not been confirmed sent, and a build whose lease must be
+  renewed. The watchdog looks only at entries past their deadline.
+
+Every write that moves a key between states is one Lua script or one MULTI, so a Redis that
+keeps an append-only file and dies mid-way never restores a record without its bookkeeping.
 """
 
 from __future__ import annotations
@@ -11,11 +23,14 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
 
 import redis
 from pydantic import BaseModel, ConfigDict
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from farm.errors import BrokerError
 from farm.fingerprint import Fingerprint
@@ -42,6 +57,11 @@ class ArtifactRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    # First field on purpose: the claim script turns the serialized prefix
+    # ``{"rebuild":false`` into ``{"rebuild":true`` without a JSON round trip in Lua.
+    # True when the artifact at the destination must not be reused (it was found invalid,
+    # or belongs to a superseded request): validity is earned by a rebuild.
+    rebuild: bool = False
     key: str
     kind: str
     dest: str
@@ -57,11 +77,14 @@ class ArtifactRecord(BaseModel):
     size_bytes: int | None = None
     checksum: str | None = None
     worker: str | None = None
-    action: str | None = None  # built, rebuilt, reused, migrated, adopted, reindexed
+    action: str | None = None  # built, rebuilt, reused, migrated, reindexed, requeued...
 
     def evolve(self, **changes: Any) -> ArtifactRecord:
         changes.setdefault("updated_at", time.time())
         return self.model_copy(update=changes)
+
+
+_REBUILD_PREFIX = ('{"rebuild":false', '{"rebuild":true')
 
 
 def _redis_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -69,7 +92,7 @@ def _redis_errors(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as e:
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
             raise BrokerError(
                 f"Cannot reach the farm's Redis ({e}); check that it is running and that "
                 "FARM_REDIS_URL points at it, then retry."
@@ -79,48 +102,104 @@ def _redis_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 # Claim a key for building, atomically: only the first submitter of a request enqueues it.
-# Re-enqueue when the last attempt ended badly, when a builder died (building, no lease),
-# when a queued message has waited past requeue_after with nobody holding the lease, or when
-# a valid record's artifact has vanished from disk.
+# A key in flight is followed (the watchdog, not the client, heals a lost message). A valid
+# record is answered as is: whether its artifact vanished is for the client to check after
+# reading it (see reclaim_vanished), never before, or a publish in between would be undone.
+# Failed records are taken; invalid and stale ones are taken with rebuild=true.
 _CLAIM = """
 local cur = redis.call('GET', KEYS[1])
-local function take()
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('SADD', KEYS[3], ARGV[5])
-  return {1, ARGV[1]}
+local function take(j)
+  redis.call('SET', KEYS[1], j)
+  redis.call('SADD', KEYS[3], ARGV[2])
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+  redis.call('ZADD', KEYS[5], ARGV[4], ARGV[2])
+  return {1, j}
 end
-if not cur then return take() end
-local rec = cjson.decode(cur)
-local s = rec['status']
-if s == 'valid' then
-  if ARGV[4] == '1' then return {0, cur} end
-  return take()
+if not cur then return take(ARGV[1]) end
+local s = cjson.decode(cur)['status']
+if s == 'queued' or s == 'building' or s == 'valid' then return {0, cur} end
+if s == 'invalid' or s == 'stale' then
+  return take(ARGV[5] .. string.sub(ARGV[1], ARGV[6] + 1))
 end
-if s == 'queued' or s == 'building' then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return {0, cur} end
-  if s == 'building' then return take() end
-  if tonumber(ARGV[2]) - tonumber(rec['updated_at']) > tonumber(ARGV[3]) then return take() end
-  return {0, cur}
-end
-return take()
+return take(ARGV[1])
 """
+# Replace a record only if it is still exactly what the caller read, and no lease is held.
+_TAKE_IF_UNCHANGED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])
+return 1
+"""
+# A message is out: stop watching the claim, unless a builder already set its own deadline.
+_CONFIRM_SENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
+return 1
+"""
+# Idempotent: a retried call by the holder itself still counts as acquired.
+_ACQUIRE = """
+local h = redis.call('GET', KEYS[1])
+if h and h ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return 1
+"""
+# Renew, or take back a lease that ran out while nobody else took it (a broker restart
+# longer than the TTL), so a healthy build is not duplicated.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
+local h = redis.call('GET', KEYS[1])
+if h == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif not h then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else return 0 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return 1
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# A builder's last word. Written when it holds the lease, or when nobody does and the key is
+# still in flight; a builder that lost its lease never overwrites another's verdict.
+_FINISH = """
+local h = redis.call('GET', KEYS[2])
+local cur = redis.call('GET', KEYS[1])
+if h ~= ARGV[2] then
+  if h then return {0, cur} end
+  if cur then
+    local s = cjson.decode(cur)['status']
+    if s ~= 'queued' and s ~= 'building' then return {0, cur} end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[5], ARGV[3])
+redis.call('ZREM', KEYS[3], ARGV[3])
+redis.call('ZREM', KEYS[4], ARGV[3])
+if h == ARGV[2] then redis.call('DEL', KEYS[2]) end
+return {1, ARGV[1]}
+"""
+# A stopping worker gives the key back: queued again, due at once, lease released, and the
+# interrupted attempt not counted against the key.
+_HAND_BACK = """
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+local n = tonumber(redis.call('GET', KEYS[4]) or '0')
+if n > 0 then redis.call('DECR', KEYS[4]) end
+return 1
+"""
 
 
-class Claim(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+@dataclass(frozen=True)
+class Claim:
     enqueue: bool
     record: ArtifactRecord
+    raw: bytes  # the record as stored, for a later compare-and-set
+
+
+def _bytes(raw: bytes | str) -> bytes:
+    return raw if isinstance(raw, bytes) else raw.encode()
 
 
 class Registry:
@@ -130,12 +209,27 @@ class Registry:
         self._r = client
         self._p = prefix
         self._claim = client.register_script(_CLAIM)
+        self._take_if_unchanged = client.register_script(_TAKE_IF_UNCHANGED)
+        self._confirm_sent = client.register_script(_CONFIRM_SENT)
+        self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._finish = client.register_script(_FINISH)
+        self._hand_back = client.register_script(_HAND_BACK)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "farm:") -> Registry:
-        return cls(redis.Redis.from_url(url, health_check_interval=30), prefix)
+    def from_url(cls, url: str, prefix: str = "farm:", *, patience_s: float = 0.0) -> Registry:
+        """``patience_s``: how long a call retries while Redis is unreachable (a broker
+        restart) before it raises :class:`BrokerError`. Workers wait; clients answer fast."""
+        kwargs: dict[str, Any] = {"health_check_interval": 30}
+        if patience_s > 0:
+            cap = 1.0
+            kwargs["retry"] = Retry(
+                ExponentialWithJitterBackoff(base=0.05, cap=cap),
+                retries=max(3, int(patience_s / cap) + 5),
+            )
+            kwargs["retry_on_error"] = [redis.ConnectionError, redis.TimeoutError]
+        return cls(redis.Redis.from_url(url, **kwargs), prefix)
 
     # -- keys --------------------------------------------------------------------------------
     def _rec(self, key: str) -> str:
@@ -147,9 +241,24 @@ class Registry:
     def _dest(self, dest: str) -> str:
         return f"{self._p}dest:{dest}"
 
+    def _attempts(self, key: str) -> str:
+        return f"{self._p}attempts:{key}"
+
     @property
     def _all(self) -> str:
         return f"{self._p}keys"
+
+    @property
+    def _inflight(self) -> str:
+        return f"{self._p}inflight"
+
+    @property
+    def _due(self) -> str:
+        return f"{self._p}due"
+
+    @property
+    def _workers(self) -> str:
+        return f"{self._p}workers"
 
     # -- records -----------------------------------------------------------------------------
     @_redis_errors
@@ -157,22 +266,60 @@ class Registry:
         self._r.ping()
 
     @_redis_errors
-    def claim_many(
-        self, records: list[ArtifactRecord], *, dest_present: list[bool], requeue_after: float
-    ) -> list[Claim]:
-        """Claim each record's key in one round trip; ``enqueue`` says who must send it."""
+    def server_run_id(self) -> str:
+        """Changes whenever the Redis server restarts (it may have lost recent writes)."""
+        return str(self._r.info("server").get("run_id", ""))
+
+    @_redis_errors
+    def claim_many(self, records: list[ArtifactRecord], *, send_grace_s: float) -> list[Claim]:
+        """Claim each record's key in one round trip; ``enqueue`` says who must send it.
+
+        A taken claim is due after ``send_grace_s``: if its sender dies before confirming
+        (:meth:`confirm_sent`), the watchdog sends the message instead.
+        """
         now = time.time()
         pipe = self._r.pipeline(transaction=False)
-        for record, present in zip(records, dest_present, strict=True):
+        old, new = _REBUILD_PREFIX
+        for record in records:
+            raw = record.model_dump_json()
+            assert raw.startswith(old), "rebuild must stay the record's first field"
             self._claim(
-                keys=[self._rec(record.key), self._lease(record.key), self._all],
-                args=[record.model_dump_json(), now, requeue_after, int(present), record.key],
+                keys=self._claim_keys(record.key),
+                args=[raw, record.key, now, now + send_grace_s, new, len(old)],
                 client=pipe,
             )
         return [
-            Claim(enqueue=bool(flag), record=ArtifactRecord.model_validate_json(raw))
+            Claim(bool(flag), ArtifactRecord.model_validate_json(raw), _bytes(raw))
             for flag, raw in pipe.execute()
         ]
+
+    def _claim_keys(self, key: str) -> list[str]:
+        return [self._rec(key), self._lease(key), self._all, self._inflight, self._due]
+
+    @_redis_errors
+    def replace_if_unchanged(
+        self, changes: list[tuple[bytes, ArtifactRecord]], *, send_grace_s: float
+    ) -> list[bool]:
+        """Put each new record in flight, due after ``send_grace_s``, only if the stored one
+        is still byte for byte what the caller read and nobody holds its lease: a valid
+        record whose artifact vanished, or a key whose builder died or whose message was lost.
+        """
+        now = time.time()
+        pipe = self._r.pipeline(transaction=False)
+        for seen_raw, new in changes:
+            self._take_if_unchanged(
+                keys=[self._rec(new.key), self._lease(new.key), self._inflight, self._due],
+                args=[seen_raw, new.model_dump_json(), new.key, now, now + send_grace_s],
+                client=pipe,
+            )
+        return [bool(flag) for flag in pipe.execute()]
+
+    @_redis_errors
+    def confirm_sent(self, keys: Iterable[str]) -> None:
+        pipe = self._r.pipeline(transaction=False)
+        for key in keys:
+            self._confirm_sent(keys=[self._lease(key), self._due], args=[key], client=pipe)
+        pipe.execute()
 
     @_redis_errors
     def get(self, key: str) -> ArtifactRecord | None:
@@ -188,18 +335,47 @@ class Registry:
 
     @_redis_errors
     def put(self, record: ArtifactRecord) -> None:
-        """Store a record; a valid one also supersedes an older key's record for its dest."""
-        pipe = self._r.pipeline(transaction=False)
+        """Store a record unconditionally (maintenance: verify, reindex, a builder's start).
+
+        A valid one also supersedes an older key's record for its destination.
+        """
+        pipe = self._r.pipeline(transaction=True)
         pipe.set(self._rec(record.key), record.model_dump_json())
         pipe.sadd(self._all, record.key)
-        if record.status is Status.VALID:
-            pipe.getset(self._dest(record.dest), record.key)
-            previous = pipe.execute()[2]
-            old_key = previous.decode() if previous else None
-            if old_key and old_key != record.key:
-                self._supersede(old_key, record.key)
+        if record.status.terminal:
+            pipe.zrem(self._inflight, record.key)
+            pipe.zrem(self._due, record.key)
         else:
-            pipe.execute()
+            pipe.zadd(self._inflight, {record.key: record.created_at}, nx=True)
+        pipe.execute()
+        if record.status is Status.VALID:
+            self._index_dest(record)
+
+    @_redis_errors
+    def finish(self, record: ArtifactRecord, holder: str) -> ArtifactRecord:
+        """A builder's terminal record, written only if it still has the right to (see
+        ``_FINISH``); returns the record that stands."""
+        written, raw = self._finish(
+            keys=[
+                self._rec(record.key),
+                self._lease(record.key),
+                self._inflight,
+                self._due,
+                self._all,
+            ],
+            args=[record.model_dump_json(), holder, record.key],
+        )
+        if not written:
+            return ArtifactRecord.model_validate_json(raw)
+        if record.status is Status.VALID:
+            self._index_dest(record)
+        return record
+
+    def _index_dest(self, record: ArtifactRecord) -> None:
+        previous = self._r.getset(self._dest(record.dest), record.key)
+        old_key = previous.decode() if previous else None
+        if old_key and old_key != record.key:
+            self._supersede(old_key, record.key)
 
     def _supersede(self, old_key: str, new_key: str) -> None:
         old = self.get(old_key)
@@ -207,9 +383,27 @@ class Registry:
             self.put(
                 old.evolve(
                     status=Status.STALE,
+                    rebuild=True,
                     error=f"superseded by a newer build of the same destination ({new_key}).",
                 )
             )
+
+    @_redis_errors
+    def hand_back(self, record: ArtifactRecord, holder: str) -> bool:
+        """Give an interrupted build's key back (see ``_HAND_BACK``); False when the lease
+        was no longer ours (then the key is someone else's to finish)."""
+        queued = record.evolve(status=Status.QUEUED, worker=None, action="handed back")
+        return bool(
+            self._hand_back(
+                keys=[
+                    self._rec(record.key),
+                    self._lease(record.key),
+                    self._due,
+                    self._attempts(record.key),
+                ],
+                args=[queued.model_dump_json(), holder, record.key, time.time()],
+            )
+        )
 
     @_redis_errors
     def keys(self) -> list[str]:
@@ -225,14 +419,70 @@ class Registry:
         raw = self._r.get(self._dest(dest))
         return raw.decode() if raw else None
 
+    # -- keys in flight (for the watchdog) -----------------------------------------------------
+    @_redis_errors
+    def due_keys(self, now: float, limit: int = 500) -> list[str]:
+        return [k.decode() for k in self._r.zrangebyscore(self._due, "-inf", now, 0, limit)]
+
+    @_redis_errors
+    def inflight_keys(self, claimed_before: float, start: int, count: int) -> list[str]:
+        raw = self._r.zrangebyscore(self._inflight, "-inf", claimed_before, start, count)
+        return [k.decode() for k in raw]
+
+    @_redis_errors
+    def inflight_count(self) -> int:
+        return int(self._r.zcard(self._inflight))
+
+    @_redis_errors
+    def progress(self, keys: list[str]) -> list[tuple[bytes | None, float]]:
+        """For each key: its raw record and its lease's remaining seconds (0: none)."""
+        pipe = self._r.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(self._rec(key))
+            pipe.pttl(self._lease(key))
+        out = pipe.execute()
+        return [(out[i], max(0, int(out[i + 1])) / 1000) for i in range(0, len(out), 2)]
+
+    @_redis_errors
+    def set_due(self, key: str, at: float) -> None:
+        self._r.zadd(self._due, {key: at}, xx=True)
+
+    @_redis_errors
+    def drop_inflight(self, keys: list[str]) -> None:
+        if keys:
+            pipe = self._r.pipeline(transaction=True)
+            pipe.zrem(self._inflight, *keys)
+            pipe.zrem(self._due, *keys)
+            pipe.execute()
+
+    @_redis_errors
+    def try_lock(self, name: str, holder: str, ttl_s: float) -> bool:
+        """A farm-wide mutex for work one worker should do at a time (it expires by itself)."""
+        return bool(self._r.set(f"{self._p}lock:{name}", holder, nx=True, px=int(ttl_s * 1000)))
+
+    @_redis_errors
+    def unlock(self, name: str, holder: str) -> None:
+        self._release(keys=[f"{self._p}lock:{name}"], args=[holder])
+
     # -- leases ------------------------------------------------------------------------------
     @_redis_errors
     def acquire_lease(self, key: str, holder: str, ttl_s: float) -> bool:
-        return bool(self._r.set(self._lease(key), holder, nx=True, px=int(ttl_s * 1000)))
+        """Take the lease; the key is then due when the lease would run out."""
+        return bool(
+            self._acquire(
+                keys=[self._lease(key), self._due],
+                args=[holder, int(ttl_s * 1000), time.time() + ttl_s, key],
+            )
+        )
 
     @_redis_errors
     def renew_lease(self, key: str, holder: str, ttl_s: float) -> bool:
-        return bool(self._renew(keys=[self._lease(key)], args=[holder, int(ttl_s * 1000)]))
+        return bool(
+            self._renew(
+                keys=[self._lease(key), self._due],
+                args=[holder, int(ttl_s * 1000), time.time() + ttl_s, key],
+            )
+        )
 
     @_redis_errors
     def release_lease(self, key: str, holder: str) -> None:
@@ -257,33 +507,46 @@ class Registry:
     # -- attempts: a message that kills its worker must not loop forever ----------------------
     @_redis_errors
     def count_attempt(self, key: str) -> int:
-        name = f"{self._p}attempts:{key}"
-        pipe = self._r.pipeline(transaction=False)
-        pipe.incr(name)
-        pipe.expire(name, 7 * 24 * 3600)
+        pipe = self._r.pipeline(transaction=True)
+        pipe.incr(self._attempts(key))
+        pipe.expire(self._attempts(key), 7 * 24 * 3600)
         return int(pipe.execute()[0])
 
     @_redis_errors
     def clear_attempts(self, key: str) -> None:
-        self._r.delete(f"{self._p}attempts:{key}")
+        self._r.delete(self._attempts(key))
 
     # -- workers -----------------------------------------------------------------------------
     @_redis_errors
     def worker_seen(self, name: str) -> None:
-        self._r.zadd(f"{self._p}workers", {name: time.time()})
+        self._r.zadd(self._workers, {name: time.time()})
 
     @_redis_errors
     def worker_gone(self, name: str) -> None:
-        self._r.zrem(f"{self._p}workers", name)
+        self._r.zrem(self._workers, name)
 
     @_redis_errors
     def live_workers(self, within_s: float) -> list[str]:
-        members = self._r.zrangebyscore(f"{self._p}workers", time.time() - within_s, "+inf")
+        members = self._r.zrangebyscore(self._workers, time.time() - within_s, "+inf")
         return [m.decode() for m in members]
+
+    @_redis_errors
+    def reap_silent_workers(self, silent_for_s: float) -> list[str]:
+        """Remove workers whose heartbeat stopped; each is returned to one caller only."""
+        cutoff = time.time() - silent_for_s
+        reaped = []
+        for raw in self._r.zrangebyscore(self._workers, "-inf", cutoff):
+            if self._r.zrem(self._workers, raw):
+                reaped.append(raw.decode())
+        return reaped
 
     @_redis_errors
     def forget(self, keys: Iterable[str]) -> None:
         keys = list(keys)
         if keys:
-            self._r.delete(*[self._rec(k) for k in keys])
-            self._r.srem(self._all, *keys)
+            pipe = self._r.pipeline(transaction=True)
+            pipe.delete(*[self._rec(k) for k in keys])
+            pipe.srem(self._all, *keys)
+            pipe.zrem(self._inflight, *keys)
+            pipe.zrem(self._due, *keys)
+            pipe.execute()

@@ -2,6 +2,9 @@
 
 This is everything a worker does, as a plain function: a Celery task only parses its message
 and calls :func:`ensure`, and tests and the CLI's inline mode call it with no broker at all.
+It is safe to call any number of times for one key, concurrently or late: the lease lets one
+caller build, the others return at once, and a terminal record is never rebuilt by a message
+(only a new claim, by a submission, puts a key back in flight).
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from farm import kinds
-from farm.artifacts.base import State
 from farm.config import Settings
-from farm.errors import FarmError
+from farm.errors import FarmError, StopRequested
 from farm.fingerprint import Fingerprint
 from farm.leases import Lease
 from farm.publish import Owner
@@ -31,6 +35,8 @@ class Context:
     registry: Registry
     settings: Settings
     worker: str  # who builds, as recorded: a Celery node name or inline@host:pid
+    # Wraps the build itself: where a stopping worker may interrupt it (StopRequested).
+    interruptible: Callable[[], AbstractContextManager[None]] = nullcontext
 
 
 def inline_worker_name() -> str:
@@ -62,84 +68,105 @@ def ensure(
 ) -> ArtifactRecord:
     """Bring ``key`` to a terminal record (valid or failed) and return it.
 
-    ``interrupts`` are exceptions that mean "the time limit hit", recorded as such.
+    Returns at once, without building, when the key is already terminal (a duplicate or late
+    delivery) or another live builder holds its lease (the returned record is then still in
+    flight: that builder finishes it, or the watchdog requeues it if that builder dies).
+    ``interrupts`` are exceptions that mean "the time limit hit", recorded as such. A
+    :class:`StopRequested` hands the key back (queued again, lease released) and propagates.
     Registry outages (:class:`~farm.errors.BrokerError`) propagate: the caller retries.
     """
     registry, settings = ctx.registry, ctx.settings
+    record = registry.get(key)
+    if record is not None and record.status.terminal:
+        return record
+    holder = f"{ctx.worker}/{uuid.uuid4().hex[:8]}"
     try:
         check_destination(request, settings.roots)  # never trust a message's destination
         current_key, sources = request_key(request)
     except FarmError as e:
-        return _fail(ctx, request, key, {}, str(e))
+        return _fail(ctx, request, key, {}, str(e), holder)
     except OSError as e:
-        return _fail(
-            ctx, request, key, {}, f"Cannot read a source of {request.destination()}: {e}."
-        )
+        sentence = f"Cannot read a source of {request.destination()}: {e}."
+        return _fail(ctx, request, key, {}, sentence, holder)
     if current_key != key:
-        return _fail(
-            ctx,
-            request,
-            key,
-            sources,
+        sentence = (
             f"A source of {request.destination()} changed after the request was submitted; "
-            "submit it again to build from the current files.",
+            "submit it again to build from the current files."
         )
+        return _fail(ctx, request, key, sources, sentence, holder)
 
-    lease = Lease(registry, key, f"{ctx.worker}/{uuid.uuid4().hex[:8]}", settings.lease_ttl_s)
-    deadline = time.monotonic() + settings.soft_time_limit_s
-    while not lease.try_acquire():
-        # Someone holds the key: follow their build instead of starting a second one.
+    lease = Lease(registry, key, holder, settings.lease_ttl_s)
+    if not lease.try_acquire():
+        # Another live builder has the key: free this worker slot now.
+        return registry.get(key) or record or queued_record(request, key, sources)
+    with lease.heartbeat():
         record = registry.get(key)
         if record is not None and record.status.terminal:
-            return record
-        if time.monotonic() > deadline:
-            return record or queued_record(request, key, sources)
-        time.sleep(min(1.0, settings.lease_ttl_s / 6))
-
-    with lease.heartbeat():
-        record = registry.get(key) or queued_record(request, key, sources)
-        if record.status is Status.VALID and kinds.classify(request).state is State.FRESH:
-            return record
+            return record  # finished by another builder between our two reads
+        record = record or queued_record(request, key, sources)
         attempt = registry.count_attempt(key)
         if attempt > settings.max_attempts:
             registry.clear_attempts(key)
-            return _fail(
-                ctx,
-                request,
-                key,
-                sources,
+            sentence = (
                 f"The build of {request.destination()} was interrupted {attempt - 1} times (its "
                 "worker was killed or lost, e.g. out of memory); see the worker logs, then "
-                "submit it again.",
+                "submit it again."
             )
+            return _fail(ctx, request, key, sources, sentence, holder, lease)
         started = time.time()
-        registry.put(
-            record.evolve(status=Status.BUILDING, started_at=started, worker=ctx.worker, error=None)
+        building = record.evolve(
+            status=Status.BUILDING, started_at=started, worker=ctx.worker, error=None
         )
+        registry.put(building)
         try:
-            built = kinds.ensure(request, Owner.current(job=key))
+            with ctx.interruptible():
+                built = kinds.ensure(
+                    request, Owner.current(job=key), force=record.rebuild, expected=sources
+                )
+        except (StopRequested, SystemExit):
+            lease.stop_renewing()
+            registry.hand_back(building, holder)
+            raise
+        except KeyboardInterrupt:
+            registry.clear_attempts(key)
+            sentence = (
+                f"The build of {request.destination()} was cancelled (the user interrupted "
+                "it); submit it again to build it."
+            )
+            _fail(ctx, request, key, sources, sentence, holder, lease)
+            raise
         except BaseException as e:
             sentence = _failure_sentence(e, request, settings, interrupts)
             if sentence is None:
                 raise
             registry.clear_attempts(key)
-            return _fail(ctx, request, key, sources, sentence)
+            return _fail(ctx, request, key, sources, sentence, holder, lease)
         finished = time.time()
-        done = record.evolve(
+        done = building.evolve(
             status=Status.VALID,
+            rebuild=False,
             error=None,
             sources=sources,
-            started_at=started,
             finished_at=finished,
             build_seconds=round(finished - started, 6),
             size_bytes=built.size_bytes,
             checksum=built.checksum,
-            worker=ctx.worker,
             action=built.action,
         )
-        registry.put(done)
         registry.clear_attempts(key)
-        return done
+        lease.stop_renewing()
+        return registry.finish(done, holder)
+
+
+def cancel(registry: Registry, key: str, why: str) -> ArtifactRecord | None:
+    """Fail a key in flight that nobody builds any more (``why``: who stopped it), so no
+    later worker builds what its only requester cancelled; a key still leased is left alone."""
+    record = registry.get(key)
+    if record is None or record.status.terminal:
+        return record
+    sentence = f"The build of {record.dest} was cancelled ({why}); submit it again to build it."
+    failed = record.evolve(status=Status.FAILED, error=sentence, finished_at=time.time())
+    return registry.finish(failed, holder="")
 
 
 def _failure_sentence(
@@ -171,10 +198,13 @@ def _fail(
     key: str,
     sources: dict[str, Fingerprint],
     error: str,
+    holder: str,
+    lease: Lease | None = None,
 ) -> ArtifactRecord:
+    if lease is not None:
+        lease.stop_renewing()
     base = ctx.registry.get(key) or queued_record(request, key, sources)
     record = base.evolve(
         status=Status.FAILED, error=error, finished_at=time.time(), worker=ctx.worker
     )
-    ctx.registry.put(record)
-    return record
+    return ctx.registry.finish(record, holder)

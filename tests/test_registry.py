@@ -24,45 +24,113 @@ def record(key: str, status: Status = Status.QUEUED, dest: str = "/d/x.gvlfa") -
     )
 
 
-def claim(registry: Registry, rec: ArtifactRecord, *, present: bool = True, after: float = 60):
-    return registry.claim_many([rec], dest_present=[present], requeue_after=after)[0]
+def claim(registry: Registry, rec: ArtifactRecord, grace: float = 60.0):
+    return registry.claim_many([rec], send_grace_s=grace)[0]
 
 
 def test_only_the_first_claim_of_a_key_enqueues(registry: Registry):
-    recs = [record("k1")] * 50
-    claims = registry.claim_many(recs, dest_present=[True] * 50, requeue_after=60)
+    claims = registry.claim_many([record("k1")] * 50, send_grace_s=60)
     assert [c.enqueue for c in claims] == [True] + [False] * 49
     assert registry.get("k1").status is Status.QUEUED
 
 
-def test_a_valid_record_is_answered_unless_its_artifact_vanished(registry: Registry):
+def test_a_valid_record_is_answered_and_only_a_compare_and_set_takes_it_back(
+    registry: Registry,
+):
     registry.put(record("k", Status.VALID))
-    assert not claim(registry, record("k")).enqueue
-    assert claim(registry, record("k"), present=False).enqueue
+    answered = claim(registry, record("k"))
+    assert not answered.enqueue and answered.record.status is Status.VALID
+    # The client found the artifact gone: it takes the key only if the record is unchanged.
+    assert registry.replace_if_unchanged([(answered.raw, record("k"))], send_grace_s=60) == [True]
+    assert registry.get("k").status is Status.QUEUED
 
 
-def test_failed_stale_and_invalid_records_are_rebuilt_on_resubmission(registry: Registry):
-    for status in (Status.FAILED, Status.STALE, Status.INVALID):
+def test_a_valid_record_rewritten_after_it_was_read_is_not_taken_back(registry: Registry):
+    """The race that turned valid records back to queued: a publish between the client's
+    read and its take wins."""
+    registry.put(record("k", Status.QUEUED))
+    seen = claim(registry, record("k"))
+    registry.put(record("k", Status.VALID))  # a worker publishes in between
+    assert registry.replace_if_unchanged([(seen.raw, record("k"))], send_grace_s=60) == [False]
+    assert registry.get("k").status is Status.VALID
+
+
+def test_failed_records_are_rebuilt_and_invalid_or_stale_ones_never_reused(registry: Registry):
+    registry.put(record("k", Status.FAILED))
+    taken = claim(registry, record("k"))
+    assert taken.enqueue and not taken.record.rebuild
+    for status in (Status.STALE, Status.INVALID):
         registry.put(record("k", status))
-        assert claim(registry, record("k")).enqueue
+        taken = claim(registry, record("k"))
+        assert taken.enqueue and taken.record.rebuild
+        assert registry.get("k").rebuild, "the worker must rebuild, not reuse what is there"
 
 
-def test_a_building_record_whose_lease_is_gone_is_taken_over(registry: Registry):
-    registry.put(record("k", Status.BUILDING))
-    assert registry.acquire_lease("k", "holder", 0.2)
+def test_a_key_in_flight_is_followed_not_requeued_by_a_client(registry: Registry):
+    registry.put(record("k", Status.BUILDING).evolve(updated_at=time.time() - 3600))
     assert not claim(registry, record("k")).enqueue
-    time.sleep(0.3)
-    assert claim(registry, record("k")).enqueue
+    registry.put(record("k", Status.QUEUED).evolve(updated_at=time.time() - 3600))
+    assert not claim(registry, record("k")).enqueue
 
 
-def test_a_queued_record_is_requeued_only_after_requeue_after(registry: Registry):
-    registry.put(record("k").evolve(updated_at=time.time() - 10))
-    assert not claim(registry, record("k"), after=60).enqueue
-    assert claim(registry, record("k"), after=5).enqueue
+def test_a_claim_is_due_until_its_message_is_confirmed_sent(registry: Registry):
+    claim(registry, record("k"), grace=0.0)
+    assert registry.due_keys(time.time()) == ["k"]
+    registry.confirm_sent(["k"])
+    assert registry.due_keys(time.time()) == []
+    assert registry.inflight_keys(time.time(), 0, 10) == ["k"]
+
+
+def test_a_lease_makes_its_key_due_when_it_would_run_out(registry: Registry):
+    claim(registry, record("k"))
+    registry.confirm_sent(["k"])
+    assert registry.acquire_lease("k", "a", 0.2)
+    registry.confirm_sent(["k"])  # a late confirmation must not drop the builder's deadline
+    assert registry.due_keys(time.time()) == []
+    assert registry.due_keys(time.time() + 0.3) == ["k"]
+
+
+def test_a_builder_that_lost_its_lease_never_overwrites_another_verdict(registry: Registry):
+    registry.put(record("k", Status.VALID))
+    late = record("k", Status.FAILED).evolve(error="boom")
+    assert registry.finish(late, "zombie").status is Status.VALID
+    registry.put(record("k", Status.BUILDING))
+    assert registry.acquire_lease("k", "b", 5)
+    assert registry.finish(late, "zombie").status is Status.BUILDING  # b still builds
+    done = record("k", Status.VALID)
+    assert registry.finish(done, "b") == done
+    assert registry.lease_holder("k") is None
+    assert registry.inflight_keys(time.time(), 0, 10) == []
+
+
+def test_a_handed_back_key_is_queued_due_now_and_its_attempt_not_counted(registry: Registry):
+    building = record("k", Status.BUILDING)
+    registry.put(building)
+    assert registry.acquire_lease("k", "a", 30)
+    assert registry.count_attempt("k") == 1
+    assert not registry.hand_back(building, "b")
+    assert registry.hand_back(building, "a")
+    assert registry.get("k").status is Status.QUEUED
+    assert registry.lease_holder("k") is None
+    assert registry.due_keys(time.time()) == ["k"]
+    assert registry.count_attempt("k") == 1
+
+
+def test_terminal_records_leave_the_bookkeeping_of_keys_in_flight(registry: Registry):
+    claim(registry, record("k"), grace=0.0)
+    registry.put(record("k", Status.FAILED))
+    assert registry.due_keys(time.time()) == []
+    assert registry.inflight_keys(time.time(), 0, 10) == []
+
+
+def test_the_record_serializes_rebuild_first(registry: Registry):
+    """The claim script relies on it to flag a rebuild without decoding JSON in Lua."""
+    assert record("k").model_dump_json().startswith('{"rebuild":false,')
 
 
 def test_leases_are_exclusive_renewable_and_released_only_by_their_holder(registry: Registry):
     assert registry.acquire_lease("k", "a", 0.5)
+    assert registry.acquire_lease("k", "a", 0.5), "a retried acquire by the holder succeeds"
     assert not registry.acquire_lease("k", "b", 0.5)
     assert not registry.renew_lease("k", "b", 5)
     assert registry.renew_lease("k", "a", 5)
@@ -111,3 +179,22 @@ def test_a_lease_runs_out_within_its_ttl_unless_renewed(registry: Registry):
     assert 0 < registry.lease_remaining_s("k") <= 2.0
     assert registry.renew_lease("k", "a", 30.0)
     assert 2.0 < registry.lease_remaining_s("k") <= 30.0
+
+
+def test_a_lease_that_ran_out_unclaimed_is_taken_back_by_its_holder(registry: Registry):
+    assert registry.acquire_lease("k", "a", 0.1)
+    time.sleep(0.2)
+    assert registry.renew_lease("k", "a", 5.0)
+    assert registry.lease_holder("k") == "a"
+    assert registry.acquire_lease("j", "a", 0.1)
+    time.sleep(0.2)
+    assert registry.acquire_lease("j", "b", 5.0)
+    assert not registry.renew_lease("j", "a", 5.0), "taken by another meanwhile: lost"
+
+
+def test_silent_workers_are_reaped_once(registry: Registry):
+    registry.worker_seen("w1")
+    registry._r.zadd("farm:workers", {"w2": time.time() - 60})
+    assert registry.reap_silent_workers(10) == ["w2"]
+    assert registry.reap_silent_workers(10) == []
+    assert registry.live_workers(within_s=5) == ["w1"]

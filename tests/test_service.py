@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import contextlib
 import time
 from pathlib import Path
 
@@ -74,26 +74,82 @@ def test_a_source_changed_after_submission_fails_and_builds_nothing(
     assert not request.destination().exists()
 
 
-def test_a_duplicate_follows_the_lease_holder_instead_of_building(genomes, registry, farm_settings):
+def test_a_duplicate_frees_its_slot_at_once_instead_of_waiting_for_the_holder(
+    genomes, registry, farm_settings
+):
     request, key = _prepared(genomes, farm_settings)
-    assert registry.acquire_lease(key, "someone-else", 5.0)
-    ctx = service.Context(registry, farm_settings, "duplicate")
-    got = {}
-    follower = threading.Thread(
-        target=lambda: got.setdefault("r", service.ensure(request, key, ctx))
-    )
-    follower.start()
-    time.sleep(0.5)
-    assert follower.is_alive()  # waiting, not building
+    assert registry.acquire_lease(key, "someone-else", 30.0)
+    started = time.monotonic()
+    record = service.ensure(request, key, service.Context(registry, farm_settings, "duplicate"))
+    assert time.monotonic() - started < 5  # not the holder's build time, nor the lease's TTL
+    assert record.status is Status.QUEUED  # still the holder's to finish
     assert not request.destination().exists()
-    holder = service.Context(registry, farm_settings, "holder")
-    registry.release_lease(key, "someone-else")
-    # The holder finishes: the duplicate reports the holder's record.
-    result = service.ensure(request, key, holder)
-    follower.join(10)
-    assert result.worker == "holder"
-    assert got["r"].status is Status.VALID
-    assert got["r"].worker in ("holder", "duplicate")
+    assert registry.lease_holder(key) == "someone-else"
+
+
+def test_a_late_message_never_rebuilds_a_terminal_key(genomes, registry, farm_settings):
+    """Only a new submission puts a key back in flight: a message redelivered after the key
+    failed (or was found invalid) is answered from the record."""
+    request, key = _prepared(genomes, farm_settings)
+    ctx = service.Context(registry, farm_settings, "w")
+    built = service.ensure(request, key, ctx)
+    registry.put(built.evolve(status=Status.INVALID, error="checked by verify"))
+    again = service.ensure(request, key, ctx)
+    assert again.status is Status.INVALID and again.error == "checked by verify"
+
+
+def test_a_stop_request_hands_the_key_back_and_leaves_nothing_staged(
+    genomes, registry, farm_settings, monkeypatch
+):
+    from farm import kinds
+    from farm.errors import StopRequested
+
+    request, key = _prepared(genomes, farm_settings)
+    registry.claim_many([service.queued_record(request, key, {})], send_grace_s=60)
+    real_ensure = kinds.ensure
+
+    def stopped_mid_build(req, owner, **kw):
+        staged = request.destination().with_name(request.destination().name + ".farmtmp.x")
+        staged.mkdir()
+        try:
+            raise StopRequested
+        finally:
+            staged.rmdir()
+
+    monkeypatch.setattr(kinds, "ensure", stopped_mid_build)
+    ctx = service.Context(registry, farm_settings, "stopping")
+    try:
+        service.ensure(request, key, ctx)
+    except StopRequested:
+        pass
+    else:
+        raise AssertionError("StopRequested must propagate to the task, which requeues")
+    record = registry.get(key)
+    assert record.status is Status.QUEUED and record.action == "handed back"
+    assert registry.lease_holder(key) is None
+    assert registry.due_keys(time.time()) == [key]  # the watchdog sends it at once
+    assert registry.count_attempt(key) == 1, "an interrupted stop is not an attempt"
+    registry.clear_attempts(key)
+    monkeypatch.setattr(kinds, "ensure", real_ensure)
+    assert service.ensure(request, key, ctx).status is Status.VALID
+
+
+def test_ctrl_c_on_an_inline_build_cancels_it_and_says_so(
+    genomes, registry, farm_settings, monkeypatch
+):
+    from farm import kinds
+
+    request, key = _prepared(genomes, farm_settings)
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kinds, "ensure", interrupted)
+    with contextlib.suppress(KeyboardInterrupt):
+        service.ensure(request, key, service.Context(registry, farm_settings, "inline"))
+    record = registry.get(key)
+    assert record.status is Status.FAILED and "cancelled" in record.error
+    assert registry.lease_holder(key) is None
 
 
 def test_a_key_that_keeps_killing_its_worker_stops_after_max_attempts(
@@ -141,6 +197,9 @@ def test_a_time_limit_and_an_internal_error_are_recorded_as_sentences(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(kinds, "ensure", broken)
+    # A failed key is built again only when submitted again.
+    resubmitted = service.queued_record(request, key, record.sources)
+    assert registry.claim_many([resubmitted], send_grace_s=60)[0].enqueue
     record = service.ensure(request, key, ctx, interrupts=(_Interrupted,))
     assert record.status is Status.FAILED
     assert record.error.startswith("Internal error") and "RuntimeError: boom" in record.error

@@ -1,51 +1,103 @@
 """The Celery app: the only place, with ``workers.tasks``, that knows Celery.
 
-Settings are read once here, at worker start. Each worker heartbeats into the registry so a
-client can tell, without a broadcast, whether anyone is consuming.
+Settings are read once here, at worker start. Each worker's main process runs two threads
+beside Celery's: a heartbeat into the registry (so a client can tell, without a broadcast,
+whether anyone is consuming, and the watchdog can tell a worker that died), and the watchdog
+(:mod:`farm.watchdog`), which requeues whatever a dead worker, a lost message or a stopped
+client left in flight.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from farm.config import Settings, celery_config
 from farm.embedded import celery_broker_url, resolve_url
 from farm.errors import BrokerError
+from farm.queue import BrokerInspector, Sender
 from farm.registry import Registry
+from farm.watchdog import Watchdog
+from workers import stopping
+
+log = logging.getLogger("farm.worker")
+
 
 settings = Settings()
 redis_url = resolve_url(settings)
-registry = Registry.from_url(redis_url)
+registry = Registry.from_url(redis_url, patience_s=settings.registry_patience_s)
 
 app = Celery("gvl-farm", include=["workers.tasks"])
 app.conf.update(celery_config(settings, celery_broker_url(redis_url)))
 
-_stop_heartbeat = threading.Event()
+_stop = threading.Event()
+
+
+@worker_init.connect
+def _solo_pool_builds_here(sender: Any = None, **_: Any) -> None:
+    stopping.install_stop_handler()  # a solo pool runs builds in this process
+
+
+@worker_process_init.connect
+def _pool_child(**_: Any) -> None:
+    stopping.install_stop_handler()
+    stopping.install_child_term_handler(settings.stop_grace_s)
 
 
 @worker_ready.connect
-def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+def _start_threads(sender: Any = None, **_: Any) -> None:
     name = sender.hostname if sender is not None else "worker"
+    threading.Thread(target=_heartbeat, args=(name,), name="farm-heartbeat", daemon=True).start()
+    threading.Thread(target=_watch, args=(name,), name="farm-watchdog", daemon=True).start()
 
-    def beat() -> None:
-        while True:
-            # the broker may be down: Celery reconnects, and we retry on the next beat
-            with contextlib.suppress(BrokerError):
-                registry.worker_seen(name)
-            if _stop_heartbeat.wait(settings.worker_heartbeat_s):
-                break
 
-    threading.Thread(target=beat, name="farm-heartbeat", daemon=True).start()
+def _heartbeat(name: str) -> None:
+    beats = Registry.from_url(redis_url)  # its own connections: never waits behind a build
+    while True:
+        # the broker may be down: Celery reconnects, and we retry on the next beat
+        with contextlib.suppress(BrokerError):
+            beats.worker_seen(name)
+        if _stop.wait(settings.worker_heartbeat_s):
+            break
+
+
+def _watch(name: str) -> None:
+    watchdog = Watchdog(
+        Registry.from_url(redis_url),
+        settings,
+        send=Sender(settings, redis_url).send,
+        broker_ids=BrokerInspector(redis_url).message_ids,
+        name=name,
+    )
+    while not _stop.wait(settings.watchdog_interval_s):
+        try:
+            watchdog.sweep()
+        except BrokerError:
+            continue  # Redis is away; the next sweep notices its restart
+        except Exception:
+            log.exception("watchdog sweep failed; retrying on the next tick")
+
+
+@worker_shutting_down.connect
+def _graceful(sig: str = "", how: str = "", **_: Any) -> None:
+    if how == "Warm":
+        stopping.stop_after_grace(settings.stop_grace_s)
 
 
 @worker_shutdown.connect
-def _stop(sender: Any = None, **_: Any) -> None:
-    _stop_heartbeat.set()
+def _stopped(sender: Any = None, **_: Any) -> None:
+    _stop.set()
     if sender is not None:
         with contextlib.suppress(BrokerError):
-            registry.worker_gone(sender.hostname)
+            Registry.from_url(redis_url).worker_gone(sender.hostname)

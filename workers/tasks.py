@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
 from farm import service
 from farm.config import BUILD_TASK
-from farm.errors import BrokerError
+from farm.errors import BrokerError, StopRequested
 from farm.requests import parse_request
 from workers.app import app, registry, settings
+from workers.stopping import interruptible
 
 
 @app.task(name=BUILD_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -22,9 +23,14 @@ def build(self: Task, message: dict[str, Any]) -> dict[str, Any]:
         request = parse_request(message["request"])
     except (KeyError, ValidationError) as e:
         return {"key": key, "status": "rejected", "error": f"malformed build message: {e}"}
-    ctx = service.Context(registry=registry, settings=settings, worker=self.request.hostname)
+    ctx = service.Context(registry, settings, self.request.hostname, interruptible)
     try:
         record = service.ensure(request, key, ctx, interrupts=(SoftTimeLimitExceeded,))
+    except StopRequested as e:
+        # The worker is stopping: the key is queued again; put the message back for another.
+        raise Reject("worker stopping; key handed back", requeue=True) from e
     except BrokerError as e:
-        raise self.retry(exc=e, countdown=5, max_retries=60) from e
+        # The registry stayed unreachable beyond the worker's patience. Requeue the message;
+        # if the broker is down too, it stays unacknowledged and is redelivered later.
+        raise Reject(str(e), requeue=True) from e
     return {"key": key, "status": str(record.status), "error": record.error}

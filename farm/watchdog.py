@@ -1,0 +1,172 @@
+"""The watchdog: every accepted request reaches a terminal state with no client action.
+
+Each worker runs one (a thread in its main process); a farm-wide lock lets one sweep at a
+time. A sweep costs one round trip when nothing is due, so it runs every second. It heals:
+
+- a claim whose sender died before the message was out (the claim is due after a grace);
+- a build whose builder died, whatever was killed (its lease ran out: the key is due then);
+- a key handed back by a stopping worker (due at once);
+- a message lost with the broker or in a dying worker's hands: after a Redis restart, a
+  worker falling silent, or every ``reconcile_interval_s``, the keys in flight are compared
+  with the messages in the broker, and those with neither a message nor a lease are sent.
+
+Messages held by a dead worker are redelivered by the broker after the visibility timeout,
+which is set a little above the lease TTL. Duplicates this may create are harmless: a delivery
+of a key that is terminal, or whose lease is held, returns at once (:func:`farm.service.ensure`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from farm.config import Settings
+from farm.registry import ArtifactRecord, Registry, Status
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[Iterable[tuple[str, dict[str, Any]]]], int]
+BrokerIds = Callable[[], set[str]]
+
+_PAGE = 500
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did, for logs and tests."""
+
+    sent: list[str] = field(default_factory=list)  # keys given a new message
+    why: dict[str, str] = field(default_factory=dict)  # key: why it was sent
+    dropped: int = 0  # bookkeeping of keys that turned terminal or vanished
+    reconciled: bool = False
+
+
+class Watchdog:
+    def __init__(
+        self,
+        registry: Registry,
+        settings: Settings,
+        *,
+        send: Send,
+        broker_ids: BrokerIds,
+        name: str,
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self._send = send
+        self._broker_ids = broker_ids
+        self.name = name
+        self._run_id: str | None = None
+        self._reconcile_pending = True  # a worker that starts looks once: it may follow a crash
+        self._next_reconcile = time.monotonic() + settings.reconcile_interval_s
+
+    def sweep(self) -> SweepReport:
+        """One pass, if no other worker's watchdog is in one."""
+        report = SweepReport()
+        lock_ttl = max(5.0, 4 * self.settings.watchdog_interval_s)
+        if not self.registry.try_lock("watchdog", self.name, lock_ttl):
+            return report
+        try:
+            self._notice_losses()
+            self._handle_due(report)
+            if self._reconcile_pending or time.monotonic() >= self._next_reconcile:
+                self.reconcile(report)
+        finally:
+            self.registry.unlock("watchdog", self.name)
+        for key in report.sent[:20]:
+            log.warning("watchdog: sent %s again: %s", key, report.why.get(key, ""))
+        return report
+
+    def _notice_losses(self) -> None:
+        """A Redis restart or a worker that fell silent may have taken messages with it."""
+        run_id = self.registry.server_run_id()
+        if self._run_id is not None and run_id != self._run_id:
+            log.warning("watchdog: the Redis server restarted; checking the keys in flight")
+            self._reconcile_pending = True
+        self._run_id = run_id
+        silent = self.registry.reap_silent_workers(self.settings.worker_silent_after_s)
+        if silent:
+            log.warning("watchdog: worker(s) fell silent: %s", ", ".join(silent))
+            self._reconcile_pending = True
+
+    def _handle_due(self, report: SweepReport) -> None:
+        now = time.time()
+        keys = self.registry.due_keys(now, limit=_PAGE)
+        if not keys:
+            return
+        changes: list[tuple[bytes, ArtifactRecord]] = []
+        to_send: dict[str, dict[str, Any]] = {}
+        finished: list[str] = []
+        for key, (raw, lease_left) in zip(keys, self.registry.progress(keys), strict=True):
+            record = None if raw is None else ArtifactRecord.model_validate_json(raw)
+            if record is None or record.status.terminal:
+                finished.append(key)
+            elif lease_left > 0:
+                self.registry.set_due(key, now + lease_left)  # its builder is alive
+            elif record.status is Status.BUILDING:
+                changes.append((raw, _requeued(record)))
+                report.why[key] = f"its builder {record.worker} stopped renewing its lease"
+            else:
+                to_send[key] = record.request
+                report.why[key] = f"its claim was not confirmed sent ({record.action or 'new'})"
+        self._requeue(changes, to_send, report)
+        self.registry.drop_inflight(finished)
+        report.dropped += len(finished)
+
+    def reconcile(self, report: SweepReport | None = None) -> SweepReport:
+        """Send every key in flight that has neither a lease nor a message in the broker."""
+        report = report or SweepReport()
+        self._reconcile_pending = False
+        self._next_reconcile = time.monotonic() + self.settings.reconcile_interval_s
+        report.reconciled = True
+        # Claims younger than the grace may not be sent yet; the due path covers them.
+        cutoff = time.time() - self.settings.send_grace_s
+        keys: list[str] = []
+        while page := self.registry.inflight_keys(cutoff, len(keys), _PAGE):
+            keys.extend(page)
+            if len(page) < _PAGE:
+                break
+        if not keys:
+            return report
+        in_broker = self._broker_ids()
+        for i in range(0, len(keys), _PAGE):
+            chunk = keys[i : i + _PAGE]
+            changes: list[tuple[bytes, ArtifactRecord]] = []
+            finished: list[str] = []
+            for key, (raw, lease_left) in zip(chunk, self.registry.progress(chunk), strict=True):
+                record = None if raw is None else ArtifactRecord.model_validate_json(raw)
+                if record is None or record.status.terminal:
+                    finished.append(key)
+                elif lease_left == 0 and key not in in_broker:
+                    changes.append((raw, _requeued(record)))
+                    report.why[key] = "neither a lease nor a message in the broker"
+            self._requeue(changes, {}, report)
+            self.registry.drop_inflight(finished)
+            report.dropped += len(finished)
+        return report
+
+    def _requeue(
+        self,
+        changes: list[tuple[bytes, ArtifactRecord]],
+        to_send: dict[str, dict[str, Any]],
+        report: SweepReport,
+    ) -> None:
+        if changes:
+            taken = self.registry.replace_if_unchanged(
+                changes, send_grace_s=self.settings.send_grace_s
+            )
+            for (_, record), ok in zip(changes, taken, strict=True):
+                if ok:
+                    to_send[record.key] = record.request
+        if not to_send:
+            return
+        self._send(to_send.items())
+        self.registry.confirm_sent(to_send)
+        report.sent.extend(to_send)
+
+
+def _requeued(record: ArtifactRecord) -> ArtifactRecord:
+    return record.evolve(status=Status.QUEUED, worker=None, action="requeued")
