@@ -52,7 +52,7 @@ def _solo_pool_builds_here(sender: Any = None, **_: Any) -> None:
 @worker_process_init.connect
 def _pool_child(**_: Any) -> None:
     stopping.install_stop_handler()
-    stopping.install_child_term_handler(settings.stop_grace_s)
+    stopping.handle_child_term(settings.stop_grace_s)
 
 
 @worker_ready.connect

@@ -25,6 +25,7 @@ from farm.errors import StopRequested
 STOP_NOW = signal.SIGUSR2
 _building = threading.Event()
 _stopping = threading.Event()
+_child_grace_s: float | None = None  # set in a pool child; its SIGTERM handler is ours
 
 
 @contextlib.contextmanager
@@ -32,6 +33,9 @@ def interruptible() -> Iterator[None]:
     """Mark a build in progress in this process: a stop request may interrupt it."""
     if _stopping.is_set():
         raise StopRequested  # the stop came before the build started: hand it back now
+    if _child_grace_s is not None and signal.getsignal(signal.SIGTERM) is not _on_child_term:
+        # billiard resets SIGTERM after the pool's initializer ran; take it back here.
+        signal.signal(signal.SIGTERM, _on_child_term)
     _building.set()
     try:
         yield
@@ -61,19 +65,21 @@ def install_stop_handler() -> None:
     signal.signal(STOP_NOW, _stop_now)
 
 
-def install_child_term_handler(grace_s: float) -> None:
+def handle_child_term(grace_s: float) -> None:
     """A pool child that gets SIGTERM itself (a signal to the whole process group, as honcho
-    and terminals send) starts its own grace period instead of dying mid-build."""
+    and terminals send) starts its own grace period instead of dying mid-build. Installed
+    when a build starts (see :func:`interruptible`)."""
+    global _child_grace_s
+    _child_grace_s = grace_s
 
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        if not _building.is_set():
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)  # idle: die as before
-            return
-        _stopping.set()
-        _after_grace(grace_s, [os.getpid()])
 
-    signal.signal(signal.SIGTERM, on_term)
+def _on_child_term(signum: int, frame: FrameType | None) -> None:
+    if not _building.is_set():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)  # idle: die as before
+        return
+    _stopping.set()
+    _after_grace(_child_grace_s or 0.0, [os.getpid()])
 
 
 def stop_after_grace(grace_s: float) -> None:
