@@ -43,7 +43,7 @@ def verify_record(record: ArtifactRecord) -> ArtifactRecord:
     found = kinds.classify(request, deep=True)
     status = _STATUS_OF.get(found.state, Status.INVALID)
     error = None if status is Status.VALID else f"{found.reason or found.state}."
-    return record.evolve(status=status, error=error)
+    return record.evolve(status=status, error=error, rebuild=status is not Status.VALID)
 
 
 def verify(registry: Registry, keys: list[str] | None = None) -> list[ArtifactRecord]:
@@ -78,7 +78,10 @@ def reindex(registry: Registry, root: Path) -> list[ArtifactRecord]:
             continue
         request, sources = described
         key = derive_key(request, sources)
-        found = kinds.classify(request)
+        known = registry.get(key)
+        # Validity is earned: an artifact its record calls invalid passes only a deep check.
+        distrusted = known is not None and known.status is Status.INVALID
+        found = kinds.classify(request, deep=distrusted)
         now = time.time()
         status = _STATUS_OF.get(found.state, Status.INVALID)
         record = ArtifactRecord(

@@ -261,3 +261,21 @@ def test_a_cache_destination_taken_by_another_fasta_stays_stale_under_verify(
     assert gvlfa.read_metadata(dest).contigs == {"chrI": 230208}
     verdicts = {r.key: r.status for r in maintenance.verify(registry)}
     assert verdicts == {keys[0]: Status.STALE, keys[1]: Status.VALID}
+
+
+def test_reindex_never_makes_an_invalid_artifact_valid_on_a_shallow_check(
+    genomes, registry, farm_settings
+):
+    from farm import maintenance
+
+    request, key = _prepared(genomes, farm_settings)
+    built = service.ensure(request, key, service.Context(registry, farm_settings, "w"))
+    data = Path(built.dest) / gvlfa.DATA_FILE
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x20  # same size: the shallow check cannot see it
+    data.write_bytes(bytes(raw))
+    (verdict,) = maintenance.verify(registry, [key])
+    assert verdict.status is Status.INVALID and verdict.rebuild
+    (reindexed,) = maintenance.reindex(registry, genomes)
+    assert reindexed.key == key and reindexed.status is Status.INVALID
+    assert registry.get(key).status is Status.INVALID
