@@ -46,7 +46,7 @@ app.add_typer(server_app, name="server")
 
 # Piped output is not folded at 80 columns: paths stay whole for the next program.
 out = Console(width=None if sys.stdout.isatty() else 240)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True, highlight=False)  # one sentence, one line
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
