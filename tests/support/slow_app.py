@@ -1,10 +1,17 @@
-"""The production worker app with a slow builder: a fault injected at the builder seam.
+"""The production worker app with faults injected at its seams, for tests.
 
-``FARM_TEST_BUILD_SECONDS`` makes every cache build sleep that long inside its staging
-directory (with a partial file in it), so tests can kill a worker mid-build or outlast the
-broker's visibility timeout. ``FARM_TEST_BUILD_KILLS_WORKER`` makes every build SIGKILL its own
-process (a segfault or the OOM killer, as far as Celery can tell). Each build start is logged,
-so tests can count builds.
+- ``FARM_TEST_BUILD_SECONDS``: every cache build sleeps that long inside its staging
+  directory (with a partial file in it), so tests can kill a worker mid-build or outlast the
+  broker's visibility timeout. Each build start and end is logged (``BUILD-START``,
+  ``BUILD-END``), so tests can count builds.
+- ``FARM_TEST_BUILD_KILLS_WORKER``: every build SIGKILLs its own process (a segfault or the
+  OOM killer, as far as Celery can tell).
+- ``FARM_TEST_PHASE_DIR``: a test plans a pause by writing ``<phase> <seconds>`` into
+  ``pause.<key[:24]>`` there. The first time that key reaches that phase, a marker file
+  ``<phase>.<pid>.<key[:24]>`` appears and the builder pauses, so the test can kill exactly
+  that process at exactly that point. Phases: ``received`` (message parsed, no lease yet),
+  ``building`` (staging directory holds a partial file), ``published`` (artifact renamed
+  into place, record not yet valid).
 """
 
 from __future__ import annotations
@@ -16,23 +23,71 @@ import time
 from pathlib import Path
 from typing import Any
 
+from farm import service
 from farm.artifacts import gvlfa
+from farm.registry import ArtifactRecord, Registry, Status
 from workers.app import app
 
 log = logging.getLogger("farm.test.slow")
 _write_cache = gvlfa.write_cache
+_write_sequence = gvlfa._write_sequence
+_current_job = ""  # the key (first 24 characters) this process is building
+_request_key = service.request_key
+_finish = Registry.finish
+
+
+def _phase(name: str, key: str) -> None:
+    """Leave a marker and pause where the test planned it, once per key."""
+    folder = os.environ.get("FARM_TEST_PHASE_DIR")
+    if not folder:
+        return
+    key = key[:24]
+    try:
+        phase, seconds = (Path(folder) / f"pause.{key}").read_text().split()
+    except FileNotFoundError:
+        return
+    if phase != name or any(Path(folder).glob(f"{name}.*.{key}")):
+        return  # only the first delivery pauses; the one that heals runs through
+    (Path(folder) / f"{name}.{os.getpid()}.{key}").touch()
+    time.sleep(float(seconds))
 
 
 def _slow_write_cache(fasta: Path, out_dir: Path, dest: Path, **kwargs: Any):
+    global _current_job
     log.warning("BUILD-START %s pid=%d", dest, os.getpid())
     (out_dir / gvlfa.DATA_FILE).write_bytes(b"partial")
     if os.environ.get("FARM_TEST_BUILD_KILLS_WORKER"):
         os.kill(os.getpid(), signal.SIGKILL)
+    _current_job = out_dir.name.split(".farmtmp.", 1)[1].split(".", 1)[0]
+    _phase("building", _current_job)
     time.sleep(float(os.environ.get("FARM_TEST_BUILD_SECONDS", "0")))
     (out_dir / gvlfa.DATA_FILE).unlink()
-    return _write_cache(fasta, out_dir, dest, **kwargs)
+    meta = _write_cache(fasta, out_dir, dest, **kwargs)
+    log.warning("BUILD-END %s pid=%d", dest, os.getpid())
+    return meta
+
+
+def _paused_write_sequence(fasta: Path, fd: int) -> Any:
+    written = _write_sequence(fasta, fd)
+    _phase("read", _current_job)
+    return written
+
+
+def _paused_request_key(request: Any) -> Any:
+    key, sources = _request_key(request)
+    _phase("received", key)
+    return key, sources
+
+
+def _paused_finish(self: Registry, record: ArtifactRecord, holder: str) -> ArtifactRecord:
+    if record.status is Status.VALID:
+        _phase("published", record.key)
+    return _finish(self, record, holder)
 
 
 gvlfa.write_cache = _slow_write_cache
+gvlfa._write_sequence = _paused_write_sequence
+service.request_key = _paused_request_key
+Registry.finish = _paused_finish
 
 __all__ = ["app"]

@@ -1,0 +1,63 @@
+"""The broker (Redis) SIGKILLed and restarted mid-batch, with and without persistence."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from farm.requests import CacheRequest
+from tests.faults.harness import (
+    Cluster,
+    Figures,
+    PartialWatch,
+    books_balanced,
+    settle,
+    sweep_orphans,
+)
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.mark.parametrize("aof", [True, False], ids=["aof", "no-persistence"])
+def test_redis_killed_and_restarted_mid_batch(tmp_path: Path, aof: bool):
+    cluster = Cluster(tmp_path, aof=aof)
+    name = "with append-only file" if aof else "without persistence"
+    figures = Figures(f"Redis SIGKILLed and restarted mid-batch, {name}")
+    started = time.monotonic()
+    rng = random.Random(11)
+    try:
+        for _ in range(2):
+            cluster.worker(concurrency=2, test_build_seconds=0.3)
+        fasta = cluster.genome()
+        dests = [fasta.parent / "batch" / f"{i}.gvlfa" for i in range(40)]
+        requests = [CacheRequest(fasta=fasta, dest=d) for d in dests]
+        with PartialWatch(dests) as watch:
+            keys = [s.key for s in cluster.farm().submit_many(requests)]
+            figures.jobs = len(keys)
+            for _ in range(2):
+                time.sleep(rng.uniform(0.5, 1.5))
+                cluster.redis.restart(down_s=1.0)
+                figures.rounds += 1
+            # With an append-only file the farm heals alone; without one, the records went with
+            # the server and only the client that submitted them can submit them again.
+            settle(cluster, keys, figures, timeout=120, client_heals=not aof)
+        if not aof:
+            figures.notes.append("records lost with the server were resubmitted by the client")
+        figures.partials = watch.seen_partial
+        figures.duplicates = max(0, cluster.log_count("BUILD-END") - len(keys))
+        figures.worker_exits = sum(1 for w in cluster.workers if w.proc.poll() is not None)
+        sweep_orphans(cluster, figures)
+        figures.seconds = time.monotonic() - started
+        figures.report()
+        figures.assert_healed()
+        assert books_balanced(cluster.registry())
+        # Consumption resumed: a request submitted now is built.
+        (late,) = cluster.farm().submit_many(
+            [CacheRequest(fasta=fasta, dest=fasta.parent / "late.gvlfa")]
+        )
+        assert settle(cluster, [late.key], Figures("late"), timeout=60)[0].status == "valid"
+    finally:
+        cluster.close()

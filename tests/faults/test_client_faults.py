@@ -1,0 +1,111 @@
+"""Clients that die or are interrupted: a claim whose message was never sent, Ctrl-C while
+waiting. Neither may leave a request stuck or cancel a build others rely on."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from farm.registry import Status
+from farm.requests import CacheRequest, prepare, request_key
+from tests.faults.harness import Cluster, Figures, books_balanced, settle, sweep_orphans
+from tests.support.processes import PROJECT
+
+pytestmark = pytest.mark.faults
+
+# A client killed after its claims were recorded and before their messages were sent.
+_DIES_BEFORE_SENDING = """
+import os, sys
+from pathlib import Path
+from farm.client import Farm
+from farm.queue import Sender
+from farm.requests import CacheRequest
+Sender.send = lambda self, messages: os._exit(9)
+fasta = Path(sys.argv[1])
+requests = [CacheRequest(fasta=fasta, dest=fasta.parent / f"d{i}.gvlfa") for i in range(20)]
+with Farm.connect() as farm:
+    farm.submit_many(requests)
+"""
+
+
+def test_a_client_killed_between_claim_and_send_leaves_nothing_stuck(cluster: Cluster):
+    figures = Figures("client killed between claim and send")
+    started = time.monotonic()
+    cluster.worker(concurrency=2)
+    fasta = cluster.genome()
+    died = subprocess.run(
+        [sys.executable, "-c", _DIES_BEFORE_SENDING, str(fasta)],
+        env=cluster.env(),
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert died.returncode == 9, died.stderr
+    keys = [
+        request_key(
+            prepare(CacheRequest(fasta=fasta, dest=fasta.parent / f"d{i}.gvlfa"), [cluster.root])
+        )[0]
+        for i in range(20)
+    ]
+    assert {r.status for r in cluster.registry().get_many(keys)} == {Status.QUEUED}
+    figures.jobs, figures.rounds = len(keys), 1
+    settle(cluster, keys, figures, timeout=60)
+    figures.duplicates = cluster.log_count("BUILD-END") - len(keys)
+    sweep_orphans(cluster, figures)
+    figures.seconds = time.monotonic() - started
+    figures.report()
+    figures.assert_healed()
+    assert books_balanced(cluster.registry())
+
+
+def _until_polling(cluster: Cluster, timeout: float = 30) -> None:
+    """Until a client polls records (MGET): the command under test is in its wait loop."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(c.get("cmd") == "mget" for c in cluster.registry()._r.client_list()):
+            return
+        time.sleep(0.02)
+    raise AssertionError("the command never started waiting")
+
+
+@pytest.mark.parametrize("command", ["build", "wait"])
+def test_ctrl_c_while_waiting_returns_at_once_and_the_build_goes_on(cluster: Cluster, command: str):
+    figures = Figures(f"Ctrl-C on `farm {command}` during a worker's build")
+    started = time.monotonic()
+    cluster.worker()
+    fasta = cluster.genome()
+    request = prepare(CacheRequest(fasta=fasta), cluster.settings().roots)
+    key = request_key(request)[0]
+    cluster.plan_pause(key, "building", 4)
+    args = ["build", "cache", str(fasta)] if command == "build" else ["wait", key]
+    if command == "wait":
+        cluster.farm().submit(request)
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", *args],
+        env=cluster.env(),
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    cluster.marker("building", key)
+    _until_polling(cluster)  # interrupt the wait itself, not the start-up
+    cli.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    _, err = cli.communicate(timeout=30)
+    figures.notes.append(f"exited {time.monotonic() - interrupted:.2f} s after Ctrl-C")
+    assert cli.returncode == 130
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "go on" in err or "goes on" in err
+    figures.jobs = figures.rounds = 1
+    (record,) = settle(cluster, [key], figures, timeout=60)
+    assert record.worker.startswith("w0@")
+    sweep_orphans(cluster, figures)
+    figures.seconds = time.monotonic() - started
+    figures.report()
+    figures.assert_healed()

@@ -1,0 +1,76 @@
+"""SIGTERM, as autoscalers, ``docker stop`` and honcho send it: stop taking work, finish
+within the grace period or hand the key back at once, and leave nothing ``building``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from farm.registry import Status
+from farm.requests import CacheRequest, prepare, request_key
+from tests.faults.harness import Cluster, Figures, books_balanced, settle, sweep_orphans
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.mark.parametrize(
+    "target", ["main", "group"], ids=["sigterm-main-process", "sigterm-process-group"]
+)
+def test_a_stopped_worker_hands_a_long_build_back_at_once(cluster: Cluster, target: str):
+    """A 30 s build, a 1 s grace: the key goes to the other worker in seconds, not after the
+    build or the lease."""
+    figures = Figures(f"SIGTERM scale-down ({target}) during a long build")
+    started = time.monotonic()
+    stopping = cluster.worker()
+    fasta = cluster.genome()
+    request = prepare(CacheRequest(fasta=fasta), cluster.settings().roots)
+    key = request_key(request)[0]
+    cluster.plan_pause(key, "building", 30)
+    cluster.farm().submit(request)
+    figures.jobs = figures.rounds = 1
+    cluster.marker("building", key)
+    survivor = cluster.worker()
+    if target == "main":
+        stopping.proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(stopping.proc.pid, signal.SIGTERM)  # honcho and terminals signal the group
+    stopping.proc.wait(30)
+    after = cluster.registry().get(key)
+    # Nothing stays building by the stopped worker: handed back, and maybe already taken on.
+    assert not (after.status is Status.BUILDING and after.worker.startswith(stopping.name + "@"))
+    assert "key handed back" in stopping.log.read_text()
+    (record,) = settle(cluster, [key], figures, timeout=60)
+    assert record.worker.startswith(survivor.name + "@")
+    figures.worker_exits = int(stopping.proc.returncode not in (0, -signal.SIGTERM))
+    figures.duplicates = max(0, cluster.log_count("BUILD-END") - 1)
+    sweep_orphans(cluster, figures)
+    figures.seconds = time.monotonic() - started
+    figures.report()
+    figures.assert_healed()
+    assert figures.cleaned == 0, "the stopped build removed its own staging directory"
+    assert books_balanced(cluster.registry())
+
+
+def test_a_build_that_ends_within_the_grace_is_finished_not_handed_back(cluster: Cluster):
+    figures = Figures("SIGTERM scale-down during a build shorter than the grace")
+    started = time.monotonic()
+    stopping = cluster.worker(stop_grace_s=20)
+    fasta = cluster.genome()
+    request = prepare(CacheRequest(fasta=fasta), cluster.settings().roots)
+    key = request_key(request)[0]
+    cluster.plan_pause(key, "building", 2)
+    cluster.farm().submit(request)
+    figures.jobs = figures.rounds = 1
+    cluster.marker("building", key)
+    stopping.proc.send_signal(signal.SIGTERM)
+    stopping.proc.wait(30)
+    (record,) = settle(cluster, [key], figures, timeout=10)
+    assert record.worker.startswith(stopping.name + "@")
+    figures.duplicates = max(0, cluster.log_count("BUILD-END") - 1)
+    sweep_orphans(cluster, figures)
+    figures.seconds = time.monotonic() - started
+    figures.report()
+    figures.assert_healed()
