@@ -79,6 +79,11 @@ def ensure(
     record = registry.get(key)
     if record is not None and record.status.terminal:
         return record
+    if record is not None and record.request != request.model_dump(mode="json"):
+        # A message whose request is not the one claimed under its key (forged, or from a
+        # buggy sender): it must not build, nor fail, someone else's request.
+        log.warning("ignored a message for %s whose request differs from the record's", key)
+        return record
     holder = f"{ctx.worker}/{uuid.uuid4().hex[:8]}"
     try:
         check_destination(request, settings.roots)  # never trust a message's destination

@@ -60,6 +60,9 @@ class Watchdog:
         self._broker_ids = broker_ids
         self.name = name
         self._run_id: str | None = None
+        # After a Redis restart, leases may have run out while their builders lived on: give
+        # those builders one lease period to take them back before calling them dead.
+        self._patient_until = 0.0
         self._reconcile_pending = True  # a worker that starts looks once: it may follow a crash
         self._next_reconcile = time.monotonic() + settings.reconcile_interval_s
 
@@ -86,6 +89,7 @@ class Watchdog:
         if self._run_id is not None and run_id != self._run_id:
             log.warning("watchdog: the Redis server restarted; checking the keys in flight")
             self._reconcile_pending = True
+            self._patient_until = time.monotonic() + self.settings.lease_ttl_s
         self._run_id = run_id
         silent = self.registry.reap_silent_workers(self.settings.worker_silent_after_s)
         if silent:
@@ -106,6 +110,8 @@ class Watchdog:
                 finished.append(key)
             elif lease_left > 0:
                 self.registry.set_due(key, now + lease_left)  # its builder is alive
+            elif record.status is Status.BUILDING and time.monotonic() < self._patient_until:
+                self.registry.set_due(key, now + self.settings.lease_ttl_s / 3)
             elif record.status is Status.BUILDING:
                 changes.append((raw, _requeued(record)))
                 report.why[key] = f"its builder {record.worker} stopped renewing its lease"

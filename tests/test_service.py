@@ -279,3 +279,14 @@ def test_reindex_never_makes_an_invalid_artifact_valid_on_a_shallow_check(
     (reindexed,) = maintenance.reindex(registry, genomes)
     assert reindexed.key == key and reindexed.status is Status.INVALID
     assert registry.get(key).status is Status.INVALID
+
+
+def test_a_message_whose_request_is_not_its_keys_changes_nothing(genomes, registry, farm_settings):
+    """A forged or garbled message must neither build nor fail the request claimed under
+    the key it names."""
+    request, key = _prepared(genomes, farm_settings)
+    registry.claim_many([service.queued_record(request, key, {})], send_grace_s=60)
+    other, _ = _prepared(genomes, farm_settings, dest=genomes / "elsewhere.gvlfa")
+    record = service.ensure(other, key, service.Context(registry, farm_settings, "w"))
+    assert record.status is Status.QUEUED and registry.get(key).status is Status.QUEUED
+    assert not other.destination().exists()

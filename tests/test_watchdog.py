@@ -151,3 +151,21 @@ def test_only_one_watchdog_sweeps_at_a_time(registry: Registry, broker: FakeBrok
     assert not b.sweep().reconciled, "b waits while a holds the lock"
     registry.unlock("watchdog", "a")
     assert a.sweep().reconciled
+
+
+def test_after_a_redis_restart_builders_get_a_lease_period_to_renew(
+    registry: Registry, watchdog: Watchdog, broker: FakeBroker, monkeypatch
+):
+    """A restart longer than the TTL expires every lease while the builders live on; calling
+    them dead at once would start a duplicate build of everything in flight."""
+    registry.claim_many([record("k")], send_grace_s=0.2)
+    registry.confirm_sent(["k"])
+    assert registry.acquire_lease("k", "builder", 0.1)
+    registry.put(registry.get("k").evolve(status=Status.BUILDING, worker="w9"))
+    time.sleep(0.15)  # the lease ran out while Redis was away
+    monkeypatch.setattr(registry, "server_run_id", lambda: "restarted")
+    broker.held.add("k")  # its message is still unacknowledged in the broker
+    assert watchdog.sweep().sent == [], "not yet: its builder may take the lease back"
+    assert registry.renew_lease("k", "builder", 5.0)  # ... and it does
+    time.sleep(0.25)
+    assert watchdog.sweep().sent == []

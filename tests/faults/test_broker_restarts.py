@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.requests import CacheRequest
+from farm.requests import CacheRequest, prepare, request_key
 from tests.faults.harness import (
     Cluster,
     Figures,
@@ -61,3 +61,33 @@ def test_redis_killed_and_restarted_mid_batch(tmp_path: Path, aof: bool):
         assert settle(cluster, [late.key], Figures("late"), timeout=60)[0].status == "valid"
     finally:
         cluster.close()
+
+
+def test_redis_down_longer_than_the_lease_during_a_build_starts_no_second_build(
+    cluster: Cluster,
+):
+    """Every lease expires while Redis is away; the builders take theirs back when it returns
+    instead of the watchdog calling them dead and starting the same builds again."""
+    figures = Figures("Redis down for 3 lease periods during builds")
+    started = time.monotonic()
+    for _ in range(3):  # the third is idle: it would take any key wrongly requeued
+        cluster.worker()
+    fasta = cluster.genome()
+    requests = [CacheRequest(fasta=fasta, dest=fasta.parent / f"long{i}.gvlfa") for i in range(2)]
+    settings = cluster.settings()
+    keys = [request_key(prepare(r, settings.roots))[0] for r in requests]
+    for key in keys:
+        cluster.plan_pause(key, "building", 8)
+    cluster.farm().submit_many(requests)
+    figures.jobs = len(keys)
+    for key in keys:
+        cluster.marker("building", key)
+    cluster.redis.restart(down_s=3 * settings.lease_ttl_s)
+    figures.rounds = 1
+    settle(cluster, keys, figures, timeout=60)
+    figures.duplicates = cluster.log_count("BUILD-START") - len(keys)
+    figures.worker_exits = sum(1 for w in cluster.workers if w.proc.poll() is not None)
+    sweep_orphans(cluster, figures)
+    figures.seconds = time.monotonic() - started
+    figures.report()
+    figures.assert_healed()
