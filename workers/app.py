@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from typing import Any
 
@@ -42,6 +43,7 @@ app = Celery("gvl-farm", include=["workers.tasks"])
 app.conf.update(celery_config(settings, celery_broker_url(redis_url)))
 
 _stop = threading.Event()
+_MAIN_PID = os.getpid()  # pool children are forked from this process
 
 
 @worker_init.connect
@@ -51,6 +53,8 @@ def _solo_pool_builds_here(sender: Any = None, **_: Any) -> None:
 
 @worker_process_init.connect
 def _pool_child(**_: Any) -> None:
+    if os.getpid() == _MAIN_PID:
+        return  # the solo pool sends this signal too: Celery's own SIGTERM handler stays
     stopping.install_stop_handler()
     stopping.handle_child_term(settings.stop_grace_s)
 

@@ -179,13 +179,16 @@ class Cluster:
         env["FARM_TEST_PHASE_DIR"] = str(self.phases)
         return env
 
-    def worker(self, *, concurrency: int = 1, wait: bool = True, **env: object) -> Worker:
+    def worker(
+        self, *, concurrency: int = 1, pool: str = "prefork", wait: bool = True, **env: object
+    ) -> Worker:
         w = Worker(
             self.env(**env),
             f"w{len(self.workers)}",
             self.logs,
             app=SLOW_APP,
             concurrency=concurrency,
+            pool=pool,
         )
         self.workers.append(w)
         if wait:

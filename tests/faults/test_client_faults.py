@@ -3,17 +3,21 @@ waiting. Neither may leave a request stuck or cancel a build others rely on."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from farm.registry import Status
 from farm.requests import CacheRequest, prepare, request_key
 from tests.faults.harness import Cluster, Figures, books_balanced, settle, sweep_orphans
-from tests.support.processes import PROJECT
+from tests.support.processes import PROJECT, farm_env
 
 pytestmark = pytest.mark.faults
 
@@ -106,6 +110,71 @@ def test_ctrl_c_while_waiting_returns_at_once_and_the_build_goes_on(cluster: Clu
     (record,) = settle(cluster, [key], figures, timeout=60)
     assert record.worker.startswith("w0@")
     sweep_orphans(cluster, figures)
+    figures.seconds = time.monotonic() - started
+    figures.report()
+    figures.assert_healed()
+
+
+def _slow_gzip_fasta(path: Path) -> Path:
+    """~360 MB of sequence in a 3 MB gzip: the streaming reader takes a second or so, enough
+    to interrupt the real builder (no test seam) in the middle."""
+    line = b"ACGTTGCAAGCTTAGCCGATCGATCGGCTAGCTAGGCTAAGCTTCGAGCTAGCTAGCATCGA\n"
+    block = line * 100_000
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        for contig in range(6):
+            f.write(b">c%d\n" % contig)
+            for _ in range(10):
+                f.write(block)
+    return path
+
+
+def test_ctrl_c_on_a_transient_build_cancels_it_cleanly(tmp_path: Path):
+    """The embedded default's `farm build` starts a worker for the build: Ctrl-C stops the
+    build (staging removed), records it cancelled, and leaves no worker behind."""
+    figures = Figures("Ctrl-C on `farm build` with a transient worker")
+    started = time.monotonic()
+    fasta = _slow_gzip_fasta(tmp_path / "big.fa.gz")
+    env = farm_env("", tmp_path)
+    del env["FARM_REDIS_URL"]
+    env["FARM_STATE_DIR"] = str(tmp_path / "state")
+    dest = tmp_path / "big.gvlfa"
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", "build", "cache", str(fasta), "--dest", str(dest)],
+        env=env,
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("big.gvlfa.farmtmp.*")):
+            assert time.monotonic() < deadline and cli.poll() is None, cli.stderr
+            time.sleep(0.005)
+        cli.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        _, err = cli.communicate(timeout=60)
+        figures.notes.append(f"exited {time.monotonic() - interrupted:.2f} s after Ctrl-C")
+        figures.jobs = figures.rounds = 1
+        assert cli.returncode == 130, err
+        assert err.strip().startswith("Cancelled") and len(err.strip().splitlines()) == 1, err
+        assert not dest.exists() and not list(tmp_path.glob("*.farmtmp.*"))
+        listed = subprocess.run(
+            [sys.executable, "-m", "farm.cli", "ls", "--json"],
+            env=env, cwd=PROJECT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        (record,) = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert record["status"] == "failed" and "cancelled" in record["error"], record
+        left = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if f"transient-{cli.pid}" in " ".join(p.info["cmdline"] or [])
+        ]
+        assert left == [], "the transient worker is gone"
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "farm.cli", "server", "stop"], env=env, cwd=PROJECT, timeout=60
+        )
     figures.seconds = time.monotonic() - started
     figures.report()
     figures.assert_healed()

@@ -17,14 +17,17 @@ pytestmark = pytest.mark.faults
 
 
 @pytest.mark.parametrize(
-    "target", ["main", "group"], ids=["sigterm-main-process", "sigterm-process-group"]
+    "target",
+    ["main", "group", "solo"],
+    ids=["sigterm-main-process", "sigterm-process-group", "sigterm-solo-pool"],
 )
 def test_a_stopped_worker_hands_a_long_build_back_at_once(cluster: Cluster, target: str):
     """A 30 s build, a 1 s grace: the key goes to the other worker in seconds, not after the
-    build or the lease."""
+    build or the lease. The solo pool (builds in the main process, as `farm build`'s transient
+    worker runs) must also stop taking work."""
     figures = Figures(f"SIGTERM scale-down ({target}) during a long build")
     started = time.monotonic()
-    stopping = cluster.worker()
+    stopping = cluster.worker(pool="solo" if target == "solo" else "prefork")
     fasta = cluster.genome()
     request = prepare(CacheRequest(fasta=fasta), cluster.settings().roots)
     key = request_key(request)[0]
@@ -33,7 +36,7 @@ def test_a_stopped_worker_hands_a_long_build_back_at_once(cluster: Cluster, targ
     figures.jobs = figures.rounds = 1
     cluster.marker("building", key)
     survivor = cluster.worker()
-    if target == "main":
+    if target in ("main", "solo"):
         stopping.proc.send_signal(signal.SIGTERM)
     else:
         os.killpg(stopping.proc.pid, signal.SIGTERM)  # honcho and terminals signal the group
