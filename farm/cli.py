@@ -116,6 +116,8 @@ def _follow(
 class _TransientWorker:
     """A worker started for one build on the embedded default, stopped when it is done."""
 
+    transient = True
+
     def __init__(self, farm: Farm, settings: Settings) -> None:
         self.farm = farm
         self.log_path = settings.state_dir / f"transient-worker-{os.getpid()}.log"
@@ -131,8 +133,6 @@ class _TransientWorker:
                 env=env,
                 start_new_session=True,  # Ctrl-C reaches this command, which decides
             )
-
-    transient = True
 
     def check(self) -> None:
         """Raise if the worker died, so a broken worker cannot leave the build waiting."""
@@ -162,6 +162,8 @@ class _TransientWorker:
 
 
 class _NoTransientWorker:
+    """A worker is already running, or is the user's to start: nothing to stop or cancel."""
+
     transient = False
 
     def check(self) -> None:
