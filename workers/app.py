@@ -30,11 +30,11 @@ from farm.errors import BrokerError
 from farm.queue import BrokerInspector, Sender
 from farm.registry import Registry
 from farm.watchdog import Watchdog
-from workers import stopping
+from workers import broker_fixes, stopping
 
 log = logging.getLogger("farm.worker")
 
-
+broker_fixes.install()
 settings = Settings()
 redis_url = resolve_url(settings)
 registry = Registry.from_url(redis_url, patience_s=settings.registry_patience_s)

@@ -91,3 +91,41 @@ def test_redis_down_longer_than_the_lease_during_a_build_starts_no_second_build(
     figures.seconds = time.monotonic() - started
     figures.report()
     figures.assert_healed()
+
+
+def test_redis_restarted_while_workers_hold_a_build_and_a_free_slot(cluster: Cluster):
+    """The case in which kombu 5.7.0 made worker main processes exit (AttributeError in
+    ``_connparams``; see workers/broker_fixes.py): a worker with an unacknowledged build and
+    a BRPOP in flight when Redis dies. No worker may exit, and consumption resumes."""
+    figures = Figures("Redis restarted under workers with a build and a free slot each")
+    started = time.monotonic()
+    workers = [cluster.worker(concurrency=2, test_build_seconds=2) for _ in range(2)]
+    fasta = cluster.genome()
+    farm = cluster.farm()
+    keys: list[str] = []
+
+    def submit() -> None:
+        dest = fasta.parent / "out" / f"{len(keys)}.gvlfa"
+        keys.append(farm.submit(CacheRequest(fasta=fasta, dest=dest)).key)
+
+    for _ in range(4):
+        for _ in workers:  # one build each, started before the next is sent
+            before = cluster.log_count("BUILD-START")
+            submit()
+            deadline = time.monotonic() + 15
+            while cluster.log_count("BUILD-START") == before:
+                assert time.monotonic() < deadline, "no build started"
+                time.sleep(0.02)
+        time.sleep(0.2)  # mid-build
+        cluster.redis.restart(down_s=0.5)
+        figures.rounds += 1
+        time.sleep(1.0)  # the workers notice, tear down, reconnect
+    submit()  # after the last restart: consumption must resume
+    figures.jobs = len(keys)
+    settle(cluster, keys, figures, timeout=90)
+    figures.worker_exits = sum(1 for w in workers if w.proc.poll() is not None)
+    figures.duplicates = max(0, cluster.log_count("BUILD-END") - len(keys))
+    sweep_orphans(cluster, figures)
+    figures.seconds = time.monotonic() - started
+    figures.report()
+    figures.assert_healed()
