@@ -137,3 +137,11 @@ def start_workers(redis_url: str, tmp_path: Path, registry) -> Iterator:
     yield start
     for w in started:
         w.stop()
+
+
+@pytest.fixture
+def d(pristine: Path, tmp_path: Path) -> Iterator[Path]:
+    """A private copy of the module's ``pristine`` inputs, so each case may damage it."""
+    root = tmp_path / "in"
+    shutil.copytree(pristine, root)
+    yield root

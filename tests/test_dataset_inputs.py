@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,14 +19,6 @@ from tests.support.dataset_data import PGEN, SIRPB2, VCF, copy_inputs
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("chr20")
     copy_inputs(root)
-    yield root
-
-
-@pytest.fixture
-def d(pristine: Path, tmp_path: Path) -> Iterator[Path]:
-    """A private copy of the inputs, so each case may damage it."""
-    root = tmp_path / "in"
-    shutil.copytree(pristine, root)
     yield root
 
 

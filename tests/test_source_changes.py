@@ -279,13 +279,6 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield root
 
 
-@pytest.fixture
-def d(pristine: Path, tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "in"
-    shutil.copytree(pristine, root)
-    yield root
-
-
 def _during_dataset_build(monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]) -> None:
     """Run ``change`` once the builder has read the BED (every source is stamped by then)."""
     real = writer.read_bed

@@ -29,6 +29,7 @@ from farm.embedded import server_binary
 from farm.publish import ASIDE_MARK, STAGING_MARK, remove_orphans
 from farm.queue import Sender
 from farm.registry import ArtifactRecord, Registry, Status
+from farm.requests import BuildRequest, prepare, request_key
 from tests.support.processes import Worker, farm_env
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -212,9 +213,18 @@ class Cluster:
         shutil.copy2(LAMBDA, dest)
         return dest
 
-    def plan_pause(self, key: str, phase: str, seconds: float) -> None:
-        """The first builder of ``key`` to reach ``phase`` leaves a marker and pauses."""
+    def plan_pause(self, request: BuildRequest, phase: str, seconds: float) -> str:
+        """The first builder of ``request`` to reach ``phase`` will leave a marker and pause
+        there; returns the request's key."""
+        key = request_key(prepare(request, self.settings().roots))[0]
         (self.phases / f"pause.{key[:24]}").write_text(f"{phase} {seconds}")
+        return key
+
+    def submit_paused(self, request: BuildRequest, phase: str, seconds: float) -> str:
+        """Submit ``request``, planning a pause of its first builder at ``phase``."""
+        key = self.plan_pause(request, phase, seconds)
+        assert self.farm().submit(request).key == key
+        return key
 
     def marker(self, phase: str, key: str, timeout: float = 60) -> Path:
         """Wait until a builder reached ``phase`` for ``key``; the marker names its pid."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.requests import CacheRequest, prepare, request_key
+from farm.requests import CacheRequest
 from tests.faults.harness import (
     Cluster,
     Figures,
@@ -74,15 +74,12 @@ def test_redis_down_longer_than_the_lease_during_a_build_starts_no_second_build(
         cluster.worker()
     fasta = cluster.genome()
     requests = [CacheRequest(fasta=fasta, dest=fasta.parent / f"long{i}.gvlfa") for i in range(2)]
-    settings = cluster.settings()
-    keys = [request_key(prepare(r, settings.roots))[0] for r in requests]
-    for key in keys:
-        cluster.plan_pause(key, "building", 8)
+    keys = [cluster.plan_pause(r, "building", 8) for r in requests]
     cluster.farm().submit_many(requests)
     figures.jobs = len(keys)
     for key in keys:
         cluster.marker("building", key)
-    cluster.redis.restart(down_s=3 * settings.lease_ttl_s)
+    cluster.redis.restart(down_s=3 * cluster.settings().lease_ttl_s)
     figures.rounds = 1
     settle(cluster, keys, figures, timeout=60)
     figures.duplicates = cluster.log_count("BUILD-START") - len(keys)

@@ -83,12 +83,12 @@ def test_ctrl_c_while_waiting_returns_at_once_and_the_build_goes_on(cluster: Clu
     started = time.monotonic()
     cluster.worker()
     fasta = cluster.genome()
-    request = prepare(CacheRequest(fasta=fasta), cluster.settings().roots)
-    key = request_key(request)[0]
-    cluster.plan_pause(key, "building", 4)
-    args = ["build", "cache", str(fasta)] if command == "build" else ["wait", key]
+    request = CacheRequest(fasta=fasta)
     if command == "wait":
-        cluster.farm().submit(request)
+        key = cluster.submit_paused(request, "building", 4)
+    else:
+        key = cluster.plan_pause(request, "building", 4)
+    args = ["build", "cache", str(fasta)] if command == "build" else ["wait", key]
     cli = subprocess.Popen(
         [sys.executable, "-m", "farm.cli", *args],
         env=cluster.env(),

@@ -19,7 +19,7 @@ from farm import maintenance
 from farm.artifacts import dataset, gvlfa
 from farm.artifacts.base import State
 from farm.registry import Status
-from farm.requests import CacheRequest, DatasetRequest, prepare, request_key
+from farm.requests import CacheRequest, DatasetRequest
 from tests.faults.harness import DATA, Cluster, Figures, books_balanced, settle, sweep_orphans
 from tests.support.dataset_data import copy_inputs
 
@@ -96,10 +96,7 @@ def test_a_source_edited_in_place_mid_build_is_never_published(cluster: Cluster)
     with gzip.open(source) as f_in, open(fasta, "wb") as f_out:
         shutil.copyfileobj(f_in, f_out)
     assert fasta.stat().st_size > 1_900_000 > 1 << 20  # the edits lie past the fingerprint
-    request = prepare(CacheRequest(fasta=fasta), cluster.settings().roots)
-    key = request_key(request)[0]
-    cluster.plan_pause(key, "read", 2)
-    cluster.farm().submit(request)
+    key = cluster.submit_paused(CacheRequest(fasta=fasta), "read", 2)
     figures.jobs = figures.rounds = 1
     cluster.marker("read", key)
     stat = fasta.stat()

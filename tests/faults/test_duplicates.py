@@ -11,7 +11,7 @@ import pytest
 
 from farm.config import Settings
 from farm.queue import Sender
-from farm.requests import CacheRequest, prepare, request_key
+from farm.requests import CacheRequest
 from tests.faults.harness import Cluster, Figures, books_balanced, settle, sweep_orphans
 
 pytestmark = pytest.mark.faults
@@ -42,8 +42,7 @@ def test_a_duplicate_storm_builds_each_key_once_and_holds_no_slot(cluster: Clust
     dests = [str(fasta.parent / f"storm{i}.gvlfa") for i in range(3)]
     settings = cluster.settings()
     for d in dests:
-        request = prepare(CacheRequest(fasta=fasta, dest=d), settings.roots)
-        cluster.plan_pause(request_key(request)[0], "building", 6)
+        cluster.plan_pause(CacheRequest(fasta=fasta, dest=d), "building", 6)
     args = (settings.model_dump_json(), cluster.url, dests, 25)
     with multiprocessing.get_context("spawn").Pool(6) as pool:
         results = pool.map(_submit_many_times, [args] * 6)
@@ -82,10 +81,7 @@ def test_a_build_longer_than_the_visibility_timeout_runs_once(cluster: Cluster):
     for _ in range(3):
         cluster.worker(visibility_timeout_s=1.0)
     fasta = cluster.genome()
-    request = prepare(CacheRequest(fasta=fasta), cluster.settings().roots)
-    key = request_key(request)[0]
-    cluster.plan_pause(key, "building", 6)
-    cluster.farm().submit(request)
+    key = cluster.submit_paused(CacheRequest(fasta=fasta), "building", 6)
     figures.jobs = figures.rounds = 1
     settle(cluster, [key], figures, timeout=60)
     redeliveries = cluster.log_count(f"farm.build[{key}] received") - 1

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from farm.registry import Status
-from farm.requests import CacheRequest, prepare, request_key
+from farm.requests import CacheRequest
 from tests.faults.harness import Cluster, Figures, books_balanced, settle, sweep_orphans
 
 pytestmark = pytest.mark.faults
@@ -29,10 +29,7 @@ def test_a_stopped_worker_hands_a_long_build_back_at_once(cluster: Cluster, targ
     started = time.monotonic()
     stopping = cluster.worker(pool="solo" if target == "solo" else "prefork")
     fasta = cluster.genome()
-    request = prepare(CacheRequest(fasta=fasta), cluster.settings().roots)
-    key = request_key(request)[0]
-    cluster.plan_pause(key, "building", 30)
-    cluster.farm().submit(request)
+    key = cluster.submit_paused(CacheRequest(fasta=fasta), "building", 30)
     figures.jobs = figures.rounds = 1
     cluster.marker("building", key)
     survivor = cluster.worker()
@@ -62,10 +59,7 @@ def test_a_build_that_ends_within_the_grace_is_finished_not_handed_back(cluster:
     started = time.monotonic()
     stopping = cluster.worker(stop_grace_s=20)
     fasta = cluster.genome()
-    request = prepare(CacheRequest(fasta=fasta), cluster.settings().roots)
-    key = request_key(request)[0]
-    cluster.plan_pause(key, "building", 2)
-    cluster.farm().submit(request)
+    key = cluster.submit_paused(CacheRequest(fasta=fasta), "building", 2)
     figures.jobs = figures.rounds = 1
     cluster.marker("building", key)
     stopping.proc.send_signal(signal.SIGTERM)

@@ -11,7 +11,7 @@ import pytest
 
 from farm.artifacts import gvlfa
 from farm.artifacts.base import State
-from farm.requests import CacheRequest, prepare, request_key
+from farm.requests import CacheRequest
 from tests.faults.harness import (
     Cluster,
     Figures,
@@ -35,14 +35,10 @@ def test_sigkill_of_pool_child_and_main_process_at_every_phase(cluster: Cluster)
     cluster.worker()
     fasta = cluster.genome()
     dests = [fasta.parent / f"{phase}-{target}.gvlfa" for phase in PHASES for target in "cm"]
-    farm = cluster.farm()
     with PartialWatch(dests) as watch:
         for dest in dests:
             phase, target = dest.stem.split("-")
-            request = prepare(CacheRequest(fasta=fasta, dest=dest), cluster.settings().roots)
-            key = request_key(request)[0]
-            cluster.plan_pause(key, phase, 30)
-            assert farm.submit(request).key == key
+            key = cluster.submit_paused(CacheRequest(fasta=fasta, dest=dest), phase, 30)
             figures.jobs += 1
             figures.rounds += 1
             pid = int(cluster.marker(phase, key).name.split(".")[1])
