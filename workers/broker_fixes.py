@@ -1,23 +1,24 @@
 """Keep worker main processes alive when the Redis broker restarts (a kombu workaround).
 
-Why: when Redis dies while a worker holds an unacknowledged message (a build running with
-``acks_late``) and has a ``BRPOP`` in flight (a free pool slot), Celery's
-``on_connection_error_after_connected`` tears the connection down in two passes. The first
-(``Connection.collect``) gives up on the task channel early, then sets ``transport.client`` to
-``None``; the second (``connection.close()``) closes that channel again, and its
-``restore_unacked`` needs a new Redis pool, built by ``Channel._connparams`` from
-``transport.client``. The resulting ``AttributeError: 'NoneType' object has no attribute
-'hostname'`` is not a connection error, so nothing on the way catches it and the main process
-exits ("Unrecoverable error"). Later, the ack of a build that finishes on such a channel fails
-the same way (``... no attribute 'client'``).
+Why: Redis dies while a worker runs a build (an unacknowledged message, ``acks_late``) and has
+a free pool slot (a ``BRPOP`` in flight). Celery's ``on_connection_error_after_connected``
+closes the connection in two passes. In the first (``Connection.collect``) the task channel's
+close stops at the dead ``BRPOP`` socket and the control channel's close at its dead socket, so
+the task channel stays open; then ``transport.client`` is set to ``None``. The second pass
+(``connection.close()``) closes the task channel again: ``restore_unacked`` asks for a new
+Redis pool, and ``Channel._connparams`` reads ``transport.client.hostname``. That
+``AttributeError`` is not a connection error, nothing catches it, and the main process exits
+("Unrecoverable error"). A build finishing later on such a channel fails its ack the same way.
 
-The fix: a channel whose kombu connection is closed raises a Redis ``ConnectionError`` when it
-needs a new pool, which every caller already handles as "the broker is away" (the close goes
-on, a late ack is logged as not done). Nothing is lost: a delivered message stays in Redis's
-``unacked`` hash until acked, and the visibility-timeout sweep (``restore_visible``, run by
-every worker) puts it back in its queue; a build that already published is then a no-op.
-Same failure as https://github.com/celery/kombu/issues/582 (closed without a fix for this
-path); still present in kombu 5.7.0.
+The fix: a channel whose kombu connection is closed raises a Redis ``ConnectionError`` instead,
+which every caller already handles as "the broker is away": the close goes on, a late ack is
+logged as not done. Nothing is lost: a delivered message stays in Redis's ``unacked`` hash until
+acknowledged, and the visibility-timeout sweep (``restore_visible``, which every worker runs)
+puts it back in its queue; a redelivered build that already published changes nothing.
+
+Upstream: the same ``AttributeError`` in ``_connparams`` from a channel closed after its
+connection was released, https://github.com/celery/kombu/issues/582 (reported on kombu 3.0,
+closed); still reachable in kombu 5.7.0 / celery 5.7.0 through the path above.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ _MARK = "_farm_broker_fix"
 
 
 def _detached(channel: Any) -> bool:
-    """True once the channel's kombu connection is closed: it has nothing to connect with."""
+    """True once the channel's kombu connection is closed: nothing left to connect with."""
     transport = getattr(channel, "connection", None)
     return transport is None or getattr(transport, "client", None) is None
 

@@ -112,6 +112,8 @@ def test_redis_restarted_while_workers_hold_a_build_and_a_free_slot(cluster: Clu
             deadline = time.monotonic() + 15
             while cluster.log_count("BUILD-START") == before:
                 assert time.monotonic() < deadline, "no build started"
+                dead = [w.log.read_text()[-2000:] for w in workers if w.proc.poll() is not None]
+                assert not dead, "a worker main process exited:\n" + "\n".join(dead)
                 time.sleep(0.02)
         time.sleep(0.2)  # mid-build
         cluster.redis.restart(down_s=0.5)
