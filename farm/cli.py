@@ -483,7 +483,9 @@ def collect_garbage(
     """Remove staging and aside directories left by builders that died."""
     settings = _settings()
     with Farm.connect(settings) as farm:
-        orphans = maintenance.gc(farm.registry, roots or settings.roots, grace_s=grace)
+        orphans = maintenance.gc(
+            farm.registry, roots or settings.roots, grace_s=grace, allowed=settings.roots
+        )
     if not dry_run:
         remove_orphans(orphans)
     for o in orphans:

@@ -32,12 +32,15 @@ def ensure(
     *,
     force: bool = False,
     expected: dict[str, Fingerprint] | None = None,
+    root: Path | None = None,
 ) -> Built:
     """Make the request's artifact valid on disk, building only what is missing or stale.
 
     ``force``: never reuse what is at the destination (it failed verification, or belongs to
     a superseded request). ``expected``: the sources' fingerprints by role, as keyed; a source
-    that no longer has them fails the build before anything is written.
+    that no longer has them fails the build before anything is written. ``root``: the
+    allowed root the destination lies below; nothing is written outside it, whatever happens
+    to the path (:mod:`farm.confine`).
     """
     if isinstance(request, CacheRequest):
         result = gvlfa.ensure_cache(
@@ -46,13 +49,14 @@ def ensure(
             owner=owner,
             force=force,
             expected=expected.get("fasta") if expected is not None else None,
+            root=root,
         )
         return Built(
             action=result.action,
             size_bytes=dir_size(result.dest),
             checksum=result.metadata.sequence_checksum,
         )
-    return _ensure_dataset(request, owner, force=force, expected=expected)
+    return _ensure_dataset(request, owner, force=force, expected=expected, root=root)
 
 
 def _ensure_dataset(
@@ -61,6 +65,7 @@ def _ensure_dataset(
     *,
     force: bool,
     expected: dict[str, Fingerprint] | None,
+    root: Path | None,
 ) -> Built:
     dest = request.destination()
     found = classify(request)
@@ -72,7 +77,7 @@ def _ensure_dataset(
         raise InputError(f"{found.reason}; choose another destination for the dataset.")
     replace = found.state is not State.MISSING
     outcome, _ = dataset.build_dataset(
-        request.params(), dest, owner=owner, replace=replace, expected=expected
+        request.params(), dest, owner=owner, replace=replace, expected=expected, root=root
     )
     if outcome is Outcome.LOST and classify(request).state is not State.FRESH:
         raise ArtifactInvalidError(

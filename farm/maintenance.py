@@ -9,7 +9,7 @@ from pathlib import Path
 
 from farm import kinds
 from farm.artifacts.base import State
-from farm.errors import FarmError
+from farm.errors import FarmError, InputError
 from farm.fingerprint import fingerprint
 from farm.publish import Orphan, Owner, find_orphans
 from farm.registry import ArtifactRecord, Registry, Status
@@ -102,8 +102,19 @@ def reindex(registry: Registry, root: Path) -> list[ArtifactRecord]:
     return out
 
 
-def gc(registry: Registry | None, roots: list[Path], *, grace_s: float) -> list[Orphan]:
-    """Find staging/aside directories of dead builders below ``roots``."""
+def gc(
+    registry: Registry | None, roots: list[Path], *, grace_s: float, allowed: list[Path]
+) -> list[Orphan]:
+    """Find staging/aside directories of dead builders below ``roots``, each of which must
+    lie within the ``allowed`` roots: gc never walks, let alone removes, anything else."""
+    for root in roots:
+        resolved = root.resolve()
+        if not any(resolved == a or resolved.is_relative_to(a) for a in allowed):
+            listed = os.pathsep.join(str(a) for a in allowed)
+            raise InputError(
+                f"{root} is outside the allowed roots ({listed}); gc only sweeps inside them. "
+                "Name a directory below one, or add its root to FARM_ALLOWED_ROOTS."
+            )
 
     def live(job: str) -> bool:
         if registry is None:

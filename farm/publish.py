@@ -19,7 +19,6 @@ import errno
 import os
 import re
 import secrets
-import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import TypeVar
 
 import psutil
 
+from farm.confine import ConfinedParent, fd_path, resolve_root
 from farm.errors import DestinationError
 
 STAGING_MARK = ".farmtmp."
@@ -106,72 +106,79 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
-def remove_tree(path: Path) -> None:
-    """Remove a directory (or file) that may already be gone."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
 _RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths. False when the kernel or filesystem cannot."""
+def _exchange(parent: ConfinedParent, a: str, b: str) -> bool:
+    """Atomically swap two names in ``parent``. False when the kernel or filesystem cannot."""
     if _renameat2 is None:
         return False
-    rc = _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    fd = parent.fd
+    rc = _renameat2(fd, os.fsencode(a), fd, os.fsencode(b), _RENAME_EXCHANGE)
     if rc == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False
-    raise OSError(err, os.strerror(err), str(b))
+    raise OSError(err, os.strerror(err), str(parent.dest))
 
 
-def publish(staged: Path, dest: Path, *, replace: bool, owner: Owner) -> Outcome:
-    """Move a fully built ``staged`` directory to ``dest``.
+def publish(
+    parent: ConfinedParent, staged: str, staged_fd: int, *, replace: bool, owner: Owner
+) -> Outcome:
+    """Move the fully built directory ``staged`` (open as ``staged_fd``) to the destination.
 
     With ``replace=False`` the first writer wins and a later one gets :attr:`Outcome.LOST`;
-    with ``replace=True`` an existing ``dest`` is swapped out and removed.
+    with ``replace=True`` an existing destination is swapped out and removed.
     """
-    fsync_tree(staged)
-    parent = dest.parent
-    if replace and dest.exists():
-        if _exchange(staged, dest):
-            fsync_dir(parent)
-            remove_tree(staged)  # now holds the old artifact
+    fsync_tree(fd_path(staged_fd))
+    dest = parent.name
+    if replace and parent.exists(dest):
+        if _exchange(parent, staged, dest):
+            _check_published(parent, staged_fd)
+            parent.fsync()
+            parent.remove(staged)  # now holds the old artifact
             return Outcome.REPLACED
-        aside = aside_path(dest, owner)
+        aside = aside_path(parent.dest, owner).name
         try:
-            os.rename(dest, aside)
+            parent.rename(dest, aside)
         except FileNotFoundError:
-            aside = None  # someone else moved it meanwhile: fall through to a plain rename
+            pass  # someone else moved it meanwhile: fall through to a plain rename
         else:
             try:
-                os.rename(staged, dest)
+                parent.rename(staged, dest)
             except OSError:
                 # Put the old artifact back rather than leave the destination empty.
                 with contextlib.suppress(OSError):
-                    os.rename(aside, dest)
+                    parent.rename(aside, dest)
                 raise
-            fsync_dir(parent)
-            remove_tree(aside)
+            _check_published(parent, staged_fd)
+            parent.fsync()
+            parent.remove(aside)
             return Outcome.REPLACED
     try:
-        os.rename(staged, dest)
+        parent.rename(staged, dest)
     except OSError as e:
         if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-            remove_tree(staged)
             return Outcome.LOST
         raise
-    fsync_dir(parent)
+    _check_published(parent, staged_fd)
+    parent.fsync()
     return Outcome.PUBLISHED
+
+
+def _check_published(parent: ConfinedParent, staged_fd: int) -> None:
+    """What now stands at the destination must be the directory we built, not something
+    swapped in for the staging name while we built (a link, another directory)."""
+    here = os.stat(parent.name, dir_fd=parent.fd, follow_symlinks=False)
+    built = os.fstat(staged_fd)
+    if (here.st_dev, here.st_ino) != (built.st_dev, built.st_ino):
+        raise DestinationError(
+            f"Cannot publish {parent.dest}: its staging directory was replaced while it was "
+            "being built; nothing of it was kept, build again."
+        )
 
 
 def build_and_publish(
@@ -180,35 +187,47 @@ def build_and_publish(
     *,
     owner: Owner,
     replace: bool,
+    root: Path | None = None,
 ) -> tuple[Outcome, T | None]:
     """Run ``build(staging_dir)`` and publish the result; nothing partial is ever at ``dest``.
 
-    Whatever happens (an exception, :class:`SkipPublish`, a lost race) the staging
-    directory is gone when this returns. OS errors that a user can fix (no space, no
-    permission, read-only filesystem) become :class:`DestinationError` sentences.
+    Every directory created, renamed or removed lies below ``root`` (default: the nearest
+    existing ancestor of ``dest``), reached without following a link (:mod:`farm.confine`);
+    ``build`` gets a handle-path on the staging directory itself. Whatever happens (an
+    exception, :class:`SkipPublish`, a lost race) the staging directory is gone when this
+    returns. OS errors that a user can fix (no space, no permission, read-only filesystem)
+    become :class:`DestinationError` sentences.
     """
-    staged = staging_path(dest, owner)
+    root, dest = resolve_root(dest, root)
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staged.mkdir()
+        parent = ConfinedParent(dest, root)
     except OSError as e:
-        if e.errno == errno.EEXIST and not dest.parent.is_dir():
-            # mkdir(exist_ok=True) reports a regular file in the way of a parent as EEXIST.
-            raise _destination_error(OSError(errno.ENOTDIR, e.strerror), dest) from e
-        if e.errno in _ALWAYS_ABOUT_WRITING | _ABOUT_PATH:
+        if isinstance(e, DestinationError):
+            raise
+        if e.errno == errno.EEXIST or e.errno in _ALWAYS_ABOUT_WRITING | _ABOUT_PATH:
             raise _destination_error(e, dest) from e
         raise
-    try:
-        result = build(staged)
-        outcome = publish(staged, dest, replace=replace, owner=owner)
-    except SkipPublish:
-        return Outcome.SKIPPED, None
-    except OSError as e:
-        if _about_destination(e, dest):
-            raise _destination_error(e, dest) from e
-        raise
-    finally:
-        remove_tree(staged)
+    with parent:
+        staged = staging_path(dest, owner).name
+        try:
+            os.mkdir(staged, dir_fd=parent.fd)
+            staged_fd = parent.open_dir(staged)
+        except OSError as e:
+            if e.errno in _ALWAYS_ABOUT_WRITING | _ABOUT_PATH:
+                raise _destination_error(e, dest) from e
+            raise
+        try:
+            result = build(fd_path(staged_fd))
+            outcome = publish(parent, staged, staged_fd, replace=replace, owner=owner)
+        except SkipPublish:
+            return Outcome.SKIPPED, None
+        except OSError as e:
+            if _about_destination(e, dest, staged_fd):
+                raise _destination_error(e, dest) from e
+            raise
+        finally:
+            os.close(staged_fd)
+            parent.remove(staged)
     return outcome, (result if outcome is not Outcome.LOST else None)
 
 
@@ -216,11 +235,14 @@ _ALWAYS_ABOUT_WRITING = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 _ABOUT_PATH = {errno.EACCES, errno.EPERM, errno.ENOTDIR}
 
 
-def _about_destination(e: OSError, dest: Path) -> bool:
+def _about_destination(e: OSError, dest: Path, staged_fd: int) -> bool:
     """True for OS errors a user fixes at the destination (not at a source being read)."""
     if e.errno in _ALWAYS_ABOUT_WRITING:
         return True
-    return e.errno in _ABOUT_PATH and str(e.filename or "").startswith(str(dest.parent))
+    where = str(e.filename or "")
+    return e.errno in _ABOUT_PATH and (
+        where.startswith(str(dest.parent)) or where.startswith(str(fd_path(staged_fd)))
+    )
 
 
 def _destination_error(e: OSError, dest: Path) -> DestinationError:
@@ -238,6 +260,7 @@ class Orphan:
     path: Path
     owner: Owner
     reason: str
+    root: Path  # the tree it was found in: it is removed without following a link below it
 
 
 def find_orphans(
@@ -252,6 +275,7 @@ def find_orphans(
     filesystem) the pid means nothing here, so a directory is an orphan only when its job
     holds no live lease and it has not been touched for ``grace_seconds``.
     """
+    root = root.resolve()
     here = _host()
     now = time.time()
     orphans: list[Orphan] = []
@@ -263,11 +287,12 @@ def find_orphans(
             path = Path(dirpath, name)
             if owner.host == here:
                 if not _builder_alive(owner.pid, path):
-                    orphans.append(Orphan(path, owner, f"its builder (pid {owner.pid}) is gone"))
+                    reason = f"its builder (pid {owner.pid}) is gone"
+                    orphans.append(Orphan(path, owner, reason, root))
             elif not is_job_live(owner.job):
                 with contextlib.suppress(FileNotFoundError):
                     if now - path.lstat().st_mtime > grace_seconds:
-                        orphans.append(Orphan(path, owner, "no live lease and untouched"))
+                        orphans.append(Orphan(path, owner, "no live lease and untouched", root))
         dirnames[:] = [d for d in dirnames if Owner.parse(d) is None]
     return orphans
 
@@ -293,5 +318,11 @@ def _builder_alive(pid: int, path: Path) -> bool:
 
 
 def remove_orphans(orphans: list[Orphan]) -> None:
+    """Remove each orphan through a handle opened from its root: a directory on its way that
+    was swapped for a link since it was found cannot lead the removal outside."""
     for orphan in orphans:
-        remove_tree(orphan.path)
+        try:
+            with ConfinedParent(orphan.path, orphan.root, create=False) as parent:
+                parent.remove(parent.name)
+        except (FileNotFoundError, DestinationError):
+            continue  # gone already, or no longer reachable without a link: leave it

@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from farm.artifacts import dataset, gvlfa
+from farm.confine import containing_root
 from farm.errors import DestinationError
 from farm.fingerprint import Fingerprint, fingerprint
 
@@ -145,9 +146,21 @@ def prepare(request: BuildRequest, roots: list[Path]) -> BuildRequest:
 
 
 def check_destination(request: BuildRequest, roots: list[Path]) -> None:
-    """Refuse a destination outside the allowed roots (clients and workers both ask)."""
+    """Refuse a destination outside the allowed roots (clients and workers both ask).
+
+    The destination must be canonical as well: absolute, with no ``..`` and no symlink on its
+    way. A client makes it so (:func:`prepare`); a message that is not, forged or sent while a
+    directory was swapped for a link, is refused rather than resolved somewhere else. The
+    build itself never follows a link below the root either (:mod:`farm.confine`).
+    """
     dest = request.destination()
-    if not any(dest == root or dest.is_relative_to(root) for root in roots):
+    if not dest.is_absolute() or str(dest) != os.path.realpath(dest):
+        raise DestinationError(
+            f"Destination {dest} is not a plain absolute path (it holds '..' or a symlink, or "
+            "one was swapped in after it was submitted); submit it again with a path inside "
+            "the allowed roots that has neither."
+        )
+    if containing_root(dest, roots) is None:
         allowed = os.pathsep.join(str(r) for r in roots)
         raise DestinationError(
             f"Destination {dest} is outside the allowed roots ({allowed}); choose a destination "

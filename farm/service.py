@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from farm import kinds
 from farm.config import Settings
+from farm.confine import containing_root
 from farm.errors import FarmError, StopRequested
 from farm.fingerprint import Fingerprint
 from farm.leases import Lease
@@ -126,7 +127,11 @@ def ensure(
         try:
             with ctx.interruptible():
                 built = kinds.ensure(
-                    request, Owner.current(job=key), force=record.rebuild, expected=sources
+                    request,
+                    Owner.current(job=key),
+                    force=record.rebuild,
+                    expected=sources,
+                    root=containing_root(request.destination(), settings.roots),
                 )
         except (StopRequested, SystemExit):
             lease.stop_renewing()

@@ -118,7 +118,9 @@ def test_a_worker_killed_mid_build_is_replaced_and_leaves_nothing_partial(
             time.sleep(0.05)
     assert record.worker != building.worker
     assert gvlfa.classify(dest, deep=True).state is State.FRESH
-    orphans = maintenance.gc(Registry.from_url(redis_url), [genomes], grace_s=0)
+    orphans = maintenance.gc(
+        Registry.from_url(redis_url), [genomes], grace_s=0, allowed=farm_settings.roots
+    )
     assert [o.owner.pid for o in orphans] and all(".farmtmp." in o.path.name for o in orphans)
     remove_orphans(orphans)
     assert sorted(p.name for p in genomes.iterdir() if dest.name in p.name) == [
@@ -176,7 +178,9 @@ def test_a_message_that_kills_its_worker_fails_after_max_attempts(
     assert build_starts(tmp_path / "worker-logs") == 2
     dest = gvlfa.default_dest(fasta)
     assert not dest.exists()
-    orphans = maintenance.gc(Registry.from_url(redis_url), [genomes], grace_s=0)
+    orphans = maintenance.gc(
+        Registry.from_url(redis_url), [genomes], grace_s=0, allowed=farm_settings.roots
+    )
     assert len(orphans) == 2  # one staging dir per killed build, each found by gc
     remove_orphans(orphans)
     assert not list(genomes.glob("*.farmtmp.*"))

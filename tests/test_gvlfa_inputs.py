@@ -122,14 +122,14 @@ def test_permission_denied_is_a_destination_error(
     real_genomes: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Tests run as root, where chmod blocks nothing: inject the refusal at the mkdir seam.
-    real_mkdir = Path.mkdir
+    real_mkdir = os.mkdir
 
-    def mkdir(self: Path, *args: object, **kwargs: object) -> None:
-        if STAGING_MARK in self.name:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+    def mkdir(path: str, *args: object, **kwargs: object) -> None:
+        if STAGING_MARK in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(os, "mkdir", mkdir)
     fasta = real_genomes["lambda"]
     with pytest.raises(DestinationError) as info:
         gvlfa.ensure_cache(fasta)

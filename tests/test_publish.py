@@ -71,13 +71,13 @@ def test_files_are_fsynced_before_the_rename_and_the_parent_after(
         events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
         real_fsync(fd)
 
-    def rename(a: os.PathLike[str], b: os.PathLike[str]) -> None:
-        events.append(("rename", str(b)))
-        real_rename(a, b)
+    def rename(a: str, b: str, **dir_fds: int) -> None:
+        events.append(("rename", b))
+        real_rename(a, b, **dir_fds)
 
-    def exchange(a: Path, b: Path) -> bool:
-        events.append(("rename", str(b)))
-        return real_exchange(a, b)
+    def exchange(parent: pub.ConfinedParent, a: str, b: str) -> bool:
+        events.append(("rename", b))
+        return real_exchange(parent, a, b)
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "rename", rename)
@@ -85,7 +85,7 @@ def test_files_are_fsynced_before_the_rename_and_the_parent_after(
     outcome, _ = build_and_publish(dest, _writer(b"new"), owner=owner, replace=replace)
 
     assert outcome is (Outcome.REPLACED if replace else Outcome.PUBLISHED)
-    publish_at = events.index(("rename", str(dest)))
+    publish_at = events.index(("rename", dest.name))
     synced_before = {path for kind, path in events[:publish_at] if kind == "fsync"}
     (staged,) = {p for p in synced_before if Owner.parse(Path(p).name) is not None}
     for rel in ("data.bin", "sub/meta.json", "sub"):
@@ -120,7 +120,7 @@ def test_replace_swaps_in_the_new_artifact(
     dest = tmp_path / "art"
     build_and_publish(dest, _writer(b"old"), owner=owner, replace=False)
     if not kernel_exchange:  # filesystems without renameat2(RENAME_EXCHANGE)
-        monkeypatch.setattr(pub, "_exchange", lambda _a, _b: False)
+        monkeypatch.setattr(pub, "_exchange", lambda _parent, _a, _b: False)
     outcome, result = build_and_publish(dest, _writer(b"new"), owner=owner, replace=True)
     assert (outcome, result) == (Outcome.REPLACED, "new")
     assert (dest / "data.bin").read_bytes() == b"new"

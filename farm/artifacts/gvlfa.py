@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 import farm
@@ -35,6 +34,7 @@ from farm.artifacts.fasta import (
     read_fai,
     stream_contigs,
 )
+from farm.confine import ConfinedParent, best_effort_lock, resolve_root
 from farm.errors import ArtifactInvalidError, InputError, SourceChangedError, TooNewError
 from farm.fingerprint import (
     CHECK_CHUNK,
@@ -330,6 +330,7 @@ def ensure_cache(
     lock_timeout: float = LOCK_TIMEOUT_S,
     expected: Fingerprint | None = None,
     force: bool = False,
+    root: Path | None = None,
 ) -> EnsureResult:
     """Make ``dest`` (default ``FASTA.gvlfa``) a fresh cache of ``fasta``, building only if needed.
 
@@ -348,16 +349,19 @@ def ensure_cache(
     cache built from the source, swapped in atomically. The action is then ``rebuilt`` (or
     ``built`` where nothing was), never ``reused`` unless a concurrent builder published first.
     A foreign or too-new destination is still refused.
+
+    ``root``: every directory and file written lies below it, reached without following a link
+    (:mod:`farm.confine`); default, the nearest existing ancestor of ``dest``.
     """
     fasta = Path(fasta)
-    dest = Path(dest) if dest is not None else default_dest(fasta)
+    root, dest = resolve_root(Path(dest) if dest is not None else default_dest(fasta), root)
     owner = owner or Owner.current()
     check_fasta(fasta)
 
     found = _usable_or_raise(dest, fasta, expected, force=force)
     if found is not None:
         return found
-    with _best_effort_lock(dest, enabled=lock, timeout=lock_timeout):
+    with _best_effort_lock(dest, root, enabled=lock, timeout=lock_timeout):
         found = _usable_or_raise(dest, fasta, expected, force=force)
         if found is not None:
             return found
@@ -369,10 +373,11 @@ def ensure_cache(
             and legacy.is_file()
             and dest == default_dest(fasta)
         ):
-            migrated = _migrate_legacy(fasta, legacy, dest, owner, expected)
+            migrated = _migrate_legacy(fasta, legacy, dest, root, owner, expected)
             if migrated is not None:
                 return migrated
-        return _build(fasta, dest, owner, expected, replace=force or state is not State.MISSING)
+        replace = force or state is not State.MISSING
+        return _build(fasta, dest, root, owner, expected, replace=replace)
 
 
 def _usable_or_raise(
@@ -404,13 +409,20 @@ def _usable_or_raise(
 
 
 def _build(
-    fasta: Path, dest: Path, owner: Owner, expected: Fingerprint | None, *, replace: bool
+    fasta: Path,
+    dest: Path,
+    root: Path,
+    owner: Owner,
+    expected: Fingerprint | None,
+    *,
+    replace: bool,
 ) -> EnsureResult:
     outcome, meta = build_and_publish(
         dest,
         lambda staged: write_cache(fasta, staged, dest, expected=expected),
         owner=owner,
         replace=replace,
+        root=root,
     )
     if outcome is Outcome.LOST:
         # Someone published first. Their cache is of the same source, so it is ours too,
@@ -427,7 +439,12 @@ def _build(
 
 
 def _migrate_legacy(
-    fasta: Path, legacy: Path, dest: Path, owner: Owner, expected: Fingerprint | None
+    fasta: Path,
+    legacy: Path,
+    dest: Path,
+    root: Path,
+    owner: Owner,
+    expected: Fingerprint | None,
 ) -> EnsureResult | None:
     """Reuse the bytes of a legacy flat ``X.gvl`` when they fit the source; None to build.
 
@@ -462,10 +479,10 @@ def _migrate_legacy(
         _check_unchanged(stamp)  # the lengths and fingerprint recorded are still the file's
         return _write_metadata(staged, fasta, dest, lengths, stamp.fingerprint, checksum)
 
-    outcome, meta = build_and_publish(dest, write, owner=owner, replace=False)
+    outcome, meta = build_and_publish(dest, write, owner=owner, replace=False, root=root)
     if outcome in (Outcome.PUBLISHED, Outcome.LOST):
-        with contextlib.suppress(FileNotFoundError):
-            legacy.unlink()
+        with ConfinedParent(dest, root) as parent:  # the legacy file lies beside the cache
+            parent.remove(legacy.name)
     found = _usable_or_raise(dest, fasta, expected)
     if found is None:
         return None
@@ -480,17 +497,14 @@ def _fai_lengths(fasta: Path) -> dict[str, int] | None:
 
 
 @contextlib.contextmanager
-def _best_effort_lock(dest: Path, *, enabled: bool, timeout: float):
+def _best_effort_lock(dest: Path, root: Path, *, enabled: bool, timeout: float):
+    """``<dest>.lock``, the file GenVarLoader locks too; the rename keeps a build correct
+    without it, the lock only saves duplicate work."""
     if not enabled:
         yield
         return
-    lock = FileLock(str(dest) + ".lock")
-    try:
-        lock.acquire(timeout=timeout)
-    except (Timeout, OSError):
-        yield  # the rename keeps this correct; the lock only saves duplicate work
-        return
-    try:
+    with (
+        ConfinedParent(dest, root) as parent,
+        best_effort_lock(parent, f"{parent.name}.lock", timeout),
+    ):
         yield
-    finally:
-        lock.release()

@@ -318,7 +318,7 @@ def settle(
 def sweep_orphans(cluster: Cluster, figures: Figures) -> None:
     """gc what dead builders left, then count what nothing would clean up."""
     registry = cluster.registry()
-    orphans = maintenance.gc(registry, [cluster.root], grace_s=0)
+    orphans = maintenance.gc(registry, [cluster.root], grace_s=0, allowed=[cluster.root])
     remove_orphans(orphans)
     figures.cleaned += len(orphans)
     left = [

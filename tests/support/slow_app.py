@@ -58,7 +58,8 @@ def _slow_write_cache(fasta: Path, out_dir: Path, dest: Path, **kwargs: Any):
     (out_dir / gvlfa.DATA_FILE).write_bytes(b"partial")
     if os.environ.get("FARM_TEST_BUILD_KILLS_WORKER"):
         os.kill(os.getpid(), signal.SIGKILL)
-    _current_job = out_dir.name.split(".farmtmp.", 1)[1].split(".", 1)[0]
+    staged = Path(os.readlink(out_dir))  # builders get a handle path: /proc/self/fd/N
+    _current_job = staged.name.split(".farmtmp.", 1)[1].split(".", 1)[0]
     _phase("building", _current_job)
     time.sleep(float(os.environ.get("FARM_TEST_BUILD_SECONDS", "0")))
     (out_dir / gvlfa.DATA_FILE).unlink()

@@ -28,6 +28,7 @@ def build_dataset(
     owner: Owner,
     replace: bool = False,
     expected: dict[str, Fingerprint] | None = None,
+    root: Path | None = None,
 ) -> tuple[Outcome, dict[str, Any] | None]:
     """Check the inputs, build into a staging directory, and publish it at ``dest`` atomically.
 
@@ -35,9 +36,14 @@ def build_dataset(
     only a full read finds fails the build, and :func:`build_and_publish` removes the staging.
     ``replace`` swaps out whatever is at ``dest`` atomically, without reading it: a forced
     rebuild of a dataset that looks fresh but is corrupt inside is this. ``expected``: the
-    sources' fingerprints by role, as :func:`write_dataset` takes them.
+    sources' fingerprints by role, as :func:`write_dataset` takes them. ``root``: see
+    :func:`farm.publish.build_and_publish`.
     """
     params.check()
     return build_and_publish(
-        dest, lambda d: write_dataset(params, d, expected=expected), owner=owner, replace=replace
+        dest,
+        lambda d: write_dataset(params, d, expected=expected),
+        owner=owner,
+        replace=replace,
+        root=root,
     )
