@@ -28,7 +28,14 @@ from farm.config import QUEUE, Settings
 from farm.errors import BrokerError, FarmError, InputError
 from farm.publish import remove_orphans
 from farm.registry import ArtifactRecord, Status
-from farm.requests import BuildRequest, CacheRequest, DatasetRequest, parse_request
+from farm.requests import (
+    MAX_JITTER,
+    BuildRequest,
+    CacheRequest,
+    DatasetRequest,
+    describe,
+    parse_request,
+)
 
 app = typer.Typer(
     name="farm",
@@ -52,6 +59,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_INTERRUPTED = 130
+MAX_MANIFEST_LINE = 64 * 1024  # characters: a request with every sample of a large cohort
+MAX_BATCH = 1_000_000  # requests in one manifest
 
 DestOption = Annotated[
     Path | None, typer.Option("--dest", help="Where to publish (default: FASTA.gvlfa).")
@@ -65,7 +74,7 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as e:
-        raise InputError(f"Invalid FARM_* setting: {e.errors()[0]['msg']}.") from e
+        raise InputError(f"Invalid FARM_* setting: {describe(e)}.") from e
 
 
 @contextmanager
@@ -229,7 +238,9 @@ SamplesOption = Annotated[
     str | None,
     typer.Option("--samples", help="Comma-separated sample names, or a file of one a line."),
 ]
-JitterOption = Annotated[int, typer.Option("--max-jitter", min=0, help="Widen regions by N bp.")]
+JitterOption = Annotated[
+    int, typer.Option("--max-jitter", min=0, max=MAX_JITTER, help="Widen regions by N bp.")
+]
 StrandOption = Annotated[
     int, typer.Option("--strand-column", min=0, help="1-based BED column of the strand; 0: none.")
 ]
@@ -267,7 +278,7 @@ def _dataset_request(
             strand_column=strand_column,
         )
     except ValidationError as e:
-        raise InputError(f"Invalid dataset request: {e.errors()[0]['msg']}.") from e
+        raise InputError(f"Invalid dataset request: {describe(e)}.") from e
 
 
 @build_app.command("dataset")
@@ -318,13 +329,21 @@ def _read_manifest(path: Path) -> Iterator[BuildRequest]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        if len(line) > MAX_MANIFEST_LINE:
+            raise InputError(
+                f"Manifest {path} line {number} is {len(line):,} characters long, over the "
+                f"limit of {MAX_MANIFEST_LINE:,}; one request a line. Nothing was submitted."
+            )
+        if number > MAX_BATCH:
+            raise InputError(
+                f"Manifest {path} holds more than {MAX_BATCH:,} lines; split it into batches. "
+                "Nothing was submitted."
+            )
         try:
             yield parse_request(line)
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "line"
             raise InputError(
-                f"Manifest {path} line {number}: {where}: {first['msg']}; nothing was submitted."
+                f"Manifest {path} line {number}: {describe(e)}; nothing was submitted."
             ) from e
 
 
@@ -533,6 +552,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         app(args=argv, standalone_mode=True)
     except FarmError as e:
         sys.exit(_fail(str(e)))
+    except ValidationError as e:  # a request built from the command line's values
+        sys.exit(_fail(f"Invalid request: {describe(e)}."))
     except KeyboardInterrupt:
         err.print("Interrupted.")
         sys.exit(EXIT_INTERRUPTED)

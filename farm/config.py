@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     registry_patience_s: float = Field(60.0, ge=0)
 
     @model_validator(mode="after")
+    def _url_has_a_scheme(self) -> Settings:
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "FARM_REDIS_URL must start with redis://, rediss:// or unix:// (for example "
+                "redis://localhost:6379/0)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _limits_in_order(self) -> Settings:
         if self.soft_time_limit_s > self.time_limit_s:
             raise ValueError("FARM_SOFT_TIME_LIMIT_S must not exceed FARM_TIME_LIMIT_S")

@@ -231,7 +231,7 @@ def build_and_publish(
     return outcome, (result if outcome is not Outcome.LOST else None)
 
 
-_ALWAYS_ABOUT_WRITING = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+_ALWAYS_ABOUT_WRITING = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 _ABOUT_PATH = {errno.EACCES, errno.EPERM, errno.ENOTDIR}
 
 
@@ -250,6 +250,7 @@ def _destination_error(e: OSError, dest: Path) -> DestinationError:
         errno.ENOSPC: "the disk is full; free space there or choose another destination",
         errno.EDQUOT: "the disk quota is exhausted; free space or choose another destination",
         errno.EROFS: "the filesystem is read-only; choose a writable destination",
+        errno.EFBIG: "a file would exceed the builder's file-size limit (ulimit -f); raise it",
         errno.ENOTDIR: "a parent of it is not a directory; choose another destination",
     }.get(e.errno or 0, "permission denied; choose a destination you can write to")
     return DestinationError(f"Cannot write {dest}: {reason}.")

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from farm.artifacts import dataset, gvlfa
 from farm.confine import containing_root
@@ -32,6 +32,69 @@ from farm.fingerprint import Fingerprint, fingerprint
 
 KEY_SCHEMA = 1
 
+# Limits checked when a request is parsed, by the client and again by the worker, so absurd
+# input is refused in one sentence before any work (and a forged message builds nothing).
+MAX_PATH_BYTES = 4096  # PATH_MAX
+MAX_NAME_BYTES = 255  # NAME_MAX, for any component of a path
+# A destination's name gets a staging suffix (``.farmtmp.`` and its owner's tag, up to 115
+# bytes) and ``.lock``: what is left of NAME_MAX for the name itself.
+MAX_DEST_NAME_BYTES = 128
+MAX_JITTER = 1_000_000  # bp on each side of a region
+MAX_SAMPLES = 1_000_000
+MAX_SAMPLE_NAME = 256
+
+
+def _bounded(path: Path) -> Path:
+    """A path the filesystem can take: no NUL byte, no component over NAME_MAX, not over
+    PATH_MAX (checked before anything touches the filesystem)."""
+    raw = os.fsencode(path)
+    if b"\0" in raw:
+        raise ValueError(f"the path {str(path)[:200]!r} holds a NUL byte; give a real file name")
+    if len(raw) > MAX_PATH_BYTES:
+        raise ValueError(
+            f"the path {str(path)[:100]!r}... is {len(raw)} bytes long, over the "
+            f"{MAX_PATH_BYTES}-byte limit; use a shorter path"
+        )
+    for part in path.parts:
+        if len(os.fsencode(part)) > MAX_NAME_BYTES:
+            raise ValueError(
+                f"the name {part[:60]!r}... in {str(path)[:100]!r} is over {MAX_NAME_BYTES} "
+                "bytes, more than a filesystem takes; use a shorter name"
+            )
+    return path
+
+
+def _sample_names(samples: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if samples is None:
+        return None
+    if not samples:
+        raise ValueError("samples names no sample; name at least one, or leave it out for all")
+    if len(samples) > MAX_SAMPLES:
+        raise ValueError(f"{len(samples):,} samples is over the limit of {MAX_SAMPLES:,}")
+    seen: set[str] = set()
+    for name in samples:
+        if not name or len(name) > MAX_SAMPLE_NAME or not name.isprintable():
+            raise ValueError(
+                f"sample name {name[:60]!r} is empty, over {MAX_SAMPLE_NAME} characters or "
+                "holds control characters; name the samples as the variant file does"
+            )
+        if name in seen:
+            raise ValueError(f"sample {name!r} is listed twice; list each sample once")
+        seen.add(name)
+    return samples
+
+
+BoundedPath = Annotated[Path, AfterValidator(_bounded)]
+SampleNames = Annotated[tuple[str, ...] | None, AfterValidator(_sample_names)]
+
+
+def describe(error: ValidationError) -> str:
+    """A request's first validation error as a clause: which field, and what is wrong."""
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
 
 class CacheRequest(BaseModel):
     """Build the ``.gvlfa`` cache of one FASTA."""
@@ -39,8 +102,8 @@ class CacheRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["cache"] = "cache"
-    fasta: Path
-    dest: Path | None = None
+    fasta: BoundedPath
+    dest: BoundedPath | None = None
 
     @property
     def format_version(self) -> str:
@@ -70,13 +133,13 @@ class DatasetRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["dataset"] = "dataset"
-    variants: Path
-    regions: Path
-    dest: Path
-    samples: tuple[str, ...] | None = None
-    max_jitter: int = Field(0, ge=0)
+    variants: BoundedPath
+    regions: BoundedPath
+    dest: BoundedPath
+    samples: SampleNames = None
+    max_jitter: int = Field(0, ge=0, le=MAX_JITTER)
     extend_to_length: bool = True
-    strand_column: int = Field(6, ge=0)
+    strand_column: int = Field(6, ge=0, le=1000)
 
     @property
     def format_version(self) -> str:
@@ -159,6 +222,11 @@ def check_destination(request: BuildRequest, roots: list[Path]) -> None:
             f"Destination {dest} is not a plain absolute path (it holds '..' or a symlink, or "
             "one was swapped in after it was submitted); submit it again with a path inside "
             "the allowed roots that has neither."
+        )
+    if len(os.fsencode(dest.name)) > MAX_DEST_NAME_BYTES:
+        raise DestinationError(
+            f"The destination name {dest.name[:60]!r}... is over {MAX_DEST_NAME_BYTES} bytes (the "
+            "farm adds a staging suffix to it); choose a shorter --dest."
         )
     if containing_root(dest, roots) is None:
         allowed = os.pathsep.join(str(r) for r in roots)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -29,6 +30,7 @@ from farm.registry import ArtifactRecord, Registry, Status
 from farm.requests import BuildRequest, check_destination, request_key
 
 log = logging.getLogger(__name__)
+_KEY = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,31 @@ def ensure(
         registry.clear_attempts(key)
         lease.stop_renewing()
         return registry.finish(done, holder)
+
+
+def refuse(registry: Registry, key: str, sentence: str) -> ArtifactRecord | None:
+    """A message too malformed to be a request (forged, or from an incompatible sender) fails
+    the key it names with ``sentence``, and builds nothing. A key that is not one of ours, or
+    whose record is final, is left alone."""
+    if not _KEY.fullmatch(key):
+        log.warning("ignored a malformed message with no usable key")
+        return None
+    record = registry.get(key)
+    if record is not None and record.status.terminal:
+        return record
+    now = time.time()
+    base = record or ArtifactRecord(
+        key=key,
+        kind="unknown",
+        dest="",
+        request={},
+        sources={},
+        status=Status.QUEUED,
+        created_at=now,
+        updated_at=now,
+    )
+    failed = base.evolve(status=Status.FAILED, error=sentence, finished_at=now)
+    return registry.finish(failed, holder="")
 
 
 def cancel(registry: Registry, key: str, why: str) -> ArtifactRecord | None:

@@ -11,18 +11,24 @@ from pydantic import ValidationError
 from farm import service
 from farm.config import BUILD_TASK
 from farm.errors import BrokerError, StopRequested
-from farm.requests import parse_request
+from farm.requests import describe, parse_request
 from workers.app import app, registry, settings
 from workers.stopping import interruptible
 
 
 @app.task(name=BUILD_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
-def build(self: Task, message: dict[str, Any]) -> dict[str, Any]:
-    key = str(message.get("key", ""))
+def build(self: Task, message: Any) -> dict[str, Any]:
+    key = str(message.get("key", ""))[:64] if isinstance(message, dict) else ""
     try:
         request = parse_request(message["request"])
-    except (KeyError, ValidationError) as e:
-        return {"key": key, "status": "rejected", "error": f"malformed build message: {e}"}
+    except (KeyError, TypeError, ValidationError) as e:
+        why = describe(e) if isinstance(e, ValidationError) else "it holds no request"
+        sentence = (
+            f"A build message for this key was refused ({why}); nothing was built. Submit "
+            "the request again with the farm's client."
+        )
+        service.refuse(registry, key, sentence)
+        return {"key": key, "status": "rejected", "error": sentence}
     ctx = service.Context(registry, settings, self.request.hostname, interruptible)
     try:
         record = service.ensure(request, key, ctx, interrupts=(SoftTimeLimitExceeded,))

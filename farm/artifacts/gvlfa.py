@@ -190,6 +190,11 @@ def write_cache(
     finally:
         os.close(fd)
     _check_unchanged(stamp)
+    if not any(contigs.values()):
+        raise InputError(
+            f"FASTA file {fasta} holds no sequence (only headers, or nothing a FASTA reader "
+            "takes); point at a FASTA with at least one non-empty contig."
+        )
     return _write_metadata(out_dir, fasta, dest, contigs, stamp.fingerprint, digest)
 
 

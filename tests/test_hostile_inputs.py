@@ -1,0 +1,244 @@
+"""A hostile corpus: what a careless user or an attacker with access to the queue sends.
+
+Every item must end in one sentence (a non-zero exit, or a FAILED record) and never in a
+traceback, an artifact outside the allowed roots, or an "Internal error".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kombu import Connection
+from pydantic import ValidationError
+
+from farm.confine import ConfinedParent
+from farm.embedded import celery_broker_url
+from farm.errors import DestinationError
+from farm.fingerprint import Fingerprint
+from farm.registry import Registry, Status
+from farm.requests import CacheRequest, DatasetRequest, derive_key, describe, parse_request
+from tests.support.processes import farm_env
+from tests.test_cli import assert_one_sentence, farm
+
+LAMBDA = "lambda_NC_001416.1.fa"
+
+
+# --- parsing: limits before work --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "clause"),
+    [
+        ({"fasta": "/d/" + "n" * 300 + ".fa"}, "over 255 bytes"),
+        ({"fasta": "/d/" + "/".join(["x" * 200] * 30)}, "over the 4096-byte limit"),
+        ({"fasta": "/d/a\x00b.fa"}, "NUL byte"),
+    ],
+)
+def test_absurd_paths_are_refused_when_parsed(fields: dict, clause: str):
+    with pytest.raises(ValidationError) as info:
+        parse_request({"kind": "cache", **fields})
+    assert clause in describe(info.value)
+
+
+@pytest.mark.parametrize(
+    ("fields", "clause"),
+    [
+        ({"samples": ["NA1", "NA2", "NA1"]}, "'NA1' is listed twice"),
+        ({"samples": []}, "names no sample"),
+        ({"samples": ["bad\tname"]}, "control characters"),
+        ({"max_jitter": 2**62}, "max_jitter"),
+        ({"max_jitter": -1}, "max_jitter"),
+        ({"strand_column": 10**9}, "strand_column"),
+    ],
+)
+def test_absurd_dataset_parameters_are_refused_when_parsed(fields: dict, clause: str):
+    base = {"kind": "dataset", "variants": "/d/v.vcf.gz", "regions": "/d/r.bed", "dest": "/d/x"}
+    with pytest.raises(ValidationError) as info:
+        parse_request({**base, **fields})
+    assert clause in describe(info.value)
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    return farm_env(redis_url, tmp_path)
+
+
+def test_hostile_command_lines_get_one_sentence(env, genomes: Path, tmp_path: Path):
+    fifo = tmp_path / "fifo.fa"
+    os.mkfifo(fifo)
+    header_only = tmp_path / "headers.fa"
+    header_only.write_text(">chr1\n>chr2\n")
+    junk = tmp_path / "junk.fa"
+    junk.write_bytes(os.urandom(4096))
+    long_dest = tmp_path / ("d" * 200 + ".gvlfa")
+    cases = [
+        (["build", "cache", str(fifo), "--inline"], "not a regular file"),
+        (["build", "cache", "/dev/zero", "--inline"], "not a regular file"),
+        (["build", "cache", str(header_only), "--inline"], "holds no sequence"),
+        (["build", "cache", str(junk), "--inline"], "junk.fa"),
+        (["build", "cache", str(tmp_path / ("n" * 300 + ".fa"))], "over 255 bytes"),
+        (["build", "cache", str(genomes / LAMBDA), "--dest", str(long_dest)], "shorter --dest"),
+    ]
+    for args, clause in cases:
+        result = farm(env, *args)
+        assert_one_sentence(result, clause)
+        assert "Internal error" not in result.stderr, result.stderr
+    assert not list(tmp_path.glob("*.gvlfa"))
+
+
+def test_absurd_numbers_and_settings_get_one_sentence(env, genomes: Path, tmp_path: Path):
+    jitter = farm(
+        env, "submit", "dataset", "--variants", "v.vcf.gz", "--regions", "r.bed",
+        "--dest", str(tmp_path / "x.gvl"), "--max-jitter", str(10**30),
+    )  # fmt: skip
+    assert jitter.returncode == 2 and "Traceback" not in jitter.stderr
+    bad_url = dict(env, FARM_REDIS_URL="localhost:6379")
+    assert_one_sentence(farm(bad_url, "ls"), "FARM_REDIS_URL must start with")
+
+
+def test_a_huge_manifest_line_is_refused_without_echoing_it(env, tmp_path: Path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"kind": "cache", "fasta": "x" * 200_000}) + "\n")
+    result = farm(env, "submit", "--manifest", str(manifest))
+    assert_one_sentence(result, "line 1 is 200,")
+    assert len(result.stderr) < 500
+
+
+# --- messages pushed straight into the queue ------------------------------------------------
+
+
+def _push(redis_url: str, body: object, *, serializer: str = "json") -> None:
+    """A message as a client with access to the broker (and not to our code) would send it."""
+    with Connection(celery_broker_url(redis_url)) as conn:
+        producer = conn.Producer(serializer=serializer)
+        producer.publish(
+            {"x": 1} if body is None else body,
+            routing_key="farm.builds",
+            exchange="farm.builds",
+            headers={"task": "farm.build", "id": "f" * 64, "lang": "py"},
+        )
+
+
+def test_forged_messages_build_nothing_and_fail_their_key(
+    redis_url: str, registry: Registry, start_workers, genomes: Path, tmp_path: Path
+):
+    start_workers(1)
+    key = "a" * 64
+    outside = {"kind": "cache", "fasta": "/etc/passwd", "dest": "/tmp/x"}
+    forged = [
+        [[{"key": key, "request": outside}], {}, {}],
+        [[{"key": "b" * 64, "request": "not json at all"}], {}, {}],
+        [["a string, not a message"], {}, {}],
+    ]  # fmt: skip
+    for body in forged:
+        _push(redis_url, body)
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(eval, protocol=0)  # never unpickled: the worker accepts JSON only
+    _push(redis_url, [[{"key": "c" * 64, "evil": evil.hex(), "path": str(marker)}], {}, {}])
+    with Connection(celery_broker_url(redis_url)) as conn:
+        conn.Producer(serializer="pickle").publish(
+            (os.system, (f"touch {marker}",)),
+            routing_key="farm.builds",
+            exchange="farm.builds",
+            headers={"task": "farm.build", "id": "d" * 64, "lang": "py"},
+        )
+    deadline = time.monotonic() + 30
+    while (record := registry.get(key)) is None or not record.status.terminal:
+        assert time.monotonic() < deadline, "the forged message was never handled"
+        time.sleep(0.1)
+    assert record.status is Status.FAILED
+    assert "outside the allowed roots" in record.error or "not a plain" in record.error
+    assert not Path("/tmp/x").exists() or not (Path("/tmp/x") / "sequence.bin").exists()
+    assert registry.get("b" * 64).status is Status.FAILED
+    time.sleep(1.0)  # the pickled one had its chance to run
+    assert not marker.exists()
+
+
+# --- properties ---------------------------------------------------------------------------
+
+_FP = Fingerprint(n_bytes_hashed=4, digest="ab" * 64, size_bytes=4)
+_names = st.text(alphabet=st.characters(categories=["L", "N"]), min_size=1, max_size=12)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=12), _json))
+def test_any_json_parses_to_a_request_or_a_validation_error(data: dict):
+    for kind in ("cache", "dataset", data.get("kind")):
+        try:
+            parse_request({**data, "kind": kind})
+        except ValidationError as e:
+            assert describe(e)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_names, min_size=1, max_size=8, unique=True), st.randoms())
+def test_the_key_ignores_sample_order_and_sees_every_destination(samples, rnd):
+    shuffled = list(samples)
+    rnd.shuffle(shuffled)
+    sources = {"variants": _FP, "regions": _FP}
+
+    def key(names: list[str], dest: str = "/d/x.gvl") -> str:
+        request = DatasetRequest(variants="/d/v.vcf.gz", regions="/d/r.bed", dest=dest,
+                                 samples=tuple(names))  # fmt: skip
+        return derive_key(request, sources)
+
+    assert key(samples) == key(shuffled)
+    assert key(samples) != key(samples, dest="/d/y.gvl")
+    assert derive_key(CacheRequest(fasta="/d/a.fa", dest="/d/a.gvlfa"), {"fasta": _FP}) != key(
+        samples
+    )
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.sampled_from(["a", "b", "..", ".", "link", "c"]), min_size=1, max_size=6))
+def test_a_confined_parent_is_always_below_its_root(tmp_path: Path, parts: list[str]):
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    outside = tmp_path / "outside"
+    outside.mkdir(exist_ok=True)
+    if not (root / "link").is_symlink():
+        (root / "link").symlink_to(outside)
+    dest = root.joinpath(*parts)
+    try:
+        with ConfinedParent(dest, root) as parent:
+            where = Path(os.readlink(parent.path()))
+    except DestinationError:
+        assert ".." in parts or "link" in parts[:-1] or dest == root or "." in parts
+        return
+    assert where == root or where.is_relative_to(root)
+    assert list(outside.iterdir()) == []
+
+
+def test_ctrl_c_during_start_up_is_one_line(env):
+    import signal
+    import subprocess
+    import sys
+
+    farm_script = Path(sys.executable).parent / "farm"
+    proc = subprocess.Popen(
+        [str(farm_script), "ls"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(0.15)  # the CLI's libraries take longer than this to load
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip() == "Interrupted."
