@@ -29,6 +29,7 @@ from farm.errors import BrokerError, FarmError, InputError
 from farm.publish import remove_orphans
 from farm.registry import ArtifactRecord, Status
 from farm.requests import (
+    MAX_BATCH,
     MAX_JITTER,
     BuildRequest,
     CacheRequest,
@@ -60,7 +61,6 @@ EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_INTERRUPTED = 130
 MAX_MANIFEST_LINE = 64 * 1024  # characters: a request with every sample of a large cohort
-MAX_BATCH = 1_000_000  # requests in one manifest
 
 DestOption = Annotated[
     Path | None, typer.Option("--dest", help="Where to publish (default: FASTA.gvlfa).")
@@ -527,6 +527,7 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run a Celery worker on the farm's queue (extra options go to Celery)."""
+    _settings()  # a bad FARM_* setting is one sentence here, not a traceback from Celery
     argv = [*_celery_worker_argv(), "--loglevel", loglevel]
     if autoscale:
         argv += ["--autoscale", autoscale]

@@ -17,11 +17,11 @@ from pathlib import Path
 from farm import service
 from farm.config import Settings
 from farm.embedded import resolve_url
-from farm.errors import BrokerError, FarmError
+from farm.errors import BrokerError, FarmError, InputError
 from farm.fingerprint import Fingerprint, fingerprint
 from farm.queue import Sender
 from farm.registry import ArtifactRecord, Claim, Registry, Status
-from farm.requests import BuildRequest, derive_key, prepare
+from farm.requests import MAX_BATCH, BuildRequest, derive_key, prepare
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,11 @@ class Farm:
     def submit_many(self, requests: Sequence[BuildRequest], chunk: int = 2000) -> list[Submission]:
         """Validate, key, claim and enqueue; raises on the first invalid request, before
         anything is queued."""
+        if len(requests) > MAX_BATCH:
+            raise InputError(
+                f"A batch of {len(requests):,} requests is over the limit of {MAX_BATCH:,}; "
+                "split it. Nothing was submitted."
+            )
         roots = self.settings.roots
         prepared = []
         for number, request in enumerate(requests, 1):

@@ -42,12 +42,21 @@ MAX_DEST_NAME_BYTES = 128
 MAX_JITTER = 1_000_000  # bp on each side of a region
 MAX_SAMPLES = 1_000_000
 MAX_SAMPLE_NAME = 256
+MAX_BATCH = 1_000_000  # requests in one submission
 
 
 def _bounded(path: Path) -> Path:
     """A path the filesystem can take: no NUL byte, no component over NAME_MAX, not over
     PATH_MAX (checked before anything touches the filesystem)."""
     raw = os.fsencode(path)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        shown = raw.decode("utf-8", "backslashreplace")[:200]
+        raise ValueError(
+            f"the path {shown} is not valid UTF-8, and the farm records paths as JSON; "
+            "rename the file"
+        ) from None
     if b"\0" in raw:
         raise ValueError(f"the path {str(path)[:200]!r} holds a NUL byte; give a real file name")
     if len(raw) > MAX_PATH_BYTES:

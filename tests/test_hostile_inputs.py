@@ -81,7 +81,10 @@ def test_hostile_command_lines_get_one_sentence(env, genomes: Path, tmp_path: Pa
     junk = tmp_path / "junk.fa"
     junk.write_bytes(os.urandom(4096))
     long_dest = tmp_path / ("d" * 200 + ".gvlfa")
+    not_utf8 = os.fsdecode(os.fsencode(tmp_path) + b"/\xff\xfe.fa")
+    Path(not_utf8).write_bytes((genomes / LAMBDA).read_bytes())
     cases = [
+        (["build", "cache", not_utf8, "--inline"], "is not valid UTF-8"),
         (["build", "cache", str(fifo), "--inline"], "not a regular file"),
         (["build", "cache", "/dev/zero", "--inline"], "not a regular file"),
         (["build", "cache", str(header_only), "--inline"], "holds no sequence"),
@@ -104,6 +107,7 @@ def test_absurd_numbers_and_settings_get_one_sentence(env, genomes: Path, tmp_pa
     assert jitter.returncode == 2 and "Traceback" not in jitter.stderr
     bad_url = dict(env, FARM_REDIS_URL="localhost:6379")
     assert_one_sentence(farm(bad_url, "ls"), "FARM_REDIS_URL must start with")
+    assert_one_sentence(farm(bad_url, "worker"), "FARM_REDIS_URL must start with")
 
 
 def test_a_huge_manifest_line_is_refused_without_echoing_it(env, tmp_path: Path):
