@@ -246,3 +246,78 @@ def test_ctrl_c_during_start_up_is_one_line(env):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip() == "Interrupted."
+
+
+def test_a_redis_password_works_end_to_end_and_never_shows(genomes: Path, tmp_path: Path):
+    """A password-protected Redis on its own loopback port: the farm builds through it, and
+    the password appears in no output, log or process title."""
+    import socket
+    import subprocess
+
+    import psutil
+
+    from farm.embedded import server_binary
+    from tests.support.processes import Worker
+
+    secret = "s3cr3t-Pa55-4-farm"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--requirepass", secret,
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://:{secret}@127.0.0.1:{port}/0"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                Registry.from_url(url).ping()
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "Redis did not start"
+                time.sleep(0.05)
+        env = farm_env(url, tmp_path)
+        worker = Worker(env, "w0", logs)
+        try:
+            worker.wait_ready()
+            built = farm(env, "build", "cache", str(genomes / LAMBDA))
+            listed = farm(env, "ls", "--json")
+            titles = [
+                " ".join(p.cmdline())
+                for p in [
+                    psutil.Process(worker.proc.pid),
+                    *psutil.Process(worker.proc.pid).children(),
+                ]
+            ]
+        finally:
+            worker.stop()
+        assert built.returncode == 0, built.stderr
+        assert json.loads(listed.stdout.splitlines()[0])["status"] == "valid"
+        shown = [built.stdout, built.stderr, listed.stdout, listed.stderr, *titles]
+        shown.append(worker.log.read_text(errors="replace"))
+        assert all(secret not in text for text in shown)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_a_destination_swapped_for_a_link_while_queued_fails_on_the_worker(
+    env, genomes: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, start_workers
+):
+    """The measured escape, through the queue: submitted with no worker running, the
+    destination's directory swapped for a link outside, then a worker starts."""
+    outside = tmp_path_factory.mktemp("outside")
+    (tmp_path / "swap").mkdir()
+    submitted = farm(env, "submit", "cache", str(genomes / LAMBDA), "--dest",
+                     str(tmp_path / "swap" / "t.gvlfa"))  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    (tmp_path / "swap").rmdir()
+    (tmp_path / "swap").symlink_to(outside)
+    start_workers(1)
+    waited = farm(env, "wait", submitted.stdout.strip(), "--timeout", "60")
+    assert_one_sentence(waited, "not a plain absolute path")
+    assert list(outside.iterdir()) == []
