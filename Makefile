@@ -17,8 +17,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	touch $@
 
 # Build the .gvlfa cache of FASTA through the queue, on the embedded Redis, and list it.
+# It lands in demo/ (ignored by git), so the work tree and the test data stay as they are.
 demo: $(VENV)/.installed
-	$(BIN)/farm build cache $(FASTA)
+	mkdir -p demo
+	$(BIN)/farm build cache $(FASTA) --dest demo/$(notdir $(FASTA)).gvlfa
 	$(BIN)/farm ls
 
 # Lint, then the whole suite (it starts its own Redis and workers and stops them by PID).
