@@ -321,3 +321,28 @@ def test_a_destination_swapped_for_a_link_while_queued_fails_on_the_worker(
     waited = farm(env, "wait", submitted.stdout.strip(), "--timeout", "60")
     assert_one_sentence(waited, "not a plain absolute path")
     assert list(outside.iterdir()) == []
+
+
+_FILE_SIZE_LIMITED = """
+import resource, sys
+from pathlib import Path
+from farm.artifacts import gvlfa
+from farm.errors import DestinationError
+resource.setrlimit(resource.RLIMIT_FSIZE, (16_384, 16_384))
+try:
+    gvlfa.ensure_cache(Path(sys.argv[1]))
+except DestinationError as e:
+    print(e)
+"""
+
+
+def test_a_worker_file_size_limit_is_a_sentence_not_an_internal_error(genomes: Path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _FILE_SIZE_LIMITED, str(genomes / "yeast_S288C_chrI_SGD2005.fa")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "file-size limit (ulimit -f)" in result.stdout, result.stderr
+    assert not list(genomes.glob("*.farmtmp.*"))
