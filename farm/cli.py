@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from farm import embedded, maintenance, service
-from farm.client import Farm
+from farm.client import NO_WORKER, Farm, NoWorkerWarning
 from farm.config import QUEUE, Settings
 from farm.errors import BrokerError, FarmError, InputError
 from farm.publish import remove_orphans
@@ -97,7 +98,10 @@ def _build(request: BuildRequest, *, timeout: float | None, inline: bool) -> Non
                 err.print("Cancelled: the build was stopped and nothing was published.")
                 raise typer.Exit(EXIT_INTERRUPTED) from None
         else:
-            submission = farm.submit(request)
+            with warnings.catch_warnings():
+                # farm build copes with no worker itself (a transient one, or a warning)
+                warnings.simplefilter("ignore", NoWorkerWarning)
+                submission = farm.submit(request)
             record = submission.record
             if not record.status.terminal:
                 record = _follow(farm, settings, submission.key, timeout) or record
@@ -107,7 +111,8 @@ def _build(request: BuildRequest, *, timeout: float | None, inline: bool) -> Non
 def _follow(
     farm: Farm, settings: Settings, key: str, timeout: float | None
 ) -> ArtifactRecord | None:
-    with _worker_if_none(farm, settings) as worker:
+    with _worker_if_none(farm, settings) as worker, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoWorkerWarning)  # said once, above
         try:
             (record,) = farm.wait(
                 [key], timeout_s=timeout, on_progress=lambda _done, _total: worker.check()
@@ -188,10 +193,7 @@ def _worker_if_none(
         yield _NoTransientWorker()
         return
     if not settings.embedded:
-        err.print(
-            "[yellow]No live worker is consuming the queue; start one with `farm worker`. "
-            "Waiting.[/]"
-        )
+        err.print(f"[yellow]{NO_WORKER} Waiting.[/]")
         yield _NoTransientWorker()
         return
     worker = _TransientWorker(farm, settings)
@@ -384,33 +386,57 @@ def _record_json(key: str, record: ArtifactRecord | None) -> dict:
     return data
 
 
+def _full_keys(farm: Farm, keys: Sequence[str]) -> list[str]:
+    """Whole keys for what the user typed: a unique prefix stands for its key; an ambiguous
+    one is refused; one that matches nothing is kept (and reported unknown)."""
+    full = []
+    for key in keys:
+        if len(key) >= 64 or not key:
+            full.append(key)
+            continue
+        matches = farm.registry.keys_with_prefix(key)
+        if len(matches) > 1:
+            raise InputError(
+                f"Key prefix {key} matches more than one key ({matches[0]}, {matches[1]}...); "
+                "give more of it."
+            )
+        full.append(matches[0] if matches else key)
+    return full
+
+
 @app.command()
 def status(
-    keys: Annotated[list[str], typer.Argument(help="Keys printed by `farm submit`.")],
+    keys: Annotated[list[str], typer.Argument(help="Keys printed by `farm submit` (or prefixes).")],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
 ) -> None:
-    """Show the status of keys (one round trip for all of them)."""
+    """Show the status of keys (one round trip for all of them); exit 1 if any is unknown."""
     with _farm() as farm:
+        keys = _full_keys(farm, keys)
         records = farm.status(keys)
     if as_json:
         for key, record in zip(keys, records, strict=True):
             print(json.dumps(_record_json(key, record)))
-        return
-    _print_table(keys, records)
+    else:
+        _print_table(keys, records)
+    if any(r is None for r in records):
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _print_table(keys: Sequence[str], records: Sequence[ArtifactRecord | None]) -> None:
+    """Keys cut to 16 characters for a person at a terminal (any unique prefix works as a
+    key); whole when piped, for the next program."""
+    width = 16 if out.is_terminal else None
     table = Table("key", "kind", "status", box=None, pad_edge=False)
     table.add_column("dest", overflow="fold")
     table.add_column("detail", overflow="fold")
     colors = {Status.VALID: "green", Status.FAILED: "red", Status.INVALID: "red"}
     for key, r in zip(keys, records, strict=True):
         if r is None:
-            table.add_row(key[:16], "-", "unknown", "-", "no such key")
+            table.add_row(key[:width], "-", "unknown", "-", "no such key")
             continue
         color = colors.get(r.status, "yellow")
         detail = r.error or (f"{r.size_bytes:,} B" if r.size_bytes is not None else "")
-        table.add_row(r.key[:16], r.kind, f"[{color}]{r.status}[/]", r.dest, detail)
+        table.add_row(r.key[:width], r.kind, f"[{color}]{r.status}[/]", r.dest, detail)
     out.print(table, soft_wrap=True)
 
 
@@ -421,6 +447,7 @@ def wait(
 ) -> None:
     """Wait until every key is terminal; exit 0 only when all are valid."""
     with _farm() as farm, _progress(len(keys)) as update:
+        keys = _full_keys(farm, keys)
         try:
             records = farm.wait(keys, timeout_s=timeout, on_progress=update)
         except KeyboardInterrupt:
@@ -473,9 +500,13 @@ def verify(
 ) -> None:
     """Re-check recorded artifacts against their sources and bytes; exit 1 if any is not valid."""
     with _farm() as farm:
-        checked = maintenance.verify(farm.registry, keys or None)
+        full = _full_keys(farm, keys) if keys else None
+        unknown = [k for k, r in zip(full or [], farm.status(full or []), strict=True) if not r]
+        checked = maintenance.verify(farm.registry, full)
     _print_table([r.key for r in checked], checked)
-    if any(r.status is not Status.VALID for r in checked):
+    for key in unknown:
+        err.print(f"{key}: unknown key")
+    if unknown or any(r.status is not Status.VALID for r in checked):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -548,7 +579,15 @@ def server_stop() -> None:
         err.print("The embedded Redis was not running.")
 
 
+def _show_warning(
+    message: Warning | str, category: type[Warning], *_: object, **__: object
+) -> None:
+    """Warnings the farm raises for API users are one yellow line on a terminal."""
+    err.print(f"[yellow]{message}[/]")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    warnings.showwarning = _show_warning
     try:
         app(args=argv, standalone_mode=True)
     except FarmError as e:

@@ -10,6 +10,7 @@ leaves a claim that the workers' watchdog sends on its behalf.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,15 @@ from farm.fingerprint import Fingerprint, fingerprint
 from farm.queue import Sender
 from farm.registry import ArtifactRecord, Claim, Registry, Status
 from farm.requests import MAX_BATCH, BuildRequest, derive_key, prepare
+
+NO_WORKER = (
+    "No live worker is consuming the farm's queue, so nothing will be built until one starts: "
+    "run `farm worker` (or `honcho start` with the Procfile)."
+)
+
+
+class NoWorkerWarning(UserWarning):
+    """Requests wait in the queue: no worker has sent a heartbeat lately."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,17 @@ class Farm:
         out: list[Submission] = []
         for i in range(0, len(prepared), chunk):
             out.extend(self._submit_chunk(prepared[i : i + chunk]))
+        if any(not s.record.status.terminal for s in out):
+            self.warn_if_no_worker()
         return out
+
+    def warn_if_no_worker(self) -> bool:
+        """Say at once (a :class:`NoWorkerWarning`) when no worker would build what waits;
+        True when one is live."""
+        if self.registry.live_workers(within_s=3 * self.settings.worker_heartbeat_s):
+            return True
+        warnings.warn(NO_WORKER, NoWorkerWarning, stacklevel=3)
+        return False
 
     def build_here(self, request: BuildRequest, ctx: service.Context) -> ArtifactRecord:
         """Build in this process, through the same claim, lease and registry as a worker.
@@ -147,6 +167,7 @@ class Farm:
         keys = list(keys)
         pending = dict.fromkeys(keys)
         done: dict[str, ArtifactRecord | None] = {}
+        warned = False
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         interval = 0.002
         outage_since: float | None = None
@@ -164,6 +185,9 @@ class Farm:
                 time.sleep(0.5)
                 continue
             outage_since = None
+            if not warned and any(r is not None and not r.status.terminal for r in records):
+                warned = True
+                self.warn_if_no_worker()
             for key, record in zip(batch, records, strict=True):
                 if record is None and key in self._submitted:
                     lost.append(self._submitted[key])

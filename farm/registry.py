@@ -415,6 +415,18 @@ class Registry:
             yield from (r for r in self.get_many(keys[i : i + batch]) if r is not None)
 
     @_redis_errors
+    def keys_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` recorded keys that start with ``prefix`` (a user's short key)."""
+        if len(prefix) >= 64:
+            return [prefix] if self._r.sismember(self._all, prefix) else []
+        found: list[str] = []
+        for raw in self._r.sscan_iter(self._all, match=f"{prefix}*", count=1000):
+            found.append(raw.decode())
+            if len(found) >= limit:
+                break
+        return found
+
+    @_redis_errors
     def key_for_dest(self, dest: str) -> str | None:
         raw = self._r.get(self._dest(dest))
         return raw.decode() if raw else None

@@ -247,3 +247,38 @@ def test_dataset_bad_input_is_refused_with_one_sentence(env, chr20, start_worker
     )  # fmt: skip
     assert_one_sentence(refused, VCF, "has no index", "tabix")
     assert not (chr20 / "x.gvl").exists()
+
+
+def test_keys_by_prefix_whole_when_piped_and_unknown_ones_fail(env, redis_url: str):
+    registry = Registry.from_url(redis_url)
+    from tests.test_registry import record
+
+    for key in ("abc1" + "0" * 60, "abc2" + "0" * 60, "def0" + "0" * 60):
+        registry.put(record(key))
+    shown = farm(env, "status", "def0", "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["key"] == "def0" + "0" * 60
+    assert_one_sentence(farm(env, "status", "abc"), "matches more than one key")
+    unknown = farm(env, "status", "fff")
+    assert unknown.returncode == 1 and "unknown" in unknown.stdout
+    listed = farm(env, "ls").stdout
+    assert "def0" + "0" * 60 in listed  # piped: whole keys, for the next program
+    assert farm(env, "verify", "fff").returncode == 1
+
+
+def test_with_no_live_worker_submit_wait_and_the_api_say_so_at_once(
+    env, genomes, registry, farm_settings
+):
+    import warnings
+
+    from farm.client import Farm, NoWorkerWarning
+    from farm.requests import CacheRequest
+
+    submitted = farm(env, "submit", "cache", str(genomes / LAMBDA))
+    assert submitted.returncode == 0
+    assert submitted.stderr.count("No live worker") == 1 and "farm worker" in submitted.stderr
+    waited = farm(env, "wait", submitted.stdout.strip(), "--timeout", "1")
+    assert waited.returncode == 3 and waited.stderr.count("No live worker") == 1
+    with Farm.connect(farm_settings) as api, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        api.submit(CacheRequest(fasta=genomes / YEAST))
+    assert [w.category for w in caught] == [NoWorkerWarning]
