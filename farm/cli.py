@@ -244,7 +244,12 @@ JitterOption = Annotated[
     int, typer.Option("--max-jitter", min=0, max=MAX_JITTER, help="Widen regions by N bp.")
 ]
 StrandOption = Annotated[
-    int, typer.Option("--strand-column", min=0, help="1-based BED column of the strand; 0: none.")
+    int | None,
+    typer.Option(
+        "--strand-column",
+        min=0,
+        help="1-based BED column of the strand; 0: none (default: found from the BED).",
+    ),
 ]
 
 
@@ -254,6 +259,11 @@ def _samples(value: str | None) -> tuple[str, ...] | None:
     path = Path(value)
     if path.is_file():
         names = [line.strip() for line in path.read_text().splitlines()]
+    elif "," not in value and ("/" in value or path.suffix in (".txt", ".tsv", ".list")):
+        raise InputError(
+            f"--samples {value} looks like a file, but there is no such file; give the file's "
+            "path, or the sample names separated by commas."
+        )
     else:
         names = [name.strip() for name in value.split(",")]
     names = [n for n in names if n]
@@ -268,7 +278,7 @@ def _dataset_request(
     dest: Path,
     samples: str | None,
     max_jitter: int,
-    strand_column: int,
+    strand_column: int | None,
 ) -> DatasetRequest:
     try:
         return DatasetRequest(
@@ -290,7 +300,7 @@ def build_dataset(
     dest: DatasetDestOption,
     samples: SamplesOption = None,
     max_jitter: JitterOption = 0,
-    strand_column: StrandOption = 6,
+    strand_column: StrandOption = None,
     timeout: TimeoutOption = None,
     inline: Annotated[
         bool, typer.Option(help="Build in this process, through the same lease and registry.")
@@ -366,7 +376,7 @@ def submit_dataset(
     dest: DatasetDestOption,
     samples: SamplesOption = None,
     max_jitter: JitterOption = 0,
-    strand_column: StrandOption = 6,
+    strand_column: StrandOption = None,
 ) -> None:
     """Submit a dataset build; print its key."""
     request = _dataset_request(variants, regions, dest, samples, max_jitter, strand_column)

@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from farm.artifacts import dataset, gvlfa
+from farm.artifacts.dataset.regions import detect_strand_column
 from farm.confine import containing_root
 from farm.errors import DestinationError
 from farm.fingerprint import Fingerprint, fingerprint
@@ -148,7 +149,8 @@ class DatasetRequest(BaseModel):
     samples: SampleNames = None
     max_jitter: int = Field(0, ge=0, le=MAX_JITTER)
     extend_to_length: bool = True
-    strand_column: int = Field(6, ge=0, le=1000)
+    # None: found from the BED when the request is prepared (see detect_strand_column).
+    strand_column: int | None = Field(None, ge=0, le=1000)
 
     @property
     def format_version(self) -> str:
@@ -161,7 +163,7 @@ class DatasetRequest(BaseModel):
             samples=self.samples,
             max_jitter=self.max_jitter,
             extend_to_length=self.extend_to_length,
-            strand_column=self.strand_column,
+            strand_column=6 if self.strand_column is None else self.strand_column,
         )
 
     def destination(self) -> Path:
@@ -180,11 +182,16 @@ class DatasetRequest(BaseModel):
         self.params().check()
 
     def absolute(self) -> DatasetRequest:
+        """Absolute paths, and the strand column found from the BED when none was given, so
+        the key says which column was used."""
+        regions = _absolute(self.regions)
+        strand = self.strand_column
         return self.model_copy(
             update={
                 "variants": _absolute(self.variants),
-                "regions": _absolute(self.regions),
+                "regions": regions,
                 "dest": _absolute(self.dest),
+                "strand_column": strand if strand is not None else detect_strand_column(regions),
             }
         )
 

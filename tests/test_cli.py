@@ -282,3 +282,24 @@ def test_with_no_live_worker_submit_wait_and_the_api_say_so_at_once(
         warnings.simplefilter("always")
         api.submit(CacheRequest(fasta=genomes / YEAST))
     assert [w.category for w in caught] == [NoWorkerWarning]
+
+
+def test_a_dataset_finds_its_bed_strand_and_a_samples_typo_is_named(
+    env, chr20, start_workers, tmp_path
+):
+    import pyarrow.feather as feather
+
+    start_workers(1)
+    bed = str(chr20 / "SIRPB2_refseq.chr20.bed")  # the strand is in column 7, not 6
+    built = farm(
+        env, "build", "dataset", "--variants", str(chr20 / VCF), "--regions", bed,
+        "--dest", str(tmp_path / "auto.gvl"), "--timeout", "120",
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    regions = feather.read_table(tmp_path / "auto.gvl" / "input_regions.arrow")
+    assert set(regions.column("strand").to_pylist()) == {"-"}  # SIRPB2 lies on the minus strand
+    typo = farm(
+        env, "submit", "dataset", "--variants", str(chr20 / VCF), "--regions", bed,
+        "--dest", str(tmp_path / "t.gvl"), "--samples", "samples.txt",
+    )  # fmt: skip
+    assert_one_sentence(typo, "--samples samples.txt looks like a file")

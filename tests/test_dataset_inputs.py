@@ -104,3 +104,22 @@ def test_bad_input_is_one_clear_sentence(case: str, d: Path, tmp_path: Path) -> 
     assert not dest.exists()
     leftovers = list(dest.parent.iterdir()) if dest.parent.exists() else []
     assert leftovers == []
+
+
+def test_the_strand_column_is_found_from_the_bed(tmp_path: Path):
+    from farm.artifacts.dataset.regions import detect_strand_column
+    from tests.support.dataset_data import DATA, SIRPB2
+
+    def bed(name: str, rows: list[str]) -> Path:
+        path = tmp_path / name
+        path.write_text("track name=x\n# a comment\n" + "".join(r + "\n" for r in rows))
+        return path
+
+    assert detect_strand_column(DATA / SIRPB2) == 7  # score in 6, strand in 7
+    assert detect_strand_column(bed("bed6.bed", ["1\t0\t10\ta\t0\t+", "1\t5\t9\tb\t0\t-"])) == 6
+    assert detect_strand_column(bed("bed3.bed", ["1\t0\t10", "1\t5\t9"])) == 6  # 6: none
+    dots = bed("dots.bed", ["1\t0\t10\ta\t0\t.\tx", "1\t5\t9\tb\t0\t.\ty"])
+    assert detect_strand_column(dots) == 6  # standard BED, every strand unknown
+    wide = bed("wide.bed", ["1\t0\t10\t.\t7.5\tq\tx", "1\t5\t9\t.\t1.0\tr\ty"])
+    assert detect_strand_column(wide) == 0  # no strand anywhere, and column 6 is not one
+    assert detect_strand_column(tmp_path / "missing.bed") == 6  # the checks say what is wrong

@@ -64,6 +64,46 @@ def _bad(path: Path, line_no: int, why: str) -> InputError:
     return InputError(f"{path} is not a usable BED file: line {line_no} {why}.")
 
 
+_DETECT_ROWS = 10_000
+
+
+def detect_strand_column(path: Path) -> int:
+    """The 1-based column that holds the strand, found from the BED itself: column 6 when it
+    holds only ``+``, ``-`` and ``.`` (standard BED), else the first column that does with at
+    least one ``+`` or ``-`` (BED-like files with extra columns); else none.
+    Looks at the first rows only; a later row that disagrees fails the build with its line.
+    An unreadable file gives 6: the checks that follow say what is wrong with it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8 << 20)
+        text = head.decode()
+    except (OSError, UnicodeDecodeError):
+        return 6
+    rows = []
+    for line in text.splitlines()[: _DETECT_ROWS * 2]:
+        if line.strip() and not line.startswith(("#", "track", "browser")):
+            rows.append(line.rstrip("\r").split("\t"))
+            if len(rows) >= _DETECT_ROWS:
+                break
+
+    def holds_strands(column: int, *, signed: bool) -> bool:
+        values = [r[column - 1].strip() if len(r) >= column else None for r in rows]
+        strands = all(v in ("+", "-", ".") for v in values)
+        return strands and (not signed or any(v in ("+", "-") for v in values))
+
+    if not rows:
+        return 6
+    if holds_strands(6, signed=False):
+        return 6  # standard BED, even when every strand is '.'
+    widest = max(len(r) for r in rows)
+    for column in range(4, widest + 1):
+        if holds_strands(column, signed=True):  # elsewhere, a column of names like '.' is not
+            return column
+    # No strand anywhere. Narrower than 6 columns, 6 means "none" to the reader and keeps the
+    # key earlier versions gave; wider, 6 would be read as a strand, so 0.
+    return 0 if widest >= 6 else 6
+
+
 def read_bed(path: Path, strand_column: int = 6) -> Regions:
     """Parse a BED3+ file; ``strand_column`` is 1-based (6 in standard BED), 0 for none.
 
@@ -108,8 +148,8 @@ def read_bed(path: Path, strand_column: int = 6) -> Regions:
             if s not in STRANDS:
                 raise InputError(
                     f"{path} line {line_no}: column {strand_column} holds {s!r}, not a strand "
-                    f"(+, - or .); set strand_column to the column that holds the strand, "
-                    f"or 0 for none."
+                    f"(+, - or .); pass --strand-column N (strand_column in a manifest) for "
+                    f"the column that holds the strand, or 0 for none."
                 )
             strands.append(STRANDS[s])
         else:
