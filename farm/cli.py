@@ -576,6 +576,25 @@ def worker(
     os.execv(argv[0], argv)
 
 
+@server_app.command(
+    "run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def server_run(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="TCP port.")] = 6379,
+    bind: Annotated[str, typer.Option(help="Addresses to listen on.")] = "127.0.0.1",
+    data_dir: Annotated[
+        Path, typer.Option("--dir", help="Where the append-only file goes.")
+    ] = Path("."),
+) -> None:
+    """Run a Redis server in the foreground, with an append-only file, for a Procfile or a
+    container: redis-server from PATH, else the one gvl-farm ships (extra options go to it)."""
+    binary = embedded.server_binary()
+    argv = [binary, "--port", str(port), "--bind", *bind.split(), "--appendonly", "yes"]
+    argv += ["--dir", str(data_dir), *ctx.args]
+    os.execv(binary, argv)
+
+
 @server_app.command("start")
 def server_start() -> None:
     """Start the embedded Redis if it is not running; print its URL."""

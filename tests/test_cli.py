@@ -303,3 +303,36 @@ def test_a_dataset_finds_its_bed_strand_and_a_samples_typo_is_named(
         "--dest", str(tmp_path / "t.gvl"), "--samples", "samples.txt",
     )  # fmt: skip
     assert_one_sentence(typo, "--samples samples.txt looks like a file")
+
+
+def test_server_run_keeps_a_persistent_redis_in_the_foreground(tmp_path: Path):
+    """What the Procfile's redis line runs: no redis-server needs to be installed."""
+    import socket
+    import time
+
+    import redis
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no system redis-server
+    server = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", "server", "run", "--port", str(port),
+         "--dir", str(tmp_path)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline and server.poll() is None
+                time.sleep(0.05)
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("bind")["bind"] == "127.0.0.1"
+    finally:
+        server.terminate()
+        server.wait(10)
