@@ -66,6 +66,7 @@ MAX_MANIFEST_LINE = 64 * 1024  # characters: a request with every sample of a la
 DestOption = Annotated[
     Path | None, typer.Option("--dest", help="Where to publish (default: FASTA.gvlfa).")
 ]
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object a line.")]
 TimeoutOption = Annotated[
     float | None, typer.Option("--timeout", help="Give up waiting after S seconds.")
 ]
@@ -417,7 +418,7 @@ def _full_keys(farm: Farm, keys: Sequence[str]) -> list[str]:
 @app.command()
 def status(
     keys: Annotated[list[str], typer.Argument(help="Keys printed by `farm submit` (or prefixes).")],
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Show the status of keys (one round trip for all of them); exit 1 if any is unknown."""
     with _farm() as farm:
@@ -487,18 +488,20 @@ def _progress(total: int) -> Iterator:
         yield lambda done, _total: progress.update(task, completed=done)
 
 
-@app.command("ls")
-def list_artifacts(
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
-) -> None:
-    """List recorded artifacts and their validity."""
-    with _farm() as farm:
-        records = list(farm.registry.records())
+def _print_records(records: Sequence[ArtifactRecord], *, as_json: bool) -> None:
     if as_json:
         for r in records:
             print(json.dumps(_record_json(r.key, r)))
-        return
-    _print_table([r.key for r in records], records)
+    else:
+        _print_table([r.key for r in records], records)
+
+
+@app.command("ls")
+def list_artifacts(as_json: JsonOption = False) -> None:
+    """List recorded artifacts and their validity."""
+    with _farm() as farm:
+        records = list(farm.registry.records())
+    _print_records(records, as_json=as_json)
 
 
 # --- maintenance -----------------------------------------------------------------------------
@@ -507,13 +510,14 @@ def list_artifacts(
 @app.command()
 def verify(
     keys: Annotated[list[str] | None, typer.Argument(help="Keys to verify (default: all).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Re-check recorded artifacts against their sources and bytes; exit 1 if any is not valid."""
     with _farm() as farm:
         full = _full_keys(farm, keys) if keys else None
         unknown = [k for k, r in zip(full or [], farm.status(full or []), strict=True) if not r]
         checked = maintenance.verify(farm.registry, full)
-    _print_table([r.key for r in checked], checked)
+    _print_records(checked, as_json=as_json)
     for key in unknown:
         err.print(f"{key}: unknown key")
     if unknown or any(r.status is not Status.VALID for r in checked):
@@ -521,13 +525,16 @@ def verify(
 
 
 @app.command()
-def reindex(root: Annotated[Path, typer.Argument(help="Directory to scan for artifacts.")]) -> None:
+def reindex(
+    root: Annotated[Path, typer.Argument(help="Directory to scan for artifacts.")],
+    as_json: JsonOption = False,
+) -> None:
     """Rebuild registry records from the artifacts on disk below ROOT."""
     if not root.is_dir():
         raise InputError(f"{root} is not a directory; name the directory to scan.")
     with _farm() as farm:
         records = maintenance.reindex(farm.registry, root)
-    _print_table([r.key for r in records], records)
+    _print_records(records, as_json=as_json)
 
 
 @app.command("gc")
@@ -539,6 +546,7 @@ def collect_garbage(
         float, typer.Option(help="Seconds before another host's leaseless dir is an orphan.")
     ] = 3600.0,
     dry_run: Annotated[bool, typer.Option(help="List orphans without removing them.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Remove staging and aside directories left by builders that died."""
     settings = _settings()
@@ -548,8 +556,12 @@ def collect_garbage(
         )
     if not dry_run:
         remove_orphans(orphans)
+    done = "would remove" if dry_run else "removed"
     for o in orphans:
-        print(f"{'would remove' if dry_run else 'removed'} {o.path} ({o.reason})")
+        if as_json:
+            print(json.dumps({"path": str(o.path), "action": done, "reason": o.reason}))
+        else:
+            print(f"{done} {o.path} ({o.reason})")
 
 
 # --- processes -------------------------------------------------------------------------------

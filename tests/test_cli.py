@@ -336,3 +336,22 @@ def test_server_run_keeps_a_persistent_redis_in_the_foreground(tmp_path: Path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_maintenance_commands_speak_json_when_asked(env, genomes, registry, tmp_path):
+    from farm.publish import Owner, staging_path
+
+    built = farm(env, "build", "cache", str(genomes / LAMBDA), "--inline")
+    assert built.returncode == 0, built.stderr
+    (verified,) = [json.loads(line) for line in farm(env, "verify", "--json").stdout.splitlines()]
+    assert verified["status"] == "valid" and verified["dest"] == built.stdout.strip()
+    (reindexed,) = [
+        json.loads(line)
+        for line in farm(env, "reindex", str(genomes), "--json").stdout.splitlines()
+    ]
+    assert reindexed["key"] == verified["key"] and reindexed["action"] == "reindexed"
+    dead = Owner(job="gone", pid=1 << 22, host=Owner.current().host)
+    staging_path(genomes / "x.gvlfa", dead).mkdir()
+    swept = farm(env, "gc", str(genomes), "--dry-run", "--json")
+    (orphan,) = [json.loads(line) for line in swept.stdout.splitlines()]
+    assert orphan["action"] == "would remove" and "is gone" in orphan["reason"]
