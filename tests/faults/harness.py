@@ -118,7 +118,7 @@ class Figures:
     lost: int = 0  # no record at the end
     stuck: int = 0  # still queued/building at the deadline
     failed: int = 0  # terminal but not valid (when all were expected valid)
-    duplicates: int = 0  # builds that ran to the end beyond one per key
+    duplicates: int = 0  # builds that reached their publish beyond one per key
     partials: int = 0  # times a reader saw a destination that was not a whole artifact
     orphans: int = 0  # staging dirs left that gc could not clean
     cleaned: int = 0  # staging dirs of killed builders that gc removed
@@ -241,6 +241,10 @@ class Cluster:
             if w.proc.pid == pid or pid in _children(w.proc.pid):
                 return w
         raise AssertionError(f"pid {pid} belongs to no worker")
+
+    def publishes(self) -> int:
+        """Builds that reached their rename (published, replaced, or lost to another's)."""
+        return self.log_count("PUBLISH ")
 
     def log_count(self, needle: str) -> int:
         return sum(p.read_text(errors="replace").count(needle) for p in self.logs.glob("*.log"))

@@ -45,7 +45,7 @@ def test_a_stopped_worker_hands_a_long_build_back_at_once(cluster: Cluster, targ
     (record,) = settle(cluster, [key], figures, timeout=60)
     assert record.worker.startswith(survivor.name + "@")
     figures.worker_exits = int(stopping.proc.returncode not in (0, -signal.SIGTERM))
-    figures.duplicates = max(0, cluster.log_count("BUILD-END") - 1)
+    figures.duplicates = max(0, cluster.publishes() - 1)
     sweep_orphans(cluster, figures)
     figures.seconds = time.monotonic() - started
     figures.report()
@@ -66,7 +66,7 @@ def test_a_build_that_ends_within_the_grace_is_finished_not_handed_back(cluster:
     stopping.proc.wait(30)
     (record,) = settle(cluster, [key], figures, timeout=10)
     assert record.worker.startswith(stopping.name + "@")
-    figures.duplicates = max(0, cluster.log_count("BUILD-END") - 1)
+    figures.duplicates = max(0, cluster.publishes() - 1)
     sweep_orphans(cluster, figures)
     figures.seconds = time.monotonic() - started
     figures.report()

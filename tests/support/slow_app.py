@@ -2,8 +2,10 @@
 
 - ``FARM_TEST_BUILD_SECONDS``: every cache build sleeps that long inside its staging
   directory (with a partial file in it), so tests can kill a worker mid-build or outlast the
-  broker's visibility timeout. Each build start and end is logged (``BUILD-START``,
-  ``BUILD-END``), so tests can count builds.
+  broker's visibility timeout. Each build's start, end and publish are logged
+  (``BUILD-START``, ``BUILD-END``, ``PUBLISH <outcome>``), so tests can count builds: a build
+  killed after it wrote its files but before its rename ends without a publish, and is done
+  again, which is not a duplicate.
 - ``FARM_TEST_BUILD_KILLS_WORKER``: every build SIGKILLs its own process (a segfault or the
   OOM killer, as far as Celery can tell).
 - ``FARM_TEST_PHASE_DIR``: a test plans a pause by writing ``<phase> <seconds>`` into
@@ -30,6 +32,7 @@ from workers.app import app
 
 log = logging.getLogger("farm.test.slow")
 _write_cache = gvlfa.write_cache
+_build_and_publish = gvlfa.build_and_publish
 _write_sequence = gvlfa._write_sequence
 _current_job = ""  # the key (first 24 characters) this process is building
 _request_key = service.request_key
@@ -68,6 +71,12 @@ def _slow_write_cache(fasta: Path, out_dir: Path, dest: Path, **kwargs: Any):
     return meta
 
 
+def _logged_build_and_publish(dest: Path, build: Any, **kwargs: Any) -> Any:
+    outcome, result = _build_and_publish(dest, build, **kwargs)
+    log.warning("PUBLISH %s %s pid=%d", outcome, dest, os.getpid())
+    return outcome, result
+
+
 def _paused_write_sequence(fasta: Path, fd: int) -> Any:
     written = _write_sequence(fasta, fd)
     _phase("read", _current_job)
@@ -87,6 +96,7 @@ def _paused_finish(self: Registry, record: ArtifactRecord, holder: str) -> Artif
 
 
 gvlfa.write_cache = _slow_write_cache
+gvlfa.build_and_publish = _logged_build_and_publish
 gvlfa._write_sequence = _paused_write_sequence
 service.request_key = _paused_request_key
 Registry.finish = _paused_finish
