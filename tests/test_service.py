@@ -79,10 +79,10 @@ def test_a_duplicate_frees_its_slot_at_once_instead_of_waiting_for_the_holder(
 ):
     request, key = _prepared(genomes, farm_settings)
     assert registry.acquire_lease(key, "someone-else", 30.0)
-    started = time.monotonic()
     record = service.ensure(request, key, service.Context(registry, farm_settings, "duplicate"))
-    assert time.monotonic() - started < 5  # not the holder's build time, nor the lease's TTL
-    assert record.status is Status.QUEUED  # still the holder's to finish
+    # It returned while the holder still has the key (a follower that waited would only come
+    # back with a terminal record, after the holder or the lease's TTL).
+    assert record.status is Status.QUEUED
     assert not request.destination().exists()
     assert registry.lease_holder(key) == "someone-else"
 
