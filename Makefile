@@ -32,3 +32,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_farm.py
 	$(BIN)/python bench/bench_gvlfa.py
 	$(BIN)/python bench/bench_dataset.py
+	$(BIN)/python bench/bench_frontdoor.py

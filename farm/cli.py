@@ -1,43 +1,33 @@
 """The ``farm`` command: submit, wait on and inspect builds; run workers; keep the registry true.
 
 Every failure a user can fix ends in one sentence on stderr and a non-zero exit, never a
-traceback.
+traceback. Commands import what they need when they run: ``farm --help`` and ``farm status``
+load neither the builders nor pydantic (a pipeline may poll with them).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from farm import embedded, maintenance, service
-from farm.client import NO_WORKER, Farm, NoWorkerWarning
-from farm.config import QUEUE, Settings
-from farm.errors import BrokerError, FarmError, InputError
-from farm.publish import remove_orphans
-from farm.registry import ArtifactRecord, Status
-from farm.requests import (
-    MAX_BATCH,
-    MAX_JITTER,
-    BuildRequest,
-    CacheRequest,
-    DatasetRequest,
-    describe,
-    parse_request,
-)
+from farm import terminal
+from farm.errors import FarmError, InputError
+from farm.limits import MAX_BATCH, MAX_JITTER
+
+if TYPE_CHECKING:
+    from farm.client import Farm
+    from farm.config import Settings
+    from farm.records import ArtifactRecord
+    from farm.registry import Registry
+    from farm.requests import BuildRequest, DatasetRequest
 
 app = typer.Typer(
     name="farm",
@@ -45,17 +35,16 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: rich and markdown cost 70 ms of `farm --help`
 )
 build_app = typer.Typer(help="Submit a request and wait until its artifact is valid.")
 submit_app = typer.Typer(help="Submit requests without waiting; prints one key a line.")
-server_app = typer.Typer(help="The embedded Redis (used when FARM_REDIS_URL is not set).")
+server_app = typer.Typer(
+    help="The embedded Redis and worker (used when FARM_REDIS_URL is not set)."
+)
 app.add_typer(build_app, name="build")
 app.add_typer(submit_app, name="submit", invoke_without_command=True)
 app.add_typer(server_app, name="server")
-
-# Piped output is not folded at 80 columns: paths stay whole for the next program.
-out = Console(width=None if sys.stdout.isatty() else 240)
-err = Console(stderr=True, soft_wrap=True, highlight=False)  # one sentence, one line
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -70,152 +59,178 @@ JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object a line
 TimeoutOption = Annotated[
     float | None, typer.Option("--timeout", help="Give up waiting after S seconds.")
 ]
+InlineOption = Annotated[
+    bool, typer.Option(help="Build in this process, through the same lease and registry.")
+]
+KeysArgument = Annotated[
+    list[str],
+    typer.Argument(help="Keys printed by `farm submit`, or unique prefixes; `-`: read stdin."),
+]
 
 
 def _settings() -> Settings:
+    from pydantic import ValidationError
+
+    from farm.config import Settings
+    from farm.requests import describe
+
     try:
-        return Settings()
+        return Settings.from_env()
     except ValidationError as e:
         raise InputError(f"Invalid FARM_* setting: {describe(e)}.") from e
 
 
 @contextmanager
-def _farm() -> Iterator[Farm]:
-    with Farm.connect(_settings()) as farm:
+def _farm(settings: Settings | None = None) -> Iterator[Farm]:
+    from farm.client import Farm
+
+    with Farm.connect(settings or _settings()) as farm:
         yield farm
+
+
+def _light_registry() -> Registry:
+    """The registry, found from FARM_REDIS_URL / FARM_STATE_DIR alone (no pydantic)."""
+    from farm.embedded import url_from_env
+    from farm.registry import Registry
+
+    try:
+        url = url_from_env()
+    except ValueError as e:
+        raise InputError(f"Invalid FARM_* setting: {e}.") from e
+    return Registry.from_url(url)
+
+
+def _keys(keys: Sequence[str]) -> list[str]:
+    """Keys as typed, with ``-`` standing for the keys on stdin (one a line)."""
+    out: list[str] = []
+    for key in keys:
+        if key == "-":
+            out.extend(k.strip() for k in sys.stdin if k.strip())
+        else:
+            out.append(key)
+    return out
 
 
 # --- build -----------------------------------------------------------------------------------
 
 
 def _build(request: BuildRequest, *, timeout: float | None, inline: bool) -> None:
+    """On the embedded default with no worker that serves our roots, build here (its worker
+    starts afterwards, for the next build): the caller never waits for a worker to boot."""
+    from farm import embedded
+
     settings = _settings()
-    with Farm.connect(settings) as farm:
-        if inline:
-            ctx = service.Context(farm.registry, settings, service.inline_worker_name())
-            try:
-                record = farm.build_here(request, ctx)
-            except KeyboardInterrupt:
-                err.print("Cancelled: the build was stopped and nothing was published.")
-                raise typer.Exit(EXIT_INTERRUPTED) from None
+    with _farm(settings) as farm:
+        cold = settings.embedded and not inline and not _queue_serves(farm, settings)
+        if inline or cold:
+            record = _build_here(farm, settings, request)
+            if cold:
+                embedded.ensure_worker(settings)
         else:
-            with warnings.catch_warnings():
-                # farm build copes with no worker itself (a transient one, or a warning)
-                warnings.simplefilter("ignore", NoWorkerWarning)
-                submission = farm.submit(request)
-            record = submission.record
-            if not record.status.terminal:
-                record = _follow(farm, settings, submission.key, timeout) or record
+            record = _build_queued(farm, settings, request, timeout)
     _report_one(record)
 
 
-def _follow(
-    farm: Farm, settings: Settings, key: str, timeout: float | None
-) -> ArtifactRecord | None:
-    with _worker_if_none(farm, settings) as worker, warnings.catch_warnings():
-        warnings.simplefilter("ignore", NoWorkerWarning)  # said once, above
+def _queue_serves(farm: Farm, settings: Settings) -> bool:
+    from farm import embedded
+
+    live = farm.registry.live_workers(within_s=3 * settings.worker_heartbeat_s)
+    return bool(live) and embedded.worker_serves(settings)
+
+
+def _build_here(farm: Farm, settings: Settings, request: BuildRequest) -> ArtifactRecord:
+    from farm import service
+
+    ctx = service.Context(farm.registry, settings, service.inline_worker_name())
+    try:
+        return farm.build_here(request, ctx)
+    except KeyboardInterrupt:
+        terminal.say("Cancelled: the build was stopped and nothing was published.")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _build_queued(
+    farm: Farm, settings: Settings, request: BuildRequest, timeout: float | None
+) -> ArtifactRecord:
+    import signal
+
+    from farm.client import NoWorkerWarning
+
+    submission = None
+    try:
+        # Ctrl-C waits until the submission is known (milliseconds), so it can be cancelled.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            (record,) = farm.wait(
-                [key], timeout_s=timeout, on_progress=lambda _done, _total: worker.check()
-            )
-        except KeyboardInterrupt:
-            if worker.transient:
-                worker.cancel(key)
-                err.print("Cancelled: the build was stopped and nothing was published.")
-            else:
-                err.print(f"Stopped waiting; the build goes on (`farm wait {key}`).")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            submission = farm.submit(request)  # says so if no worker will build it
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        if submission.record.status.terminal:
+            return submission.record
+        key = submission.key
+        with terminal.build_status(submission.record.dest) as show, warnings.catch_warnings():
+            warnings.simplefilter("ignore", NoWorkerWarning)  # said once, above
+            (record,) = farm.wait([key], timeout_s=timeout, on_progress=_shower(farm, key, show))
+    except KeyboardInterrupt:
+        if submission is None:
+            raise  # the submission itself failed to start
+        # Ours alone on the embedded default: stop it. On a shared farm others may wait.
+        if settings.embedded and submission.enqueued:
+            raise typer.Exit(_cancel_on_interrupt(farm, submission.key)) from None
+        terminal.say(f"Stopped waiting; the build goes on (`farm wait {submission.key}`).")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    assert record is not None
     return record
 
 
-class _TransientWorker:
-    """A worker started for one build on the embedded default, stopped when it is done."""
+def _shower(farm: Farm, key: str, show: terminal.BuildShow | None) -> terminal.OnPoll | None:
+    """Between polls, the key's status and its builder's progress on the terminal."""
+    if show is None:
+        return None
+    import time
 
-    transient = True
+    last = 0.0
 
-    def __init__(self, farm: Farm, settings: Settings) -> None:
-        self.farm = farm
-        self.log_path = settings.state_dir / f"transient-worker-{os.getpid()}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        # No grace: when this command stops it, a build still running is handed back at once.
-        env = {**os.environ, "FARM_STOP_GRACE_S": "0"}
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [*_celery_worker_argv(), "--pool", "solo", "-n", f"transient-{os.getpid()}@%h"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,  # Ctrl-C reaches this command, which decides
-            )
+    def polled(_done: int, _total: int) -> None:
+        nonlocal last
+        if time.monotonic() - last >= 0.25:
+            last = time.monotonic()
+            ((row, figures),) = farm.registry.get_many_raw([key])
+            if row is not None:
+                show(row["status"], figures)
 
-    def check(self) -> None:
-        """Raise if the worker died, so a broken worker cannot leave the build waiting."""
-        if self.proc.poll() is not None:
-            lines = self.log_path.read_text(errors="replace").strip().splitlines()
-            raise BrokerError(
-                f"The worker started for this build exited with code {self.proc.returncode} "
-                f"({lines[-1] if lines else 'no output'}); see {self.log_path}."
-            )
-
-    def cancel(self, key: str) -> None:
-        """Stop the build (its staging is removed) and record that it was cancelled, so no
-        later worker builds what the user stopped."""
-        self.stop()
-        service.cancel(self.farm.registry, key, "the user stopped `farm build`")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.returncode in (0, -signal.SIGTERM):
-            self.log_path.unlink(missing_ok=True)  # kept only when there is something to read
+    return polled
 
 
-class _NoTransientWorker:
-    """A worker is already running, or is the user's to start: nothing to stop or cancel."""
+def _cancel_on_interrupt(farm: Farm, key: str) -> int:
+    import time
 
-    transient = False
-
-    def check(self) -> None:
-        pass
-
-
-@contextmanager
-def _worker_if_none(
-    farm: Farm, settings: Settings
-) -> Iterator[_TransientWorker | _NoTransientWorker]:
-    """On the embedded default, a build with no worker around starts one for its duration."""
-    if farm.registry.live_workers(within_s=3 * settings.worker_heartbeat_s):
-        yield _NoTransientWorker()
-        return
-    if not settings.embedded:
-        err.print(f"[yellow]{NO_WORKER} Waiting.[/]")
-        yield _NoTransientWorker()
-        return
-    worker = _TransientWorker(farm, settings)
-    try:
-        yield worker
-    finally:
-        worker.stop()
+    farm.cancel([key])
+    deadline = time.monotonic() + 3.0
+    record = farm.registry.get(key)
+    while record is not None and not record.status.terminal and time.monotonic() < deadline:
+        time.sleep(0.05)
+        record = farm.registry.get(key)
+    if record is not None and record.status == "valid":
+        terminal.say(f"It had already finished: {record.dest}")
+    elif record is not None and not record.status.terminal:
+        terminal.say(f"Cancelling: the build stops at its next report (`farm status {key}`).")
+    else:
+        terminal.say("Cancelled: the build was stopped and nothing was published.")
+    return EXIT_INTERRUPTED
 
 
 def _report_one(record: ArtifactRecord) -> None:
-    if record.status is Status.VALID:
-        out.print(record.dest, highlight=False, soft_wrap=True)
+    if record.status == "valid":
+        terminal.line(record.dest)
         return
     if record.status.terminal:
         raise typer.Exit(_fail(record.error or f"{record.dest} is {record.status}."))
-    err.print(f"Timed out: {record.dest} is still {record.status} (key {record.key}).")
+    terminal.say(f"Timed out: {record.dest} is still {record.status} (key {record.key}).")
     raise typer.Exit(EXIT_TIMEOUT)
 
 
 def _fail(sentence: str) -> int:
-    err.print(f"[red]error:[/] {sentence}", highlight=False, soft_wrap=True)
+    terminal.error(sentence)
     return EXIT_FAILED
 
 
@@ -224,11 +239,11 @@ def build_cache(
     fasta: Annotated[Path, typer.Argument(help="FASTA file (plain, bgzipped or gzipped).")],
     dest: DestOption = None,
     timeout: TimeoutOption = None,
-    inline: Annotated[
-        bool, typer.Option(help="Build in this process, through the same lease and registry.")
-    ] = False,
+    inline: InlineOption = False,
 ) -> None:
     """Build (or reuse) the .gvlfa cache of FASTA and print where it is."""
+    from farm.requests import CacheRequest
+
     _build(CacheRequest(fasta=fasta, dest=dest), timeout=timeout, inline=inline)
 
 
@@ -281,6 +296,10 @@ def _dataset_request(
     max_jitter: int,
     strand_column: int | None,
 ) -> DatasetRequest:
+    from pydantic import ValidationError
+
+    from farm.requests import DatasetRequest, describe
+
     try:
         return DatasetRequest(
             variants=variants,
@@ -303,9 +322,7 @@ def build_dataset(
     max_jitter: JitterOption = 0,
     strand_column: StrandOption = None,
     timeout: TimeoutOption = None,
-    inline: Annotated[
-        bool, typer.Option(help="Build in this process, through the same lease and registry.")
-    ] = False,
+    inline: InlineOption = False,
 ) -> None:
     """Build (or reuse) a GenVarLoader dataset and print where it is."""
     request = _dataset_request(variants, regions, dest, samples, max_jitter, strand_column)
@@ -328,13 +345,18 @@ def submit_manifest(
     if manifest is None:
         raise InputError("Name a request (`farm submit cache FASTA`) or a --manifest FILE.")
     requests = list(_read_manifest(manifest))
-    with _farm() as farm:
-        submissions = farm.submit_many(requests)
-    for s in submissions:
-        print(s.key)
+    if not requests:
+        raise InputError(f"Manifest {manifest} holds no request; write one JSON request a line.")
+    with _farm() as farm, terminal.counter("submitting", len(requests)) as update:
+        submissions = farm.submit_many(requests, on_progress=update)
+    sys.stdout.writelines(f"{s.key}\n" for s in submissions)
 
 
 def _read_manifest(path: Path) -> Iterator[BuildRequest]:
+    from pydantic import ValidationError
+
+    from farm.requests import describe, parse_request
+
     try:
         lines = path.read_text().splitlines()
     except OSError as e:
@@ -366,8 +388,10 @@ def submit_cache(
     dest: DestOption = None,
 ) -> None:
     """Submit the cache of FASTA; print its key."""
+    from farm.requests import CacheRequest
+
     with _farm() as farm:
-        print(farm.submit(CacheRequest(fasta=fasta, dest=dest)).key)
+        terminal.line(farm.submit(CacheRequest(fasta=fasta, dest=dest)).key)
 
 
 @submit_app.command("dataset")
@@ -382,30 +406,21 @@ def submit_dataset(
     """Submit a dataset build; print its key."""
     request = _dataset_request(variants, regions, dest, samples, max_jitter, strand_column)
     with _farm() as farm:
-        print(farm.submit(request).key)
+        terminal.line(farm.submit(request).key)
 
 
 # --- status / wait / ls ----------------------------------------------------------------------
 
 
-def _record_json(key: str, record: ArtifactRecord | None) -> dict:
-    if record is None:
-        return {"key": key, "kind": None, "status": "unknown", "dest": None}
-    data = record.model_dump(mode="json")
-    if record.error is None:
-        data.pop("error")
-    return data
-
-
-def _full_keys(farm: Farm, keys: Sequence[str]) -> list[str]:
+def _full_keys(registry: Registry, keys: Sequence[str]) -> list[str]:
     """Whole keys for what the user typed: a unique prefix stands for its key; an ambiguous
     one is refused; one that matches nothing is kept (and reported unknown)."""
     full = []
-    for key in keys:
+    for key in _keys(keys):
         if len(key) >= 64 or not key:
             full.append(key)
             continue
-        matches = farm.registry.keys_with_prefix(key)
+        matches = registry.keys_with_prefix(key)
         if len(matches) > 1:
             raise InputError(
                 f"Key prefix {key} matches more than one key ({matches[0]}, {matches[1]}...); "
@@ -415,85 +430,71 @@ def _full_keys(farm: Farm, keys: Sequence[str]) -> list[str]:
     return full
 
 
+def _rows(records: Sequence[ArtifactRecord]) -> list[terminal.Row]:
+    return [r.model_dump(mode="json") for r in records]
+
+
 @app.command()
-def status(
-    keys: Annotated[list[str], typer.Argument(help="Keys printed by `farm submit` (or prefixes).")],
-    as_json: JsonOption = False,
-) -> None:
-    """Show the status of keys (one round trip for all of them); exit 1 if any is unknown."""
-    with _farm() as farm:
-        keys = _full_keys(farm, keys)
-        records = farm.status(keys)
-    if as_json:
-        for key, record in zip(keys, records, strict=True):
-            print(json.dumps(_record_json(key, record)))
-    else:
-        _print_table(keys, records)
-    if any(r is None for r in records):
+def status(keys: KeysArgument, as_json: JsonOption = False) -> None:
+    """Show the status of keys, with a building key's progress (one round trip for all of
+    them); exit 1 if any is unknown."""
+    registry = _light_registry()
+    keys = _full_keys(registry, keys)
+    rows = []
+    for key, (row, figures) in zip(keys, registry.get_many_raw(keys), strict=True):
+        if row is None:
+            rows.append(terminal.unknown_row(key))
+        else:
+            rows.append({**row, "progress": figures} if figures else row)
+    terminal.print_rows(rows, as_json=as_json)
+    if any(r["status"] == "unknown" for r in rows):
         raise typer.Exit(EXIT_FAILED)
 
 
-def _print_table(keys: Sequence[str], records: Sequence[ArtifactRecord | None]) -> None:
-    """Keys cut to 16 characters for a person at a terminal (any unique prefix works as a
-    key); whole when piped, for the next program."""
-    width = 16 if out.is_terminal else None
-    table = Table("key", "kind", "status", box=None, pad_edge=False)
-    table.add_column("dest", overflow="fold")
-    table.add_column("detail", overflow="fold")
-    colors = {Status.VALID: "green", Status.FAILED: "red", Status.INVALID: "red"}
-    for key, r in zip(keys, records, strict=True):
-        if r is None:
-            table.add_row(key[:width], "-", "unknown", "-", "no such key")
-            continue
-        color = colors.get(r.status, "yellow")
-        detail = r.error or (f"{r.size_bytes:,} B" if r.size_bytes is not None else "")
-        table.add_row(r.key[:width], r.kind, f"[{color}]{r.status}[/]", r.dest, detail)
-    out.print(table, soft_wrap=True)
-
-
 @app.command()
-def wait(
-    keys: Annotated[list[str], typer.Argument(help="Keys printed by `farm submit`.")],
-    timeout: TimeoutOption = None,
-) -> None:
+def wait(keys: KeysArgument, timeout: TimeoutOption = None) -> None:
     """Wait until every key is terminal; exit 0 only when all are valid."""
-    with _farm() as farm, _progress(len(keys)) as update:
-        keys = _full_keys(farm, keys)
-        try:
-            records = farm.wait(keys, timeout_s=timeout, on_progress=update)
-        except KeyboardInterrupt:
-            err.print("Stopped waiting; the builds go on (`farm wait` again to follow them).")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+    with _farm() as farm:
+        keys = _full_keys(farm.registry, keys)
+        with terminal.counter("waiting", len(keys)) as update:
+            try:
+                records = farm.wait(
+                    keys, timeout_s=timeout, on_progress=lambda done, _total: update(done)
+                )
+            except KeyboardInterrupt:
+                terminal.say(
+                    "Stopped waiting; the builds go on (`farm wait` again to follow them)."
+                )
+                raise typer.Exit(EXIT_INTERRUPTED) from None
     bad = [(k, r) for k, r in zip(keys, records, strict=True) if r is None or r.status != "valid"]
     for key, r in bad:
         if r is None:
-            err.print(f"{key}: unknown key")
+            terminal.say(f"{key}: unknown key")
         elif r.status.terminal:
-            err.print(f"{key}: {r.status}: {r.error or r.dest}", highlight=False, soft_wrap=True)
+            terminal.say(f"{key}: {r.status}: {r.error or r.dest}")
         else:
-            err.print(f"{key}: still {r.status} (timed out): {r.dest}", highlight=False)
+            terminal.say(f"{key}: still {r.status} (timed out): {r.dest}")
     if bad:
         timed_out = any(r is not None and not r.status.terminal for _, r in bad)
         raise typer.Exit(EXIT_TIMEOUT if timed_out else EXIT_FAILED)
 
 
-@contextmanager
-def _progress(total: int) -> Iterator:
-    if total < 2 or not err.is_terminal:
-        yield None
-        return
-    columns = (TextColumn("waiting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task("wait", total=total)
-        yield lambda done, _total: progress.update(task, completed=done)
-
-
-def _print_records(records: Sequence[ArtifactRecord], *, as_json: bool) -> None:
-    if as_json:
-        for r in records:
-            print(json.dumps(_record_json(r.key, r)))
-    else:
-        _print_table([r.key for r in records], records)
+@app.command()
+def cancel(keys: KeysArgument) -> None:
+    """Cancel builds: a queued key fails now, a building one within a second; nothing is
+    published. Exit 1 if any key is unknown."""
+    with _farm() as farm:
+        keys = _full_keys(farm.registry, keys)
+        records = farm.cancel(keys)
+    for key, record in zip(keys, records, strict=True):
+        if record is None:
+            terminal.say(f"{key}: unknown key")
+        elif record.status.terminal:
+            terminal.say(f"{key}: {record.status}")
+        else:
+            terminal.say(f"{key}: cancelling (it stops at its builder's next report)")
+    if any(r is None for r in records):
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command("ls")
@@ -501,7 +502,7 @@ def list_artifacts(as_json: JsonOption = False) -> None:
     """List recorded artifacts and their validity."""
     with _farm() as farm:
         records = list(farm.registry.records())
-    _print_records(records, as_json=as_json)
+    terminal.print_rows(_rows(records), as_json=as_json)
 
 
 # --- maintenance -----------------------------------------------------------------------------
@@ -509,18 +510,28 @@ def list_artifacts(as_json: JsonOption = False) -> None:
 
 @app.command()
 def verify(
-    keys: Annotated[list[str] | None, typer.Argument(help="Keys to verify (default: all).")] = None,
+    keys: Annotated[
+        list[str] | None,
+        typer.Argument(help="Keys to verify, or prefixes; `-`: read stdin (default: all)."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Re-check recorded artifacts against their sources and bytes; exit 1 if any is not valid."""
+    from farm import maintenance
+
     with _farm() as farm:
-        full = _full_keys(farm, keys) if keys else None
+        full = _full_keys(farm.registry, keys) if keys else None
         unknown = [k for k, r in zip(full or [], farm.status(full or []), strict=True) if not r]
-        checked = maintenance.verify(farm.registry, full)
-    _print_records(checked, as_json=as_json)
+        total = len(full) if full else farm.registry.count()
+        with terminal.counter("verifying", total) as update:
+            checked = []
+            for record in maintenance.verify(farm.registry, full):
+                checked.append(record)
+                update(len(checked))
+    terminal.print_rows(_rows(checked), as_json=as_json)
     for key in unknown:
-        err.print(f"{key}: unknown key")
-    if unknown or any(r.status is not Status.VALID for r in checked):
+        terminal.say(f"{key}: unknown key")
+    if unknown or any(r.status != "valid" for r in checked):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -530,11 +541,16 @@ def reindex(
     as_json: JsonOption = False,
 ) -> None:
     """Rebuild registry records from the artifacts on disk below ROOT."""
+    from farm import maintenance
+
     if not root.is_dir():
         raise InputError(f"{root} is not a directory; name the directory to scan.")
-    with _farm() as farm:
-        records = maintenance.reindex(farm.registry, root)
-    _print_records(records, as_json=as_json)
+    with _farm() as farm, terminal.counter("reindexing") as update:
+        records = []
+        for record in maintenance.reindex(farm.registry, root):
+            records.append(record)
+            update(len(records))
+    terminal.print_rows(_rows(records), as_json=as_json)
 
 
 @app.command("gc")
@@ -549,26 +565,27 @@ def collect_garbage(
     as_json: JsonOption = False,
 ) -> None:
     """Remove staging and aside directories left by builders that died."""
+    from farm import maintenance
+    from farm.publish import remove_orphans
+
     settings = _settings()
-    with Farm.connect(settings) as farm:
-        orphans = maintenance.gc(
+    done = "would remove" if dry_run else "removed"
+    with _farm(settings) as farm, terminal.counter("sweeping") as update:
+        found = maintenance.gc(
             farm.registry, roots or settings.roots, grace_s=grace, allowed=settings.roots
         )
-    if not dry_run:
-        remove_orphans(orphans)
-    done = "would remove" if dry_run else "removed"
-    for o in orphans:
-        if as_json:
-            print(json.dumps({"path": str(o.path), "action": done, "reason": o.reason}))
-        else:
-            print(f"{done} {o.path} ({o.reason})")
+        for count, orphan in enumerate(found, 1):
+            if not dry_run:
+                remove_orphans([orphan])
+            update(count)
+            if as_json:
+                row = {"path": str(orphan.path), "action": done, "reason": orphan.reason}
+                terminal.line(json.dumps(row))
+            else:
+                terminal.line(f"{done} {orphan.path} ({orphan.reason})")
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-def _celery_worker_argv() -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", QUEUE]
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -580,8 +597,10 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run a Celery worker on the farm's queue (extra options go to Celery)."""
+    from farm import embedded
+
     _settings()  # a bad FARM_* setting is one sentence here, not a traceback from Celery
-    argv = [*_celery_worker_argv(), "--loglevel", loglevel]
+    argv = [*embedded.worker_argv(), "--loglevel", loglevel]
     if autoscale:
         argv += ["--autoscale", autoscale]
     argv += list(ctx.args)
@@ -601,6 +620,8 @@ def server_run(
 ) -> None:
     """Run a Redis server in the foreground, with an append-only file, for a Procfile or a
     container: redis-server from PATH, else the one gvl-farm ships (extra options go to it)."""
+    from farm import embedded
+
     binary = embedded.server_binary()
     argv = [binary, "--port", str(port), "--bind", *bind.split(), "--appendonly", "yes"]
     argv += ["--dir", str(data_dir), *ctx.args]
@@ -609,35 +630,56 @@ def server_run(
 
 @server_app.command("start")
 def server_start() -> None:
-    """Start the embedded Redis if it is not running; print its URL."""
-    print(embedded.ensure_server(_settings().state_dir))
+    """Start the embedded Redis and worker if they are not running; print the Redis URL."""
+    from farm import embedded
+
+    settings = _settings()
+    url = embedded.ensure_server(settings.state_dir)
+    embedded.ensure_worker(settings)
+    terminal.line(url)
 
 
 @server_app.command("stop")
 def server_stop() -> None:
-    """Stop the embedded Redis."""
-    if not embedded.stop_server(_settings().state_dir):
-        err.print("The embedded Redis was not running.")
+    """Stop the embedded worker (a running build is handed back), then the embedded Redis."""
+    from farm import embedded
+
+    settings = _settings()
+    worker_stopped = embedded.stop_worker(
+        settings.state_dir, timeout_s=settings.stop_grace_s + 10.0
+    )
+    if not embedded.stop_server(settings.state_dir) and not worker_stopped:
+        terminal.say("The embedded Redis was not running.")
 
 
 def _show_warning(
     message: Warning | str, category: type[Warning], *_: object, **__: object
 ) -> None:
     """Warnings the farm raises for API users are one yellow line on a terminal."""
-    err.print(f"[yellow]{message}[/]")
+    terminal.say(str(message), warning=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     warnings.showwarning = _show_warning
     try:
         app(args=argv, standalone_mode=True)
+    except SystemExit as e:
+        # typer turns a Ctrl-C in a command into exit 130, silently; ours say what stopped.
+        if e.code == EXIT_INTERRUPTED and not terminal.said_anything():
+            terminal.say("Interrupted.")
+        raise
     except FarmError as e:
         sys.exit(_fail(str(e)))
-    except ValidationError as e:  # a request built from the command line's values
-        sys.exit(_fail(f"Invalid request: {describe(e)}."))
     except KeyboardInterrupt:
-        err.print("Interrupted.")
+        terminal.say("Interrupted.")
         sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:
+        pydantic = sys.modules.get("pydantic")  # only a loaded pydantic can have raised
+        if pydantic is None or not isinstance(e, pydantic.ValidationError):
+            raise
+        from farm.requests import describe
+
+        sys.exit(_fail(f"Invalid request: {describe(e)}."))
 
 
 if __name__ == "__main__":

@@ -15,19 +15,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm import service
+from farm import embedded, service
 from farm.config import Settings
-from farm.embedded import resolve_url
 from farm.errors import BrokerError, FarmError, InputError
 from farm.fingerprint import Fingerprint, fingerprint
+from farm.limits import MAX_BATCH
 from farm.queue import Sender
-from farm.registry import ArtifactRecord, Claim, Registry, Status
-from farm.requests import MAX_BATCH, BuildRequest, derive_key, prepare
+from farm.records import ArtifactRecord, Status
+from farm.registry import Claim, Registry
+from farm.requests import BuildRequest, derive_key, prepare
 
 NO_WORKER = (
     "No live worker is consuming the farm's queue, so nothing will be built until one starts: "
     "run `farm worker` (or `honcho start` with the Procfile)."
 )
+
+
+CANCEL_TTL_S = 3600.0  # a cancellation outlives any wait for a builder's next report
 
 
 class NoWorkerWarning(UserWarning):
@@ -52,8 +56,8 @@ class Farm:
 
     @classmethod
     def connect(cls, settings: Settings | None = None) -> Farm:
-        settings = settings or Settings()
-        url = resolve_url(settings)
+        settings = settings or Settings.from_env()
+        url = embedded.resolve_url(settings)
         return cls(settings, Registry.from_url(url), Sender(settings, url))
 
     def close(self) -> None:
@@ -68,9 +72,15 @@ class Farm:
     def submit(self, request: BuildRequest) -> Submission:
         return self.submit_many([request])[0]
 
-    def submit_many(self, requests: Sequence[BuildRequest], chunk: int = 2000) -> list[Submission]:
+    def submit_many(
+        self,
+        requests: Sequence[BuildRequest],
+        chunk: int = 2000,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[Submission]:
         """Validate, key, claim and enqueue; raises on the first invalid request, before
-        anything is queued."""
+        anything is queued. ``on_progress(n)``: n requests are submitted so far."""
         if len(requests) > MAX_BATCH:
             raise InputError(
                 f"A batch of {len(requests):,} requests is over the limit of {MAX_BATCH:,}; "
@@ -88,13 +98,18 @@ class Farm:
         out: list[Submission] = []
         for i in range(0, len(prepared), chunk):
             out.extend(self._submit_chunk(prepared[i : i + chunk]))
+            if on_progress is not None:
+                on_progress(len(out))
         if any(not s.record.status.terminal for s in out):
             self.warn_if_no_worker()
         return out
 
     def warn_if_no_worker(self) -> bool:
         """Say at once (a :class:`NoWorkerWarning`) when no worker would build what waits;
-        True when one is live."""
+        True when one is live. The embedded default starts its own worker instead."""
+        if self.settings.embedded:
+            embedded.ensure_worker(self.settings)
+            return True
         if self.registry.live_workers(within_s=3 * self.settings.worker_heartbeat_s):
             return True
         warnings.warn(NO_WORKER, NoWorkerWarning, stacklevel=3)
@@ -147,6 +162,11 @@ class Farm:
         for request, claim in zip(requests, claims, strict=True):
             self._submitted[claim.record.key] = request
         return [Submission(c.record.key, c.record, c.enqueue) for c in claims]
+
+    def cancel(self, keys: Sequence[str]) -> list[ArtifactRecord | None]:
+        """Cancel builds wherever they run: a queued key fails now, a building one within a
+        second (at its builder's next progress report). Terminal keys are left as they are."""
+        return [service.request_cancel(self.registry, key, CANCEL_TTL_S) for key in keys]
 
     def status(self, keys: Sequence[str]) -> list[ArtifactRecord | None]:
         """One round trip for the whole batch."""

@@ -1,31 +1,32 @@
-"""Settings, read once at the edge (CLI, worker start) from ``FARM_*`` variables and passed in."""
+"""Settings, read once at the edge (CLI, worker start) from ``FARM_*`` variables and passed in.
+
+A plain pydantic model read by :meth:`Settings.from_env`, not pydantic-settings: that library
+costs 100 ms of start-up, and every ``farm status`` of a polling pipeline would pay it.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from farm import env
 
 QUEUE = "farm.builds"
 BUILD_TASK = "farm.build"
 
 
-def _default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(base) / "gvl-farm"
-
-
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """Every knob of a deployment; the defaults run a whole farm on one machine."""
 
-    model_config = SettingsConfigDict(env_prefix="FARM_", frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     # No URL: the embedded default, a private Redis under state_dir (unix socket only).
     redis_url: str | None = None
-    state_dir: Path = Field(default_factory=_default_state_dir)
+    state_dir: Path = Field(default_factory=env.default_state_dir)
     # os.pathsep-separated; destinations must lie below one of them. Default: the cwd.
     allowed_roots: str = Field(default_factory=lambda: str(Path.cwd()))
 
@@ -48,14 +49,20 @@ class Settings(BaseSettings):
     stop_grace_s: float = Field(5.0, ge=0)
     # Workers keep retrying the registry this long while Redis is unreachable.
     registry_patience_s: float = Field(60.0, ge=0)
+    # A worker with nothing in flight for this long exits (None: never). The embedded
+    # worker is started with embedded_idle_s.
+    idle_exit_s: float | None = Field(None, gt=0)
+    embedded_idle_s: float = Field(900.0, gt=0)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """``FARM_LEASE_TTL_S=10`` sets ``lease_ttl_s`` (any case); other variables are ignored."""
+        found = env.variables(environ)
+        return cls.model_validate({k: v for k, v in found.items() if k in cls.model_fields})
 
     @model_validator(mode="after")
     def _url_has_a_scheme(self) -> Settings:
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                "FARM_REDIS_URL must start with redis://, rediss:// or unix:// (for example "
-                "redis://localhost:6379/0)"
-            )
+        env.check_redis_url(self.redis_url)
         return self
 
     @model_validator(mode="after")

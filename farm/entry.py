@@ -13,3 +13,7 @@ def main() -> None:
         sys.stderr.write("Interrupted.\n")
         raise SystemExit(130) from None
     run()
+
+
+if __name__ == "__main__":
+    main()

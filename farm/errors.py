@@ -37,3 +37,7 @@ class StopRequested(BaseException):
     A BaseException, like KeyboardInterrupt, so no ``except Exception`` in a builder
     swallows it; the staging directory is still removed on the way out.
     """
+
+
+class BuildCancelled(FarmError):
+    """Somebody cancelled the build (``farm cancel``); it stops at its next progress report."""

@@ -11,6 +11,7 @@ from farm.artifacts.dataset.validate import read_record
 from farm.artifacts.dataset.writer import FARM_RECORD
 from farm.errors import ArtifactInvalidError, FarmError, InputError, TooNewError
 from farm.fingerprint import Fingerprint, checksum, fingerprint
+from farm.progress import NO_PROGRESS, Progress
 from farm.publish import Outcome, Owner
 from farm.requests import BuildRequest, CacheRequest, DatasetRequest
 
@@ -33,6 +34,7 @@ def ensure(
     force: bool = False,
     expected: dict[str, Fingerprint] | None = None,
     root: Path | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> Built:
     """Make the request's artifact valid on disk, building only what is missing or stale.
 
@@ -50,13 +52,16 @@ def ensure(
             force=force,
             expected=expected.get("fasta") if expected is not None else None,
             root=root,
+            progress=progress,
         )
         return Built(
             action=result.action,
             size_bytes=dir_size(result.dest),
             checksum=result.metadata.sequence_checksum,
         )
-    return _ensure_dataset(request, owner, force=force, expected=expected, root=root)
+    return _ensure_dataset(
+        request, owner, force=force, expected=expected, root=root, progress=progress
+    )
 
 
 def _ensure_dataset(
@@ -66,6 +71,7 @@ def _ensure_dataset(
     force: bool,
     expected: dict[str, Fingerprint] | None,
     root: Path | None,
+    progress: Progress,
 ) -> Built:
     dest = request.destination()
     found = classify(request)
@@ -77,7 +83,13 @@ def _ensure_dataset(
         raise InputError(f"{found.reason}; choose another destination for the dataset.")
     replace = found.state is not State.MISSING
     outcome, _ = dataset.build_dataset(
-        request.params(), dest, owner=owner, replace=replace, expected=expected, root=root
+        request.params(),
+        dest,
+        owner=owner,
+        replace=replace,
+        expected=expected,
+        root=root,
+        progress=progress,
     )
     if outcome is Outcome.LOST and classify(request).state is not State.FRESH:
         raise ArtifactInvalidError(

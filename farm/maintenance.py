@@ -12,7 +12,8 @@ from farm.artifacts.base import State
 from farm.errors import FarmError, InputError
 from farm.fingerprint import fingerprint
 from farm.publish import Orphan, Owner, find_orphans
-from farm.registry import ArtifactRecord, Registry, Status
+from farm.records import ArtifactRecord, Status
+from farm.registry import Registry
 from farm.requests import derive_key, parse_request
 
 _STATUS_OF = {
@@ -46,17 +47,16 @@ def verify_record(record: ArtifactRecord) -> ArtifactRecord:
     return record.evolve(status=status, error=error, rebuild=status is not Status.VALID)
 
 
-def verify(registry: Registry, keys: list[str] | None = None) -> list[ArtifactRecord]:
-    """Verify recorded artifacts (all terminal ones by default) and store the verdicts."""
-    records = registry.get_many(keys) if keys else list(registry.records())
-    checked = []
+def verify(registry: Registry, keys: list[str] | None = None) -> Iterator[ArtifactRecord]:
+    """Verify recorded artifacts (all terminal ones by default) and store the verdicts, one
+    by one as they are checked."""
+    records = registry.get_many(keys) if keys else registry.records()
     for record in records:
         if record is None or not record.status.terminal or record.status is Status.FAILED:
             continue
         verdict = verify_record(record)
         registry.put(verdict)
-        checked.append(verdict)
-    return checked
+        yield verdict
 
 
 def find_artifacts(root: Path) -> Iterator[Path]:
@@ -69,9 +69,9 @@ def find_artifacts(root: Path) -> Iterator[Path]:
         dirnames[:] = [d for d in dirnames if Owner.parse(d) is None]
 
 
-def reindex(registry: Registry, root: Path) -> list[ArtifactRecord]:
-    """Rebuild records from the artifacts below ``root``: they describe themselves."""
-    out = []
+def reindex(registry: Registry, root: Path) -> Iterator[ArtifactRecord]:
+    """Rebuild records from the artifacts below ``root`` (they describe themselves), one by
+    one as they are found."""
     for dest in find_artifacts(root.resolve()):
         described = kinds.recorded_request(dest)
         if described is None:
@@ -98,15 +98,15 @@ def reindex(registry: Registry, root: Path) -> list[ArtifactRecord]:
             action="reindexed",
         )
         registry.put(record)
-        out.append(record)
-    return out
+        yield record
 
 
 def gc(
     registry: Registry | None, roots: list[Path], *, grace_s: float, allowed: list[Path]
-) -> list[Orphan]:
+) -> Iterator[Orphan]:
     """Find staging/aside directories of dead builders below ``roots``, each of which must
-    lie within the ``allowed`` roots: gc never walks, let alone removes, anything else."""
+    lie within the ``allowed`` roots: gc never walks, let alone removes, anything else.
+    The roots are checked at the call; the orphans come as the walk finds them."""
     for root in roots:
         resolved = root.resolve()
         if not any(resolved == a or resolved.is_relative_to(a) for a in allowed):
@@ -124,7 +124,8 @@ def gc(
         except FarmError:
             return True
 
-    orphans: list[Orphan] = []
-    for root in roots:
-        orphans.extend(find_orphans(root, is_job_live=live, grace_seconds=grace_s))
-    return orphans
+    return (
+        orphan
+        for root in roots
+        for orphan in find_orphans(root, is_job_live=live, grace_seconds=grace_s)
+    )

@@ -21,7 +21,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -269,7 +269,7 @@ def find_orphans(
     *,
     is_job_live: Callable[[str], bool] = lambda _job: False,
     grace_seconds: float = 3600.0,
-) -> list[Orphan]:
+) -> Iterator[Orphan]:
     """Staging and aside directories below ``root`` whose builder is gone.
 
     On this host a builder is gone when its pid is not running. On another host (a shared
@@ -279,7 +279,6 @@ def find_orphans(
     root = root.resolve()
     here = _host()
     now = time.time()
-    orphans: list[Orphan] = []
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [*dirnames, *filenames]:
             owner = Owner.parse(name)
@@ -289,13 +288,17 @@ def find_orphans(
             if owner.host == here:
                 if not _builder_alive(owner.pid, path):
                     reason = f"its builder (pid {owner.pid}) is gone"
-                    orphans.append(Orphan(path, owner, reason, root))
-            elif not is_job_live(owner.job):
-                with contextlib.suppress(FileNotFoundError):
-                    if now - path.lstat().st_mtime > grace_seconds:
-                        orphans.append(Orphan(path, owner, "no live lease and untouched", root))
+                    yield Orphan(path, owner, reason, root)
+            elif not is_job_live(owner.job) and _untouched_for(path, now, grace_seconds):
+                yield Orphan(path, owner, "no live lease and untouched", root)
         dirnames[:] = [d for d in dirnames if Owner.parse(d) is None]
-    return orphans
+
+
+def _untouched_for(path: Path, now: float, seconds: float) -> bool:
+    try:
+        return now - path.lstat().st_mtime > seconds
+    except FileNotFoundError:
+        return False
 
 
 def _builder_alive(pid: int, path: Path) -> bool:
@@ -318,7 +321,7 @@ def _builder_alive(pid: int, path: Path) -> bool:
     return started <= touched + 1.0  # create_time is rounded; a second of slack
 
 
-def remove_orphans(orphans: list[Orphan]) -> None:
+def remove_orphans(orphans: Iterable[Orphan]) -> None:
     """Remove each orphan through a handle opened from its root: a directory on its way that
     was swapped for a link since it was found cannot lead the removal outside."""
     for orphan in orphans:

@@ -21,67 +21,23 @@ keeps an append-only file and dies mid-way never restores a record without its b
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import redis
-from pydantic import BaseModel, ConfigDict
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from farm.errors import BrokerError
-from farm.fingerprint import Fingerprint
+
+if TYPE_CHECKING:
+    from farm.records import ArtifactRecord, Status
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class Status(StrEnum):
-    QUEUED = "queued"
-    BUILDING = "building"
-    VALID = "valid"
-    STALE = "stale"  # was valid; a source changed or a newer build superseded it
-    INVALID = "invalid"  # the artifact on disk failed verification
-    FAILED = "failed"  # the build failed; ``error`` says why
-
-    @property
-    def terminal(self) -> bool:
-        return self not in (Status.QUEUED, Status.BUILDING)
-
-
-class ArtifactRecord(BaseModel):
-    """Everything a pipeline may ask about one requested artifact."""
-
-    model_config = ConfigDict(frozen=True)
-
-    # First field on purpose: the claim script turns the serialized prefix
-    # ``{"rebuild":false`` into ``{"rebuild":true`` without a JSON round trip in Lua.
-    # True when the artifact at the destination must not be reused (it was found invalid,
-    # or belongs to a superseded request): validity is earned by a rebuild.
-    rebuild: bool = False
-    key: str
-    kind: str
-    dest: str
-    request: dict[str, Any]
-    sources: dict[str, Fingerprint]
-    status: Status
-    error: str | None = None
-    created_at: float
-    updated_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    build_seconds: float | None = None
-    size_bytes: int | None = None
-    checksum: str | None = None
-    worker: str | None = None
-    action: str | None = None  # built, rebuilt, reused, migrated, reindexed, requeued...
-
-    def evolve(self, **changes: Any) -> ArtifactRecord:
-        changes.setdefault("updated_at", time.time())
-        return self.model_copy(update=changes)
 
 
 _REBUILD_PREFIX = ('{"rebuild":false', '{"rebuild":true')
@@ -198,6 +154,18 @@ class Claim:
     raw: bytes  # the record as stored, for a later compare-and-set
 
 
+def _record(raw: bytes | str) -> ArtifactRecord:
+    from farm.records import ArtifactRecord  # pydantic: loaded by the first reader of records
+
+    return ArtifactRecord.model_validate_json(raw)
+
+
+def _status(name: str) -> Status:
+    from farm.records import Status
+
+    return Status(name)
+
+
 def _bytes(raw: bytes | str) -> bytes:
     return raw if isinstance(raw, bytes) else raw.encode()
 
@@ -205,9 +173,11 @@ def _bytes(raw: bytes | str) -> bytes:
 class Registry:
     """Records, leases and worker heartbeats in one Redis, under one key prefix."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "farm:") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "farm:", url: str | None = None) -> None:
         self._r = client
         self._p = prefix
+        self._url = url
+        self._impatient: Registry | None = None
         self._claim = client.register_script(_CLAIM)
         self._take_if_unchanged = client.register_script(_TAKE_IF_UNCHANGED)
         self._confirm_sent = client.register_script(_CONFIRM_SENT)
@@ -229,11 +199,26 @@ class Registry:
                 retries=max(3, int(patience_s / cap) + 5),
             )
             kwargs["retry_on_error"] = [redis.ConnectionError, redis.TimeoutError]
-        return cls(redis.Redis.from_url(url, **kwargs), prefix)
+        return cls(redis.Redis.from_url(url, **kwargs), prefix, url)
+
+    def impatient(self) -> Registry:
+        """This registry without retries, for calls that must not wait out a Redis outage
+        (a builder's progress reports: the build goes on without them)."""
+        if self._url is None:
+            return self
+        if self._impatient is None:
+            self._impatient = Registry.from_url(self._url, self._p)
+        return self._impatient
 
     # -- keys --------------------------------------------------------------------------------
     def _rec(self, key: str) -> str:
         return f"{self._p}rec:{key}"
+
+    def _progress(self, key: str) -> str:
+        return f"{self._p}progress:{key}"
+
+    def _cancel(self, key: str) -> str:
+        return f"{self._p}cancel:{key}"
 
     def _lease(self, key: str) -> str:
         return f"{self._p}lease:{key}"
@@ -288,10 +273,7 @@ class Registry:
                 args=[raw, record.key, now, now + send_grace_s, new, len(old)],
                 client=pipe,
             )
-        return [
-            Claim(bool(flag), ArtifactRecord.model_validate_json(raw), _bytes(raw))
-            for flag, raw in pipe.execute()
-        ]
+        return [Claim(bool(flag), _record(raw), _bytes(raw)) for flag, raw in pipe.execute()]
 
     def _claim_keys(self, key: str) -> list[str]:
         return [self._rec(key), self._lease(key), self._all, self._inflight, self._due]
@@ -324,14 +306,54 @@ class Registry:
     @_redis_errors
     def get(self, key: str) -> ArtifactRecord | None:
         raw = self._r.get(self._rec(key))
-        return None if raw is None else ArtifactRecord.model_validate_json(raw)
+        return None if raw is None else _record(raw)
 
     @_redis_errors
     def get_many(self, keys: list[str]) -> list[ArtifactRecord | None]:
         if not keys:
             return []
         raws = self._r.mget([self._rec(k) for k in keys])
-        return [None if raw is None else ArtifactRecord.model_validate_json(raw) for raw in raws]
+        return [None if raw is None else _record(raw) for raw in raws]
+
+    @_redis_errors
+    def get_many_raw(self, keys: list[str]) -> list[tuple[dict | None, dict | None]]:
+        """Records and their builds' progress as plain JSON, in one round trip: what a light
+        reader (``farm status``) shows, with no pydantic to load."""
+        if not keys:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        pipe.mget([self._rec(k) for k in keys])
+        pipe.mget([self._progress(k) for k in keys])
+        records, progress = pipe.execute()
+        return [
+            (None if r is None else json.loads(r), None if p is None else json.loads(p))
+            for r, p in zip(records, progress, strict=True)
+        ]
+
+    @_redis_errors
+    def progress_of(self, keys: list[str]) -> list[dict | None]:
+        if not keys:
+            return []
+        return [
+            None if p is None else json.loads(p)
+            for p in self._r.mget([self._progress(k) for k in keys])
+        ]
+
+    @_redis_errors
+    def report_progress(self, key: str, progress: dict, ttl_s: float) -> str | None:
+        """Store a build's progress; return the cancel request on its key, if any (one round
+        trip: a builder learns of a cancellation when it reports)."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.set(self._progress(key), json.dumps(progress), px=int(ttl_s * 1000))
+        pipe.get(self._cancel(key))
+        _, cancel = pipe.execute()
+        return None if cancel is None else cancel.decode()
+
+    @_redis_errors
+    def request_cancel(self, key: str, claim: str, ttl_s: float) -> None:
+        """Ask the builder of ``key`` to stop. ``claim`` names the claim being cancelled (its
+        record's ``created_at``), so a later claim of the same key is not cancelled."""
+        self._r.set(self._cancel(key), claim, px=int(ttl_s * 1000))
 
     @_redis_errors
     def put(self, record: ArtifactRecord) -> None:
@@ -348,7 +370,7 @@ class Registry:
         else:
             pipe.zadd(self._inflight, {record.key: record.created_at}, nx=True)
         pipe.execute()
-        if record.status is Status.VALID:
+        if record.status == "valid":
             self._index_dest(record)
 
     @_redis_errors
@@ -366,8 +388,8 @@ class Registry:
             args=[record.model_dump_json(), holder, record.key],
         )
         if not written:
-            return ArtifactRecord.model_validate_json(raw)
-        if record.status is Status.VALID:
+            return _record(raw)
+        if record.status == "valid":
             self._index_dest(record)
         return record
 
@@ -379,10 +401,10 @@ class Registry:
 
     def _supersede(self, old_key: str, new_key: str) -> None:
         old = self.get(old_key)
-        if old is not None and old.status is Status.VALID:
+        if old is not None and old.status == "valid":
             self.put(
                 old.evolve(
-                    status=Status.STALE,
+                    status=_status("stale"),
                     rebuild=True,
                     error=f"superseded by a newer build of the same destination ({new_key}).",
                 )
@@ -392,7 +414,7 @@ class Registry:
     def hand_back(self, record: ArtifactRecord, holder: str) -> bool:
         """Give an interrupted build's key back (see ``_HAND_BACK``); False when the lease
         was no longer ours (then the key is someone else's to finish)."""
-        queued = record.evolve(status=Status.QUEUED, worker=None, action="handed back")
+        queued = record.evolve(status=_status("queued"), worker=None, action="handed back")
         return bool(
             self._hand_back(
                 keys=[
@@ -413,6 +435,10 @@ class Registry:
         keys = self.keys()
         for i in range(0, len(keys), batch):
             yield from (r for r in self.get_many(keys[i : i + batch]) if r is not None)
+
+    @_redis_errors
+    def count(self) -> int:
+        return int(self._r.scard(self._all))
 
     @_redis_errors
     def keys_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:

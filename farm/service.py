@@ -25,8 +25,10 @@ from farm.confine import containing_root
 from farm.errors import FarmError, StopRequested
 from farm.fingerprint import Fingerprint
 from farm.leases import Lease
+from farm.progress import RegistryProgress
 from farm.publish import Owner
-from farm.registry import ArtifactRecord, Registry, Status
+from farm.records import ArtifactRecord, Status
+from farm.registry import Registry
 from farm.requests import BuildRequest, check_destination, request_key
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,13 @@ def ensure(
                     force=record.rebuild,
                     expected=sources,
                     root=containing_root(request.destination(), settings.roots),
+                    progress=RegistryProgress(
+                        registry.impatient(),
+                        key,
+                        claim=claim_id(building),
+                        what=str(request.destination()),
+                        ttl_s=settings.lease_ttl_s,
+                    ),
                 )
         except (StopRequested, SystemExit):
             lease.stop_renewing()
@@ -168,6 +177,22 @@ def ensure(
         registry.clear_attempts(key)
         lease.stop_renewing()
         return registry.finish(done, holder)
+
+
+def claim_id(record: ArtifactRecord) -> str:
+    """Names one claim of a key (a later claim makes a new record): what a cancellation
+    cancels."""
+    return repr(record.created_at)
+
+
+def request_cancel(registry: Registry, key: str, ttl_s: float) -> ArtifactRecord | None:
+    """Cancel the build of ``key`` wherever it runs: a queued key fails now, a building one
+    at its builder's next progress report (within a second). A terminal key is left alone."""
+    record = registry.get(key)
+    if record is None or record.status.terminal:
+        return record
+    registry.request_cancel(key, claim_id(record), ttl_s)
+    return cancel(registry, key, "`farm cancel`")
 
 
 def refuse(registry: Registry, key: str, sentence: str) -> ArtifactRecord | None:

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from farm.config import Settings
-from farm.registry import ArtifactRecord, Registry, Status
+from farm.records import ArtifactRecord, Status
+from farm.registry import Registry
 
 log = logging.getLogger(__name__)
 

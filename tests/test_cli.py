@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,9 @@ def env(redis_url: str, tmp_path: Path) -> dict[str, str]:
     return farm_env(redis_url, tmp_path)
 
 
-def test_embedded_default_builds_through_the_queue_with_nothing_running(tmp_path, genomes):
-    """No FARM_REDIS_URL, no worker: a private Redis and a transient worker do the build."""
+def test_embedded_default_builds_at_once_then_keeps_a_worker(tmp_path, genomes):
+    """No FARM_REDIS_URL, no worker: the first build runs here while the embedded worker
+    starts for the next ones; `farm server stop` stops both worker and Redis."""
     env = farm_env("", tmp_path)
     del env["FARM_REDIS_URL"]
     state = tmp_path / "state"
@@ -61,13 +63,50 @@ def test_embedded_default_builds_through_the_queue_with_nothing_running(tmp_path
         assert [(r["status"], r["dest"], r["action"]) for r in listed] == [
             ("valid", str(dest), "built")
         ]
-        assert listed[0]["worker"].startswith("transient-")
+        assert listed[0]["worker"].startswith("inline@")
         assert (state / "redis.sock").exists() and (state / "appendonlydir").is_dir()
+        worker_pid = int((state / "worker.pid").read_text())
+        os.kill(worker_pid, 0)  # started for the next build, and still there
+
+        registry = Registry.from_url(f"unix://{state / 'redis.sock'}")
+        deadline = time.monotonic() + 60
+        while not registry.live_workers(within_s=6) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = farm(env, "build", "cache", str(genomes / LAMBDA))
+        assert second.returncode == 0, second.stderr
+        (record,) = [
+            json.loads(line)
+            for line in farm(env, "ls", "--json").stdout.splitlines()
+            if LAMBDA in line
+        ]
+        assert record["worker"].startswith("embedded-"), record  # through the queue this time
     finally:
         pid = int((state / "redis.pid").read_text())
         assert farm(env, "server", "stop").returncode == 0
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
+    for gone in (pid, worker_pid):
+        with pytest.raises(ProcessLookupError):
+            os.kill(gone, 0)
+
+
+def test_the_embedded_worker_exits_when_idle(tmp_path, genomes):
+    env = farm_env("", tmp_path)
+    del env["FARM_REDIS_URL"]
+    env["FARM_STATE_DIR"] = str(tmp_path / "state")
+    env["FARM_EMBEDDED_IDLE_S"] = "2"
+    try:
+        assert farm(env, "server", "start").returncode == 0
+        worker_pid = int((tmp_path / "state" / "worker.pid").read_text())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                os.kill(worker_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the idle embedded worker did not exit")
+    finally:
+        farm(env, "server", "stop")
 
 
 def test_submit_status_wait_and_json(env, genomes, start_workers):

@@ -14,7 +14,8 @@ from farm.config import Settings
 from farm.confine import ConfinedParent
 from farm.errors import DestinationError
 from farm.publish import Owner, build_and_publish
-from farm.registry import Registry, Status
+from farm.records import Status
+from farm.registry import Registry
 from farm.requests import CacheRequest, prepare, request_key
 
 LAMBDA = "lambda_NC_001416.1.fa"

@@ -15,7 +15,8 @@ from farm.artifacts.base import State
 from farm.client import Farm
 from farm.config import Settings
 from farm.queue import Sender
-from farm.registry import Registry, Status
+from farm.records import Status
+from farm.registry import Registry
 from farm.requests import CacheRequest
 from tests.support.processes import Worker, farm_env, redis_server
 

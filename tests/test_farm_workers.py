@@ -18,7 +18,8 @@ from farm.client import Farm
 from farm.config import Settings
 from farm.publish import remove_orphans
 from farm.queue import Sender
-from farm.registry import Registry, Status
+from farm.records import Status
+from farm.registry import Registry
 from farm.requests import CacheRequest
 
 LAMBDA = "lambda_NC_001416.1.fa"
@@ -118,8 +119,10 @@ def test_a_worker_killed_mid_build_is_replaced_and_leaves_nothing_partial(
             time.sleep(0.05)
     assert record.worker != building.worker
     assert gvlfa.classify(dest, deep=True).state is State.FRESH
-    orphans = maintenance.gc(
-        Registry.from_url(redis_url), [genomes], grace_s=0, allowed=farm_settings.roots
+    orphans = list(
+        maintenance.gc(
+            Registry.from_url(redis_url), [genomes], grace_s=0, allowed=farm_settings.roots
+        )
     )
     assert [o.owner.pid for o in orphans] and all(".farmtmp." in o.path.name for o in orphans)
     remove_orphans(orphans)
@@ -178,8 +181,10 @@ def test_a_message_that_kills_its_worker_fails_after_max_attempts(
     assert build_starts(tmp_path / "worker-logs") == 2
     dest = gvlfa.default_dest(fasta)
     assert not dest.exists()
-    orphans = maintenance.gc(
-        Registry.from_url(redis_url), [genomes], grace_s=0, allowed=farm_settings.roots
+    orphans = list(
+        maintenance.gc(
+            Registry.from_url(redis_url), [genomes], grace_s=0, allowed=farm_settings.roots
+        )
     )
     assert len(orphans) == 2  # one staging dir per killed build, each found by gc
     remove_orphans(orphans)

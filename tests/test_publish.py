@@ -215,12 +215,12 @@ def test_orphans_of_killed_builders_are_removed_and_live_ones_kept(
 ) -> None:
     (dead, dead_dir), (live, live_dir) = staging_holders
     assert dead_dir.is_dir() and live_dir.is_dir()
-    assert find_orphans(tmp_path) == []  # both builders are running
+    assert list(find_orphans(tmp_path)) == []  # both builders are running
 
     os.kill(dead.pid, signal.SIGKILL)
     os.waitid(os.P_PID, dead.pid, os.WEXITED | os.WNOWAIT)  # dead, but not reaped
     # A zombie keeps its pid until its parent reaps it, and must still count as gone.
-    orphans = find_orphans(tmp_path)
+    orphans = list(find_orphans(tmp_path))
     assert [o.path for o in orphans] == [dead_dir]
     assert orphans[0].owner.pid == dead.pid and orphans[0].owner.job == "dead-job"
     dead.wait()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from farm.fingerprint import Fingerprint
-from farm.registry import ArtifactRecord, Registry, Status
+from farm.records import ArtifactRecord, Status
+from farm.registry import Registry
 
 FP = Fingerprint(n_bytes_hashed=4, digest="ab" * 64, size_bytes=4)
 

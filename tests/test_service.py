@@ -9,7 +9,8 @@ from pathlib import Path
 from farm import service
 from farm.artifacts import gvlfa
 from farm.config import Settings
-from farm.registry import Registry, Status
+from farm.records import Status
+from farm.registry import Registry
 from farm.requests import CacheRequest, prepare, request_key
 
 LAMBDA = "lambda_NC_001416.1.fa"

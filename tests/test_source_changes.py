@@ -37,6 +37,7 @@ from farm.fingerprint import (
     SourceStamp,
     fingerprint,
 )
+from farm.progress import Progress
 from farm.publish import ASIDE_MARK, STAGING_MARK, Outcome, Owner
 from tests.support.dataset_data import PGEN, VCF, copy_inputs
 
@@ -105,9 +106,9 @@ def _during_cache_build(
     """Run ``before`` once the source is stamped and ``after`` once it has been read."""
     real = gvlfa._write_sequence
 
-    def write_sequence(fasta: Path, fd: int) -> tuple[dict[str, int], str]:
+    def write_sequence(fasta: Path, fd: int, progress: Progress) -> tuple[dict[str, int], str]:
         before()
-        result = real(fasta, fd)
+        result = real(fasta, fd, progress)
         after()
         return result
 
@@ -180,7 +181,11 @@ def test_a_cache_source_that_is_not_the_expected_one_fails_before_writing(
     dest = gvlfa.default_dest(chr20)
     started: list[Path] = []
     real = gvlfa._write_sequence
-    monkeypatch.setattr(gvlfa, "_write_sequence", lambda p, fd: (started.append(p), real(p, fd))[1])
+    monkeypatch.setattr(
+        gvlfa,
+        "_write_sequence",
+        lambda p, fd, progress: (started.append(p), real(p, fd, progress))[1],
+    )
     with pytest.raises(SourceChangedError) as info:
         gvlfa.ensure_cache(chr20, expected=keyed)
     assert str(chr20) in str(info.value) and "changed after" in str(info.value)

@@ -15,7 +15,8 @@ import pytest
 
 from farm.config import Settings
 from farm.fingerprint import Fingerprint
-from farm.registry import ArtifactRecord, Registry, Status
+from farm.records import ArtifactRecord, Status
+from farm.registry import Registry
 from farm.watchdog import Watchdog
 
 FP = Fingerprint(n_bytes_hashed=4, digest="ab" * 64, size_bytes=4)

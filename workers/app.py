@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import threading
+import time
 from typing import Any
 
 from celery import Celery
@@ -35,7 +37,7 @@ from workers import broker_fixes, stopping
 log = logging.getLogger("farm.worker")
 
 broker_fixes.install()
-settings = Settings()
+settings = Settings.from_env()
 redis_url = resolve_url(settings)
 registry = Registry.from_url(redis_url, patience_s=settings.registry_patience_s)
 
@@ -64,6 +66,8 @@ def _start_threads(sender: Any = None, **_: Any) -> None:
     name = sender.hostname if sender is not None else "worker"
     threading.Thread(target=_heartbeat, args=(name,), name="farm-heartbeat", daemon=True).start()
     threading.Thread(target=_watch, args=(name,), name="farm-watchdog", daemon=True).start()
+    if settings.idle_exit_s is not None:
+        threading.Thread(target=_exit_when_idle, name="farm-idle", daemon=True).start()
 
 
 def _heartbeat(name: str) -> None:
@@ -91,6 +95,25 @@ def _watch(name: str) -> None:
             continue  # Redis is away; the next sweep notices its restart
         except Exception:
             log.exception("watchdog sweep failed; retrying on the next tick")
+
+
+def _exit_when_idle() -> None:
+    """The embedded worker stops itself after ``idle_exit_s`` with nothing in flight (nor a
+    Redis to ask), as a warm shutdown: the same path as SIGTERM."""
+    assert settings.idle_exit_s is not None
+    idle = Registry.from_url(redis_url)
+    idle_since = time.monotonic()
+    while not _stop.wait(1.0):
+        try:
+            busy = idle.inflight_count() > 0
+        except BrokerError:
+            busy = False
+        if busy:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since >= settings.idle_exit_s:
+            log.info("idle for %g s: stopping", settings.idle_exit_s)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
 
 
 @worker_shutting_down.connect

@@ -46,6 +46,7 @@ from farm.fingerprint import (
     content_matches,
     fingerprint,
 )
+from farm.progress import NO_PROGRESS, Progress
 from farm.publish import Outcome, Owner, SkipPublish, build_and_publish
 
 FORMAT_VERSION = "1.0.0"
@@ -135,7 +136,7 @@ def _build_threads() -> int:
     return max(1, min(2, len(os.sched_getaffinity(0))))
 
 
-def _write_sequence(fasta: Path, fd: int) -> tuple[dict[str, int], str]:
+def _write_sequence(fasta: Path, fd: int, progress: Progress) -> tuple[dict[str, int], str]:
     """Write ``sequence.bin`` to ``fd``; return the contigs and the content checksum.
 
     A plain FASTA takes the parallel fixed-width path, with the layout of its ``.fai`` when
@@ -144,10 +145,13 @@ def _write_sequence(fasta: Path, fd: int) -> tuple[dict[str, int], str]:
     """
     records = None if is_gzip(fasta) else (read_fai(fasta) or infer_layout(fasta))
     if records is not None:
-        crcs = [0] * -(-sum(r.length for r in records) // CHECK_CHUNK)
+        total = sum(r.length for r in records)
+        crcs = [0] * -(-total // CHECK_CHUNK)
+        progress.start(total, "bp")
 
         def record_crc(k: int, chunk: memoryview) -> None:
             crcs[k] = zlib.crc32(chunk)
+            progress.advance(len(chunk))
 
         try:
             contigs = copy_fixed_width(
@@ -163,9 +167,11 @@ def _write_sequence(fasta: Path, fd: int) -> tuple[dict[str, int], str]:
             os.ftruncate(fd, 0)  # the streaming reader is the reference: start over
             os.lseek(fd, 0, os.SEEK_SET)
     running = ChunkedCrc()
+    progress.start(0, "bp")
 
     def write(block: bytes) -> None:
         running.update(block)
+        progress.advance(len(block))
         view = memoryview(block)
         while view:
             view = view[os.write(fd, view) :]
@@ -174,7 +180,12 @@ def _write_sequence(fasta: Path, fd: int) -> tuple[dict[str, int], str]:
 
 
 def write_cache(
-    fasta: Path, out_dir: Path, dest: Path, *, expected: Fingerprint | None = None
+    fasta: Path,
+    out_dir: Path,
+    dest: Path,
+    *,
+    expected: Fingerprint | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> CacheMetadata:
     """Write ``sequence.bin`` and ``metadata.json`` for ``fasta`` into ``out_dir``.
 
@@ -186,7 +197,7 @@ def write_cache(
     stamp = _stamp(fasta, expected)
     fd = os.open(out_dir / DATA_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        contigs, digest = _write_sequence(fasta, fd)
+        contigs, digest = _write_sequence(fasta, fd, progress)
     finally:
         os.close(fd)
     _check_unchanged(stamp)
@@ -336,6 +347,7 @@ def ensure_cache(
     expected: Fingerprint | None = None,
     force: bool = False,
     root: Path | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> EnsureResult:
     """Make ``dest`` (default ``FASTA.gvlfa``) a fresh cache of ``fasta``, building only if needed.
 
@@ -382,7 +394,7 @@ def ensure_cache(
             if migrated is not None:
                 return migrated
         replace = force or state is not State.MISSING
-        return _build(fasta, dest, root, owner, expected, replace=replace)
+        return _build(fasta, dest, root, owner, expected, replace=replace, progress=progress)
 
 
 def _usable_or_raise(
@@ -421,10 +433,11 @@ def _build(
     expected: Fingerprint | None,
     *,
     replace: bool,
+    progress: Progress,
 ) -> EnsureResult:
     outcome, meta = build_and_publish(
         dest,
-        lambda staged: write_cache(fasta, staged, dest, expected=expected),
+        lambda staged: write_cache(fasta, staged, dest, expected=expected, progress=progress),
         owner=owner,
         replace=replace,
         root=root,

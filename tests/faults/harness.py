@@ -28,7 +28,8 @@ from farm.config import Settings
 from farm.embedded import server_binary
 from farm.publish import ASIDE_MARK, STAGING_MARK, remove_orphans
 from farm.queue import Sender
-from farm.registry import ArtifactRecord, Registry, Status
+from farm.records import ArtifactRecord, Status
+from farm.registry import Registry
 from farm.requests import BuildRequest, prepare, request_key
 from tests.support.processes import Worker, farm_env
 
@@ -322,7 +323,7 @@ def settle(
 def sweep_orphans(cluster: Cluster, figures: Figures) -> None:
     """gc what dead builders left, then count what nothing would clean up."""
     registry = cluster.registry()
-    orphans = maintenance.gc(registry, [cluster.root], grace_s=0, allowed=[cluster.root])
+    orphans = list(maintenance.gc(registry, [cluster.root], grace_s=0, allowed=[cluster.root]))
     remove_orphans(orphans)
     figures.cleaned += len(orphans)
     left = [

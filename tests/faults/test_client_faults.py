@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from farm.registry import Status
+from farm.records import Status
+from farm.registry import Registry
 from farm.requests import CacheRequest, prepare, request_key
 from tests.faults.harness import Cluster, Figures, books_balanced, settle, sweep_orphans
 from tests.support.processes import PROJECT, farm_env
@@ -128,25 +128,40 @@ def _slow_gzip_fasta(path: Path) -> Path:
     return path
 
 
-def test_ctrl_c_on_a_transient_build_cancels_it_cleanly(tmp_path: Path):
-    """The embedded default's `farm build` starts a worker for the build: Ctrl-C stops the
-    build (staging removed), records it cancelled, and leaves no worker behind."""
-    figures = Figures("Ctrl-C on `farm build` with a transient worker")
+@pytest.mark.parametrize("worker", ["cold", "warm"])
+def test_ctrl_c_on_an_embedded_build_cancels_it_cleanly(tmp_path: Path, worker: str):
+    """The embedded default's `farm build` builds here when no worker runs (cold) and through
+    the embedded worker when one does (warm): either way Ctrl-C stops the build (staging
+    removed), records it cancelled, and says so in one line."""
+    figures = Figures(f"Ctrl-C on `farm build` on the embedded default, {worker} worker")
     started = time.monotonic()
     fasta = _slow_gzip_fasta(tmp_path / "big.fa.gz")
     env = farm_env("", tmp_path)
     del env["FARM_REDIS_URL"]
-    env["FARM_STATE_DIR"] = str(tmp_path / "state")
+    state = tmp_path / "state"
+    env["FARM_STATE_DIR"] = str(state)
     dest = tmp_path / "big.gvlfa"
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "farm.cli", "build", "cache", str(fasta), "--dest", str(dest)],
-        env=env,
-        cwd=PROJECT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+
+    def farm(*args: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "farm.cli", *args]
+        return subprocess.run(argv, env=env, cwd=PROJECT, capture_output=True, text=True)
+
     try:
+        if worker == "warm":
+            assert farm("server", "start").returncode == 0
+            registry = Registry.from_url(f"unix://{state / 'redis.sock'}")
+            deadline = time.monotonic() + 60
+            while not registry.live_workers(within_s=6):
+                assert time.monotonic() < deadline, "the embedded worker never started"
+                time.sleep(0.1)
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "farm.cli", "build", "cache", str(fasta), "--dest", str(dest)],
+            env=env,
+            cwd=PROJECT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 60
         while not list(tmp_path.glob("big.gvlfa.farmtmp.*")):
             assert time.monotonic() < deadline and cli.poll() is None, cli.stderr
@@ -159,22 +174,14 @@ def test_ctrl_c_on_a_transient_build_cancels_it_cleanly(tmp_path: Path):
         assert cli.returncode == 130, err
         assert err.strip().startswith("Cancelled") and len(err.strip().splitlines()) == 1, err
         assert not dest.exists() and not list(tmp_path.glob("*.farmtmp.*"))
-        listed = subprocess.run(
-            [sys.executable, "-m", "farm.cli", "ls", "--json"],
-            env=env, cwd=PROJECT, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        (record,) = [json.loads(line) for line in listed.stdout.splitlines()]
+        (record,) = [json.loads(line) for line in farm("ls", "--json").stdout.splitlines()]
         assert record["status"] == "failed" and "cancelled" in record["error"], record
-        left = [
-            p
-            for p in psutil.process_iter(["cmdline"])
-            if f"transient-{cli.pid}" in " ".join(p.info["cmdline"] or [])
-        ]
-        assert left == [], "the transient worker is gone"
+        if worker == "warm":
+            assert record["worker"].startswith("embedded-"), record
+        else:
+            assert record["worker"].startswith("inline@"), record
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "farm.cli", "server", "stop"], env=env, cwd=PROJECT, timeout=60
-        )
+        farm("server", "stop")
     figures.seconds = time.monotonic() - started
     figures.report()
     figures.assert_healed()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from farm.registry import Status
+from farm.records import Status
 from farm.requests import CacheRequest
 from tests.faults.harness import Cluster, Figures, books_balanced, settle, sweep_orphans
 

@@ -27,7 +27,8 @@ from typing import Any
 
 from farm import service
 from farm.artifacts import gvlfa
-from farm.registry import ArtifactRecord, Registry, Status
+from farm.records import ArtifactRecord, Status
+from farm.registry import Registry
 from workers.app import app
 
 log = logging.getLogger("farm.test.slow")
@@ -77,8 +78,8 @@ def _logged_build_and_publish(dest: Path, build: Any, **kwargs: Any) -> Any:
     return outcome, result
 
 
-def _paused_write_sequence(fasta: Path, fd: int) -> Any:
-    written = _write_sequence(fasta, fd)
+def _paused_write_sequence(fasta: Path, fd: int, progress: Any) -> Any:
+    written = _write_sequence(fasta, fd, progress)
     _phase("read", _current_job)
     return written
 

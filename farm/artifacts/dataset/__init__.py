@@ -9,6 +9,7 @@ from farm.artifacts.dataset.params import DatasetParams
 from farm.artifacts.dataset.validate import classify_dataset, validate_dataset
 from farm.artifacts.dataset.writer import FORMAT_VERSION, write_dataset
 from farm.fingerprint import Fingerprint
+from farm.progress import NO_PROGRESS, Progress
 from farm.publish import Outcome, Owner, build_and_publish
 
 __all__ = [
@@ -29,6 +30,7 @@ def build_dataset(
     replace: bool = False,
     expected: dict[str, Fingerprint] | None = None,
     root: Path | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> tuple[Outcome, dict[str, Any] | None]:
     """Check the inputs, build into a staging directory, and publish it at ``dest`` atomically.
 
@@ -42,7 +44,7 @@ def build_dataset(
     params.check()
     return build_and_publish(
         dest,
-        lambda d: write_dataset(params, d, expected=expected),
+        lambda d: write_dataset(params, d, expected=expected, progress=progress),
         owner=owner,
         replace=replace,
         root=root,

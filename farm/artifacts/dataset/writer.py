@@ -37,6 +37,7 @@ from farm.fingerprint import (
     format_checksum,
     new_checksum,
 )
+from farm.progress import NO_PROGRESS, Progress
 
 FORMAT_VERSION = "2.0.0"
 # The genvarloader release whose layout this writer reproduces; readers take a version
@@ -68,7 +69,11 @@ class _HashedWriter:
 
 
 def write_dataset(
-    params: DatasetParams, out_dir: Path, *, expected: dict[str, Fingerprint] | None = None
+    params: DatasetParams,
+    out_dir: Path,
+    *,
+    expected: dict[str, Fingerprint] | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> dict[str, Any]:
     """Build the dataset into the existing empty ``out_dir``; return its metadata.json content.
 
@@ -103,6 +108,7 @@ def write_dataset(
     table_rows = regions.sorted_table(params.max_jitter)
     idx_out = _HashedWriter(geno / "variant_idxs.npy")
     off_out = _HashedWriter(geno / "offsets.npy")
+    progress.start(len(table_rows), "regions")
     try:
         total = 0
         for c_i, contig in enumerate(regions.contigs):
@@ -119,6 +125,7 @@ def write_dataset(
                 off_out,
                 total,
                 file_contig,
+                progress,
             )
         off_out.write(np.asarray([total], np.int64))
     finally:
@@ -229,6 +236,7 @@ def _write_contig(
     off_out: _HashedWriter,
     total: int,
     file_contig: str,
+    progress: Progress,
 ) -> int:
     n_haps = len(samples) * PLOIDY
     buf = source.buffer(file_contig, sites, samples) if sites.n else None
@@ -257,6 +265,7 @@ def _write_contig(
         starts[1:] += total
         off_out.write(starts)
         total += int(lengths.sum())
+        progress.advance(1)
     return total
 
 

@@ -1,0 +1,172 @@
+"""What the CLI shows: records as a table or JSON lines, one-line messages, live progress.
+
+A person at a terminal gets colour, cut keys and progress bars (rich, loaded only then); a
+pipe gets plain text with whole keys and nothing that moves, for the next program. Records
+arrive here as the JSON the registry stores, so the light commands load no pydantic.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from farm import progress
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+Row = dict[str, Any]  # a record as stored (plus its build's "progress"), or an unknown key
+_COLORS = {"valid": "green", "failed": "red", "invalid": "red"}
+KEY_SHOWN = 16  # characters of a key a terminal shows; any unique prefix works as a key
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+@cache
+def _out() -> Console:
+    from rich.console import Console
+
+    return Console()
+
+
+@cache
+def _err() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+_said = False  # whether this command has said anything on stderr yet
+
+
+def said_anything() -> bool:
+    return _said
+
+
+def error(sentence: str) -> None:
+    """One sentence on stderr, on one line however long (never folded)."""
+    global _said
+    _said = True
+    if stderr_is_terminal():
+        _err().print(f"[red]error:[/] {_escape(sentence)}")
+    else:
+        sys.stderr.write(f"error: {sentence}\n")
+
+
+def say(sentence: str, *, warning: bool = False) -> None:
+    global _said
+    _said = True
+    if stderr_is_terminal():
+        text = _escape(sentence)
+        _err().print(f"[yellow]{text}[/]" if warning else text)
+    else:
+        sys.stderr.write(f"{sentence}\n")
+
+
+def line(text: str) -> None:
+    """A line of data on stdout (a path, a key), whole."""
+    sys.stdout.write(f"{text}\n")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def unknown_row(key: str) -> Row:
+    return {"key": key, "kind": None, "status": "unknown", "dest": None}
+
+
+def json_row(row: Row) -> str:
+    shown = {k: v for k, v in row.items() if not (k == "error" and v is None)}
+    return json.dumps(shown)
+
+
+def detail(row: Row) -> str:
+    if row["status"] == "unknown":
+        return "no such key"
+    if row.get("error"):
+        return str(row["error"])
+    if row["status"] == "building" and row.get("progress"):
+        return progress.describe(row["progress"])
+    size = row.get("size_bytes")
+    return f"{size:,} B" if size is not None else ""
+
+
+def print_rows(rows: Sequence[Row], *, as_json: bool) -> None:
+    """JSON lines, a table at a terminal, or tab-separated whole fields down a pipe."""
+    if as_json:
+        sys.stdout.writelines(json_row(r) + "\n" for r in rows)
+        return
+    if not stdout_is_terminal():
+        for r in rows:
+            fields = (r["key"], r["kind"] or "-", r["status"], r["dest"] or "-", detail(r))
+            sys.stdout.write("\t".join(fields) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table("key", "kind", "status", box=None, pad_edge=False)
+    table.add_column("dest", overflow="fold")
+    table.add_column("detail", overflow="fold")
+    for r in rows:
+        color = _COLORS.get(r["status"], "yellow")
+        table.add_row(
+            _escape(r["key"][:KEY_SHOWN]),
+            r["kind"] or "-",
+            f"[{color}]{r['status']}[/]",
+            _escape(r["dest"] or "-"),
+            _escape(detail(r)),
+        )
+    _out().print(table, soft_wrap=True)
+
+
+@contextmanager
+def counter(label: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+    """A live count of items done (of ``total`` when known) on a terminal's stderr; nothing
+    when stderr is not a terminal. Yields ``update(done)``."""
+    if not stderr_is_terminal():
+        yield lambda _done: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=_err(), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+BuildShow = Callable[[str, dict | None], None]
+OnPoll = Callable[[int, int], None]
+
+
+@contextmanager
+def build_status(dest: str) -> Iterator[BuildShow | None]:
+    """One live line for a build at a terminal: its status and its builder's progress.
+    Yields ``update(status, figures)``; None when stderr is not a terminal."""
+    if not stderr_is_terminal():
+        yield None
+        return
+    with _err().status(f"{dest}: queued") as shown:
+
+        def update(status: str, figures: dict | None) -> None:
+            told = progress.describe(figures) if status == "building" else ""
+            shown.update(f"{_escape(dest)}: {status}" + (f", {told}" if told else ""))
+
+        yield update
