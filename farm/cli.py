@@ -159,11 +159,15 @@ def _build_queued(
     submission = None
     try:
         # Ctrl-C waits until the submission is known (milliseconds), so it can be cancelled.
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        # A handler, not a signal mask: the mask is per thread, and redis-py runs threads.
+        pressed: list[int] = []
+        previous = signal.signal(signal.SIGINT, lambda signum, _frame: pressed.append(signum))
         try:
             submission = farm.submit(request)  # says so if no worker will build it
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            signal.signal(signal.SIGINT, previous)
+        if pressed:
+            raise KeyboardInterrupt
         if submission.record.status.terminal:
             return submission.record
         key = submission.key
