@@ -27,8 +27,9 @@ from farm import embedded, service
 from farm.artifacts import gvlfa
 from farm.client import Farm
 from farm.config import QUEUE, Settings
+from farm.kinds import CacheRequest
 from farm.queue import BrokerInspector
-from farm.requests import CacheRequest, prepare, request_key
+from farm.requests import prepare, request_key
 from farm.watchdog import Watchdog
 
 PROJECT = Path(__file__).resolve().parents[1]

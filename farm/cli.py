@@ -25,9 +25,10 @@ from farm.limits import MAX_BATCH, MAX_JITTER
 if TYPE_CHECKING:
     from farm.client import Farm
     from farm.config import Settings
+    from farm.kinds import DatasetRequest
     from farm.records import ArtifactRecord
     from farm.registry import Registry
-    from farm.requests import BuildRequest, DatasetRequest
+    from farm.requests import BuildRequest
 
 app = typer.Typer(
     name="farm",
@@ -246,7 +247,7 @@ def build_cache(
     inline: InlineOption = False,
 ) -> None:
     """Build (or reuse) the .gvlfa cache of FASTA and print where it is."""
-    from farm.requests import CacheRequest
+    from farm.kinds import CacheRequest
 
     _build(CacheRequest(fasta=fasta, dest=dest), timeout=timeout, inline=inline)
 
@@ -302,7 +303,8 @@ def _dataset_request(
 ) -> DatasetRequest:
     from pydantic import ValidationError
 
-    from farm.requests import DatasetRequest, describe
+    from farm.kinds import DatasetRequest
+    from farm.requests import describe
 
     try:
         return DatasetRequest(
@@ -359,7 +361,8 @@ def submit_manifest(
 def _read_manifest(path: Path) -> Iterator[BuildRequest]:
     from pydantic import ValidationError
 
-    from farm.requests import describe, parse_request
+    from farm.kinds import parse_request
+    from farm.requests import describe
 
     try:
         lines = path.read_text().splitlines()
@@ -392,7 +395,7 @@ def submit_cache(
     dest: DestOption = None,
 ) -> None:
     """Submit the cache of FASTA; print its key."""
-    from farm.requests import CacheRequest
+    from farm.kinds import CacheRequest
 
     with _farm() as farm:
         terminal.line(farm.submit(CacheRequest(fasta=fasta, dest=dest)).key)

@@ -11,10 +11,11 @@ from farm import kinds
 from farm.artifacts.base import State
 from farm.errors import FarmError, InputError
 from farm.fingerprint import fingerprint
+from farm.kinds import parse_request
 from farm.publish import Orphan, Owner, find_orphans
 from farm.records import ArtifactRecord, Status
 from farm.registry import Registry
-from farm.requests import derive_key, parse_request
+from farm.requests import derive_key
 
 _STATUS_OF = {
     State.FRESH: Status.VALID,
@@ -62,7 +63,7 @@ def verify(registry: Registry, keys: list[str] | None = None) -> Iterator[Artifa
 def find_artifacts(root: Path) -> Iterator[Path]:
     """Published artifact directories below ``root`` (staging and aside dirs are skipped)."""
     for dirpath, dirnames, filenames in os.walk(root):
-        if "metadata.json" in filenames and Owner.parse(os.path.basename(dirpath)) is None:
+        if kinds.is_artifact_dir(filenames) and Owner.parse(os.path.basename(dirpath)) is None:
             yield Path(dirpath)
             dirnames[:] = []
             continue

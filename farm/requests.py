@@ -21,18 +21,15 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Protocol, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, ValidationError
 
-from farm.artifacts import dataset, gvlfa
-from farm.artifacts.dataset.regions import detect_strand_column
 from farm.confine import containing_root
 from farm.errors import DestinationError
 from farm.fingerprint import Fingerprint, fingerprint
 from farm.limits import (
     MAX_DEST_NAME_BYTES,
-    MAX_JITTER,
     MAX_NAME_BYTES,
     MAX_PATH_BYTES,
     MAX_SAMPLE_NAME,
@@ -102,108 +99,37 @@ def describe(error: ValidationError) -> str:
     return f"{where}: {message}" if where else message
 
 
-class CacheRequest(BaseModel):
-    """Build the ``.gvlfa`` cache of one FASTA."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["cache"] = "cache"
-    fasta: BoundedPath
-    dest: BoundedPath | None = None
+class BuildRequest(Protocol):
+    """What the farm needs of any kind's request (each kind's model in :mod:`farm.kinds`)."""
 
     @property
-    def format_version(self) -> str:
-        return gvlfa.FORMAT_VERSION
-
-    def destination(self) -> Path:
-        return self.dest if self.dest is not None else gvlfa.default_dest(self.fasta)
-
-    def source_files(self) -> dict[str, Path]:
-        return {"fasta": self.fasta}
-
-    def canonical_params(self) -> dict[str, Any]:
-        return {}
-
-    def check_inputs(self) -> None:
-        gvlfa.check_fasta(self.fasta)
-
-    def absolute(self) -> CacheRequest:
-        return self.model_copy(
-            update={"fasta": _absolute(self.fasta), "dest": _absolute(self.destination())}
-        )
-
-
-class DatasetRequest(BaseModel):
-    """Build a GenVarLoader dataset from a variant file (VCF/BCF or PGEN) and a BED."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["dataset"] = "dataset"
-    variants: BoundedPath
-    regions: BoundedPath
-    dest: BoundedPath
-    samples: SampleNames = None
-    max_jitter: int = Field(0, ge=0, le=MAX_JITTER)
-    extend_to_length: bool = True
-    # None: found from the BED when the request is prepared (see detect_strand_column).
-    strand_column: int | None = Field(None, ge=0, le=1000)
+    def kind(self) -> str: ...
 
     @property
-    def format_version(self) -> str:
-        return dataset.FORMAT_VERSION
+    def format_version(self) -> str: ...
 
-    def params(self) -> dataset.DatasetParams:
-        return dataset.DatasetParams(
-            variants=self.variants,
-            regions=self.regions,
-            samples=self.samples,
-            max_jitter=self.max_jitter,
-            extend_to_length=self.extend_to_length,
-            strand_column=6 if self.strand_column is None else self.strand_column,
-        )
-
-    def destination(self) -> Path:
-        return self.dest
+    def destination(self) -> Path: ...
 
     def source_files(self) -> dict[str, Path]:
-        """By role: the variant file, its index or .pvar/.psam, and the BED."""
-        return self.params().source_roles()
+        """The files whose contents decide the artifact, by role: they key it."""
+        ...
 
     def canonical_params(self) -> dict[str, Any]:
-        """Parameters only: paths enter the key through their contents, not their names."""
-        canonical = self.params().canonical()
-        return {k: v for k, v in canonical.items() if k not in ("variants", "regions")}
+        """The build parameters in canonical form (no paths: those enter by content)."""
+        ...
 
     def check_inputs(self) -> None:
-        self.params().check()
+        """Raise :class:`InputError` with one sentence for inputs that cannot build."""
+        ...
 
-    def absolute(self) -> DatasetRequest:
-        """Absolute paths, and the strand column found from the BED when none was given, so
-        the key says which column was used."""
-        regions = _absolute(self.regions)
-        strand = self.strand_column
-        return self.model_copy(
-            update={
-                "variants": _absolute(self.variants),
-                "regions": regions,
-                "dest": _absolute(self.dest),
-                "strand_column": strand if strand is not None else detect_strand_column(regions),
-            }
-        )
+    def absolute(self) -> Self:
+        """The same request with absolute, symlink-free paths and defaults resolved."""
+        ...
+
+    def model_dump(self, *, mode: str = "python") -> dict[str, Any]: ...
 
 
-BuildRequest = Annotated[CacheRequest | DatasetRequest, Field(discriminator="kind")]
-_REQUEST = TypeAdapter(BuildRequest)
-
-
-def parse_request(data: dict[str, Any] | str | bytes) -> BuildRequest:
-    """Decode a request from JSON text or a decoded JSON object."""
-    if isinstance(data, str | bytes):
-        return _REQUEST.validate_json(data)
-    return _REQUEST.validate_python(data)
-
-
-def _absolute(path: Path) -> Path:
+def absolute_path(path: Path) -> Path:
     """Absolute and symlink-free, without requiring the path to exist yet."""
     return Path(os.path.realpath(os.path.expanduser(path)))
 

@@ -310,7 +310,7 @@ def test_with_no_live_worker_submit_wait_and_the_api_say_so_at_once(
     import warnings
 
     from farm.client import Farm, NoWorkerWarning
-    from farm.requests import CacheRequest
+    from farm.kinds import CacheRequest
 
     submitted = farm(env, "submit", "cache", str(genomes / LAMBDA))
     assert submitted.returncode == 0

@@ -13,10 +13,11 @@ from farm.artifacts import gvlfa
 from farm.config import Settings
 from farm.confine import ConfinedParent
 from farm.errors import DestinationError
+from farm.kinds import CacheRequest
 from farm.publish import Owner, build_and_publish
 from farm.records import Status
 from farm.registry import Registry
-from farm.requests import CacheRequest, prepare, request_key
+from farm.requests import prepare, request_key
 
 LAMBDA = "lambda_NC_001416.1.fa"
 

@@ -14,10 +14,10 @@ from farm.artifacts import gvlfa
 from farm.artifacts.base import State
 from farm.client import Farm
 from farm.config import Settings
+from farm.kinds import CacheRequest
 from farm.queue import Sender
 from farm.records import Status
 from farm.registry import Registry
-from farm.requests import CacheRequest
 from tests.support.processes import Worker, farm_env, redis_server
 
 LAMBDA = "lambda_NC_001416.1.fa"

@@ -16,11 +16,11 @@ from farm.artifacts import gvlfa
 from farm.artifacts.base import State
 from farm.client import Farm
 from farm.config import Settings
+from farm.kinds import CacheRequest
 from farm.publish import remove_orphans
 from farm.queue import Sender
 from farm.records import Status
 from farm.registry import Registry
-from farm.requests import CacheRequest
 
 LAMBDA = "lambda_NC_001416.1.fa"
 SLOW_APP = "tests.support.slow_app"

@@ -23,8 +23,8 @@ from farm.artifacts import gvlfa
 from farm.artifacts.base import State
 from farm.artifacts.dataset import build_dataset, classify_dataset, validate_dataset
 from farm.errors import ArtifactInvalidError, InputError
+from farm.kinds import DatasetRequest
 from farm.publish import ASIDE_MARK, STAGING_MARK, Outcome, Owner
-from farm.requests import DatasetRequest
 from tests.support.dataset_data import copy_inputs
 
 

@@ -22,9 +22,10 @@ from farm.confine import ConfinedParent
 from farm.embedded import celery_broker_url
 from farm.errors import DestinationError
 from farm.fingerprint import Fingerprint
+from farm.kinds import CacheRequest, DatasetRequest, parse_request
 from farm.records import Status
 from farm.registry import Registry
-from farm.requests import CacheRequest, DatasetRequest, derive_key, describe, parse_request
+from farm.requests import derive_key, describe
 from tests.support.processes import farm_env
 from tests.test_cli import assert_one_sentence, farm
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from farm.errors import DestinationError, InputError
-from farm.requests import CacheRequest, derive_key, parse_request, prepare, request_key
+from farm.kinds import CacheRequest, parse_request
+from farm.requests import derive_key, prepare, request_key
 
 LAMBDA = "lambda_NC_001416.1.fa"
 

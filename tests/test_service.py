@@ -9,9 +9,10 @@ from pathlib import Path
 from farm import service
 from farm.artifacts import gvlfa
 from farm.config import Settings
+from farm.kinds import CacheRequest
 from farm.records import Status
 from farm.registry import Registry
-from farm.requests import CacheRequest, prepare, request_key
+from farm.requests import prepare, request_key
 
 LAMBDA = "lambda_NC_001416.1.fa"
 
@@ -217,7 +218,7 @@ def test_a_destination_rebuilt_for_another_request_supersedes_the_old_record(
     import genvarloader as gvl
 
     from farm import maintenance
-    from farm.requests import DatasetRequest
+    from farm.kinds import DatasetRequest
     from tests.support.dataset_data import DATA, SIRPB2, SIRPB2_STRAND_COLUMN, VCF
 
     inputs = tmp_path / "chr20"

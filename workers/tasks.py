@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from farm import service
 from farm.config import BUILD_TASK
 from farm.errors import BrokerError, StopRequested
-from farm.requests import describe, parse_request
+from farm.kinds import parse_request
+from farm.requests import describe
 from workers.app import app, registry, settings
 from workers.stopping import interruptible
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.requests import CacheRequest
+from farm.kinds import CacheRequest
 from tests.faults.harness import (
     Cluster,
     Figures,

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from farm.kinds import CacheRequest
 from farm.records import Status
 from farm.registry import Registry
-from farm.requests import CacheRequest, prepare, request_key
+from farm.requests import prepare, request_key
 from tests.faults.harness import Cluster, Figures, books_balanced, settle, sweep_orphans
 from tests.support.processes import PROJECT, farm_env
 
@@ -27,7 +28,7 @@ import os, sys
 from pathlib import Path
 from farm.client import Farm
 from farm.queue import Sender
-from farm.requests import CacheRequest
+from farm.kinds import CacheRequest
 Sender.send = lambda self, messages: os._exit(9)
 fasta = Path(sys.argv[1])
 requests = [CacheRequest(fasta=fasta, dest=fasta.parent / f"d{i}.gvlfa") for i in range(20)]

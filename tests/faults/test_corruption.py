@@ -18,8 +18,8 @@ import pytest
 from farm import maintenance
 from farm.artifacts import dataset, gvlfa
 from farm.artifacts.base import State
+from farm.kinds import CacheRequest, DatasetRequest
 from farm.records import Status
-from farm.requests import CacheRequest, DatasetRequest
 from tests.faults.harness import DATA, Cluster, Figures, books_balanced, settle, sweep_orphans
 from tests.support.dataset_data import copy_inputs
 

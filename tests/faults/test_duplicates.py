@@ -10,8 +10,8 @@ import time
 import pytest
 
 from farm.config import Settings
+from farm.kinds import CacheRequest
 from farm.queue import Sender
-from farm.requests import CacheRequest
 from tests.faults.harness import Cluster, Figures, books_balanced, settle, sweep_orphans
 
 pytestmark = pytest.mark.faults

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from farm.kinds import CacheRequest
 from farm.records import Status
-from farm.requests import CacheRequest
 from tests.faults.harness import Cluster, Figures, books_balanced, settle, sweep_orphans
 
 pytestmark = pytest.mark.faults

@@ -11,7 +11,7 @@ import pytest
 
 from farm.artifacts import gvlfa
 from farm.artifacts.base import State
-from farm.requests import CacheRequest
+from farm.kinds import CacheRequest
 from tests.faults.harness import (
     Cluster,
     Figures,
