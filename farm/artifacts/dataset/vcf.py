@@ -70,13 +70,9 @@ class VcfFile:
             out = np.empty((b - a, len(file_order), PLOIDY), np.bool_)
             for k in range(b - a):
                 rec = _next(records, contig, a + k, sites)
-                gt = rec.genotype.array()
-                if gt.shape[1] < PLOIDY + 1:
-                    raise InputError(
-                        f"Variant file {self.path} has a non-diploid genotype at "
-                        f"{contig}:{rec.POS}; GenVarLoader datasets need diploid calls."
-                    )
-                np.equal(gt[:, :PLOIDY], 1, out=out[k])
+                np.equal(self._alleles(rec, contig), 1, out=out[k])
+            if sites.spanning is not None:
+                out[sites.spanning[a:b]] = False
             return out[:, perm].reshape(b - a, n_s * PLOIDY)
 
         def skip(a: int, b: int) -> None:
@@ -84,6 +80,27 @@ class VcfFile:
                 _next(records, contig, a + k, sites)
 
         return CarrierBuffer(sites.n, n_s * PLOIDY, read, skip)
+
+    def _alleles(self, rec: cyvcf2.Variant, contig: str) -> NDArray[np.int16]:
+        """(samples, 2) allele codes. A haploid call is its allele and nothing on the second
+        copy (as GenVarLoader reads it); a missing allele (-1) or none (-2) carries nothing."""
+        try:
+            gt = rec.genotype.array()
+        except Exception as e:  # cyvcf2 raises a bare Exception for a record without GT
+            raise InputError(
+                f"Variant file {self.path} has a record without genotypes (no GT) at "
+                f"{contig}:{rec.POS}; drop that record or give it a GT field."
+            ) from e
+        if gt.shape[1] == PLOIDY:  # every call haploid: the second column is the phase flag
+            haploid = np.full_like(gt, -2)
+            haploid[:, 0] = gt[:, 0]
+            return haploid
+        if gt.shape[1] > PLOIDY + 1:
+            raise InputError(
+                f"Variant file {self.path} has a call of ploidy {gt.shape[1] - 1} at "
+                f"{contig}:{rec.POS}; GenVarLoader datasets hold haploid and diploid calls only."
+            )
+        return gt[:, :PLOIDY]
 
 
 def _next(records: Iterator[cyvcf2.Variant], contig: str, j: int, sites: ContigSites):

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.ipc as ipc
 
 import farm
@@ -46,6 +45,7 @@ GVL_VERSION = "0.43.1"
 PLOIDY = 2
 FARM_RECORD = "farm.json"
 REQUIRED = ("metadata.json", "input_regions.arrow", "regions.npy")
+NO_SITES = ContigSites(0, *(np.zeros(0, np.int64) for _ in range(3)))
 GENOTYPE_FILES = ("genotypes/variants.arrow", "genotypes/variant_idxs.npy", "genotypes/offsets.npy")
 
 
@@ -97,12 +97,6 @@ def write_dataset(
     if isinstance(source, PgenFile):
         _check_pgen_count(source, table.n_variants)
     file_contigs = table.contigs
-    lacking = [c for c in regions.contigs if match_contig(c, file_contigs) is None]
-    if lacking:
-        raise InputError(
-            f"BED file {params.regions} names contig(s) {', '.join(lacking[:5])} that "
-            f"{params.variants} has no variants on; drop those rows or use matching names."
-        )
 
     sums: dict[str, str] = {}
     table_rows = regions.sorted_table(params.max_jitter)
@@ -114,11 +108,13 @@ def write_dataset(
         for c_i, contig in enumerate(regions.contigs):
             rows = np.flatnonzero(table_rows[:, 0] == c_i)
             file_contig = match_contig(contig, file_contigs) or contig
+            # A contig with no records: its haplotypes are the reference, as in gvl.write.
+            sites = per_contig.get(file_contig, NO_SITES)
             total = _write_contig(
                 params,
                 source,
                 samples,
-                per_contig[file_contig],
+                sites,
                 table_rows,
                 rows,
                 idx_out,
@@ -128,6 +124,11 @@ def write_dataset(
                 progress,
             )
         off_out.write(np.asarray([total], np.int64))
+        if total == 0:
+            # No haplotype carries a variant. GenVarLoader maps this file and cannot map an
+            # empty one (gvl.write writes none, and then cannot open its dataset), so it
+            # gets one entry that no offset reaches.
+            idx_out.write(np.zeros(1, np.int32))
     finally:
         sums["genotypes/variant_idxs.npy"] = idx_out.close()
         sums["genotypes/offsets.npy"] = off_out.close()
@@ -270,16 +271,8 @@ def _write_contig(
 
 
 def _write_input_regions(path: Path, regions: Regions) -> None:
-    """The BED as given (its coordinates, name and strand) plus ``r_idx_map``."""
-    cols: dict[str, pa.Array] = {
-        "chrom": pa.array(regions.chrom, pa.string()),
-        "chromStart": pa.array(regions.starts, pa.int64()),
-        "chromEnd": pa.array(regions.ends, pa.int64()),
-    }
-    if regions.names is not None:
-        cols["name"] = pa.array(regions.names, pa.string())
-    cols["strand"] = pa.array(["+" if s > 0 else "-" for s in regions.strand], pa.string())
-    cols["r_idx_map"] = pa.array(regions.r_idx_map(), pa.int64())
-    tbl = pa.table(cols)
-    with ipc.new_file(str(path), tbl.schema) as w:
-        w.write_table(tbl)
+    """Every column of the BED as given (named and typed as GenVarLoader reads them) plus
+    ``r_idx_map``: ``Dataset.open(..., splice_info=...)`` and region names read them."""
+    table = regions.input_regions()
+    with ipc.new_file(str(path), table.schema) as w:
+        w.write_table(table)
