@@ -253,9 +253,29 @@ def build_cache(
 
 
 VariantsOption = Annotated[
-    Path, typer.Option("--variants", help="bgzipped+indexed VCF/BCF, or PGEN with .pvar/.psam.")
+    Path | None,
+    typer.Option(
+        "--variants",
+        help="bgzipped+indexed VCF/BCF, or PGEN with .pvar/.psam (none: a tracks-only dataset).",
+    ),
 ]
-RegionsOption = Annotated[Path, typer.Option("--regions", help="BED of regions.")]
+RegionsOption = Annotated[
+    Path,
+    typer.Option("--regions", help="BED-like regions: .bed, .narrowPeak, .broadPeak, or .gz."),
+]
+TrackOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--track",
+        help="NAME=FILE: a per-sample track; FILE has a line 'SAMPLE<TAB>bigWig' per sample.",
+    ),
+]
+AnnotOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--annot", help="NAME=PATH: an annotation track, a bigWig or a BED-like table (BED5)."
+    ),
+]
 DatasetDestOption = Annotated[Path, typer.Option("--dest", help="Dataset directory to publish.")]
 SamplesOption = Annotated[
     str | None,
@@ -293,19 +313,59 @@ def _samples(value: str | None) -> tuple[str, ...] | None:
     return tuple(names)
 
 
+def _named(option: str, value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise InputError(f"{option} {value} is not NAME=PATH; give the track's name and its file.")
+    return name, Path(path)
+
+
+def _track_files(value: str) -> tuple[str, dict[str, Path]]:
+    """``NAME=FILE``, FILE listing ``SAMPLE<TAB>PATH`` lines (paths relative to FILE)."""
+    name, listing = _named("--track", value)
+    try:
+        lines = listing.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(
+            f"--track {value}: cannot read {listing} ({e.__class__.__name__}); give a file of "
+            "'SAMPLE<TAB>bigWig' lines."
+        ) from e
+    files: dict[str, Path] = {}
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        if len(fields) != 2:
+            raise InputError(
+                f"{listing} line {line_no} is not 'SAMPLE<TAB>bigWig'; list one sample and "
+                "its file a line."
+            )
+        sample, path = fields[0].strip(), Path(fields[1].strip())
+        if sample in files:
+            raise InputError(f"{listing} line {line_no} lists sample {sample} again; list it once.")
+        files[sample] = path if path.is_absolute() else listing.parent / path
+    if not files:
+        raise InputError(f"{listing} lists no sample; give 'SAMPLE<TAB>bigWig' lines.")
+    return name, files
+
+
 def _dataset_request(
-    variants: Path,
+    variants: Path | None,
     regions: Path,
     dest: Path,
     samples: str | None,
     max_jitter: int,
     strand_column: int | None,
+    tracks: list[str] | None = None,
+    annots: list[str] | None = None,
 ) -> DatasetRequest:
     from pydantic import ValidationError
 
     from farm.kinds import DatasetRequest
     from farm.requests import describe
 
+    per_sample = dict(_track_files(v) for v in tracks or [])
+    annotation = dict(_named("--annot", v) for v in annots or [])
     try:
         return DatasetRequest(
             variants=variants,
@@ -314,6 +374,8 @@ def _dataset_request(
             samples=_samples(samples),
             max_jitter=max_jitter,
             strand_column=strand_column,
+            tracks=per_sample or None,
+            annot_tracks=annotation or None,
         )
     except ValidationError as e:
         raise InputError(f"Invalid dataset request: {describe(e)}.") from e
@@ -321,17 +383,21 @@ def _dataset_request(
 
 @build_app.command("dataset")
 def build_dataset(
-    variants: VariantsOption,
     regions: RegionsOption,
     dest: DatasetDestOption,
+    variants: VariantsOption = None,
     samples: SamplesOption = None,
     max_jitter: JitterOption = 0,
     strand_column: StrandOption = None,
+    track: TrackOption = None,
+    annot: AnnotOption = None,
     timeout: TimeoutOption = None,
     inline: InlineOption = False,
 ) -> None:
     """Build (or reuse) a GenVarLoader dataset and print where it is."""
-    request = _dataset_request(variants, regions, dest, samples, max_jitter, strand_column)
+    request = _dataset_request(
+        variants, regions, dest, samples, max_jitter, strand_column, track, annot
+    )
     _build(request, timeout=timeout, inline=inline)
 
 
@@ -403,15 +469,19 @@ def submit_cache(
 
 @submit_app.command("dataset")
 def submit_dataset(
-    variants: VariantsOption,
     regions: RegionsOption,
     dest: DatasetDestOption,
+    variants: VariantsOption = None,
     samples: SamplesOption = None,
     max_jitter: JitterOption = 0,
     strand_column: StrandOption = None,
+    track: TrackOption = None,
+    annot: AnnotOption = None,
 ) -> None:
     """Submit a dataset build; print its key."""
-    request = _dataset_request(variants, regions, dest, samples, max_jitter, strand_column)
+    request = _dataset_request(
+        variants, regions, dest, samples, max_jitter, strand_column, track, annot
+    )
     with _farm() as farm:
         terminal.line(farm.submit(request).key)
 

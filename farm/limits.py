@@ -10,4 +10,5 @@ MAX_DEST_NAME_BYTES = 128
 MAX_JITTER = 1_000_000  # bp on each side of a region
 MAX_SAMPLES = 1_000_000
 MAX_SAMPLE_NAME = 256
+MAX_TRACKS = 1_000  # per-sample or annotation tracks in one dataset
 MAX_BATCH = 1_000_000  # requests in one submission

@@ -67,7 +67,7 @@ def _bounded(path: Path) -> Path:
     return path
 
 
-def _sample_names(samples: tuple[str, ...] | None) -> tuple[str, ...] | None:
+def sample_names(samples: tuple[str, ...] | None) -> tuple[str, ...] | None:
     if samples is None:
         return None
     if not samples:
@@ -88,7 +88,7 @@ def _sample_names(samples: tuple[str, ...] | None) -> tuple[str, ...] | None:
 
 
 BoundedPath = Annotated[Path, AfterValidator(_bounded)]
-SampleNames = Annotated[tuple[str, ...] | None, AfterValidator(_sample_names)]
+SampleNames = Annotated[tuple[str, ...] | None, AfterValidator(sample_names)]
 
 
 def describe(error: ValidationError) -> str:

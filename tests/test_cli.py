@@ -278,6 +278,41 @@ def test_datasets_and_caches_share_the_queue_and_open_in_genvarloader(
     assert farm(env, "verify").returncode == 0
 
 
+def test_a_tracks_only_dataset_goes_through_the_queue(env, chr20, start_workers, tmp_path):
+    import genvarloader as gvl
+
+    from tests.test_dataset_tracks import make_bigwig, make_table
+
+    start_workers(1)
+    samples = ["NA12878", "NA06994"]
+    for i, sample in enumerate(samples):
+        make_bigwig(chr20 / f"{sample}.bw", i)
+    listing = chr20 / "signal.tsv"  # paths relative to the listing
+    listing.write_text("".join(f"{s}\t{s}.bw\n" for s in samples))
+    bed = chr20 / "windows.bed"
+    bed.write_text(
+        "".join(f"20\t{1_000_000 + i * 7_000}\t{1_002_000 + i * 7_000}\n" for i in range(30))
+    )
+    dest = tmp_path / "tracks.gvl"
+    built = farm(
+        env, "build", "dataset", "--regions", str(bed), "--dest", str(dest),
+        "--track", f"signal={listing}", "--annot", f"peaks={make_table(chr20 / 'p.bed', 3)}",
+        "--timeout", "120",
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    ds = gvl.Dataset.open(dest)
+    assert list(ds.samples) == sorted(samples)
+    assert sorted(ds.available_tracks) == ["peaks", "signal"]
+    signal = np.asarray(ds.with_seqs(None).with_tracks("signal")[:, :].data)
+    assert signal.size == 30 * 2 * 2_000 and np.count_nonzero(signal) > signal.size // 2
+    assert farm(env, "verify").returncode == 0
+    typo = farm(
+        env, "build", "dataset", "--regions", str(bed), "--dest", str(tmp_path / "x.gvl"),
+        "--track", "signal",
+    )  # fmt: skip
+    assert_one_sentence(typo, "--track signal", "NAME=PATH")
+
+
 def test_dataset_bad_input_is_refused_with_one_sentence(env, chr20, start_workers):
     (chr20 / (VCF + ".tbi")).unlink()
     refused = farm(

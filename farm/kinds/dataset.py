@@ -3,31 +3,56 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from farm.artifacts import dataset
 from farm.artifacts.base import Classification, State
+from farm.artifacts.dataset.params import check_track_name
 from farm.artifacts.dataset.regions import detect_strand_column
 from farm.artifacts.dataset.validate import read_record
 from farm.artifacts.dataset.writer import FARM_RECORD
 from farm.errors import ArtifactInvalidError, FarmError, InputError, TooNewError
 from farm.fingerprint import Fingerprint, checksum
 from farm.kinds.base import Built, dir_size
-from farm.limits import MAX_JITTER
+from farm.limits import MAX_JITTER, MAX_TRACKS
 from farm.progress import Progress
 from farm.publish import Outcome, Owner
-from farm.requests import BoundedPath, SampleNames, absolute_path
+from farm.requests import BoundedPath, SampleNames, absolute_path, sample_names
+
+
+def _tracks(tracks: dict[str, dict[str, Path]] | None) -> dict[str, dict[str, Path]] | None:
+    if tracks is None:
+        return None
+    if len(tracks) > MAX_TRACKS:
+        raise ValueError(f"{len(tracks):,} tracks is over the limit of {MAX_TRACKS:,}")
+    for name, files in tracks.items():
+        check_track_name(name)
+        if not files:
+            raise ValueError(f"track {name!r} names no sample; map samples to bigWig files")
+        sample_names(tuple(files))
+    return tracks
+
+
+def _annot_tracks(tracks: dict[str, Path] | None) -> dict[str, Path] | None:
+    if tracks is not None:
+        if len(tracks) > MAX_TRACKS:
+            raise ValueError(f"{len(tracks):,} tracks is over the limit of {MAX_TRACKS:,}")
+        for name in tracks:
+            check_track_name(name)
+    return tracks
 
 
 class DatasetRequest(BaseModel):
-    """Build a GenVarLoader dataset from a variant file (VCF/BCF or PGEN) and a BED."""
+    """Build a GenVarLoader dataset, as ``gvl.write`` does, from a BED-like file of regions
+    and a variant file (VCF/BCF or PGEN), per-sample bigWig tracks, or both, with optional
+    annotation tracks (bigWig or BED-like table)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["dataset"] = "dataset"
-    variants: BoundedPath
+    variants: BoundedPath | None = None
     regions: BoundedPath
     dest: BoundedPath
     samples: SampleNames = None
@@ -35,6 +60,19 @@ class DatasetRequest(BaseModel):
     extend_to_length: bool = True
     # None: found from the BED when the request is prepared (see detect_strand_column).
     strand_column: int | None = Field(None, ge=0, le=1000)
+    # track name -> sample -> bigWig; annotation track name -> bigWig or BED-like table.
+    tracks: Annotated[dict[str, dict[str, BoundedPath]] | None, AfterValidator(_tracks)] = None
+    annot_tracks: Annotated[dict[str, BoundedPath] | None, AfterValidator(_annot_tracks)] = None
+
+    @model_validator(mode="after")
+    def _has_samples(self) -> DatasetRequest:
+        if self.variants is None and not self.tracks:
+            raise ValueError(
+                "a dataset needs variants or per-sample tracks (its samples come from them)"
+            )
+        if both := sorted((self.tracks or {}).keys() & (self.annot_tracks or {}).keys()):
+            raise ValueError(f"track {both[0]!r} is named twice; give each track its own name")
+        return self
 
     @property
     def format_version(self) -> str:
@@ -48,19 +86,23 @@ class DatasetRequest(BaseModel):
             max_jitter=self.max_jitter,
             extend_to_length=self.extend_to_length,
             strand_column=6 if self.strand_column is None else self.strand_column,
+            tracks=self.tracks,
+            annot_tracks=self.annot_tracks,
         )
 
     def destination(self) -> Path:
         return self.dest
 
     def source_files(self) -> dict[str, Path]:
-        """By role: the variant file, its index or .pvar/.psam, and the BED."""
+        """By role: the variant file, its index or .pvar/.psam, the BED, the tracks' files."""
         return self.params().source_roles()
 
     def canonical_params(self) -> dict[str, Any]:
-        """Parameters only: paths enter the key through their contents, not their names."""
+        """Parameters only: paths enter the key through their contents (and the tracks' names
+        and samples through their sources' roles), not their names."""
         canonical = self.params().canonical()
-        return {k: v for k, v in canonical.items() if k not in ("variants", "regions")}
+        paths = ("variants", "regions", "tracks", "annot_tracks")
+        return {k: v for k, v in canonical.items() if k not in paths}
 
     def check_inputs(self) -> None:
         self.params().check()
@@ -70,12 +112,19 @@ class DatasetRequest(BaseModel):
         the key says which column was used."""
         regions = absolute_path(self.regions)
         strand = self.strand_column
+        tracks = self.tracks and {
+            name: {sample: absolute_path(p) for sample, p in files.items()}
+            for name, files in self.tracks.items()
+        }
+        annot = self.annot_tracks and {n: absolute_path(p) for n, p in self.annot_tracks.items()}
         return self.model_copy(
             update={
-                "variants": absolute_path(self.variants),
+                "variants": absolute_path(self.variants) if self.variants is not None else None,
                 "regions": regions,
                 "dest": absolute_path(self.dest),
                 "strand_column": strand if strand is not None else detect_strand_column(regions),
+                "tracks": tracks,
+                "annot_tracks": annot,
             }
         )
 

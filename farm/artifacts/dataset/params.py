@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from farm.artifacts.bgzf import Bgzf, bgzf_state
 from farm.artifacts.dataset import regions as bed
@@ -23,17 +24,22 @@ class DatasetParams(BaseModel):
     sample order build the same dataset and share a key (see :meth:`canonical`).
     ``strand_column`` is the 1-based BED column holding the strand (6 in standard BED, 0 for
     none): GenVarLoader reads it by name, and a BED with extra columns may hold it elsewhere.
+    ``tracks``: per-sample interval tracks, name -> sample -> bigWig (``gvl.BigWigs``);
+    ``annot_tracks``: sample-independent tracks, name -> bigWig or BED-like table (score in
+    column 5). ``variants`` may be None for a tracks-only dataset.
     ``max_mem`` and ``overwrite`` of ``gvl.write`` are the farm's business, not the request's.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    variants: Path
+    variants: Path | None = None
     regions: Path
     samples: tuple[str, ...] | None = None
     max_jitter: int = Field(default=0, ge=0)
     extend_to_length: bool = True
     strand_column: int = Field(default=6, ge=0)
+    tracks: dict[str, dict[str, Path]] | None = None
+    annot_tracks: dict[str, Path] | None = None
 
     @field_validator("samples")
     @classmethod
@@ -45,8 +51,25 @@ class DatasetParams(BaseModel):
                 raise ValueError("samples must not repeat a name")
         return v
 
+    @model_validator(mode="after")
+    def _sources(self) -> DatasetParams:
+        if self.variants is None and not self.tracks:
+            raise ValueError(
+                "a dataset needs variants or per-sample tracks (its samples come from them)"
+            )
+        for name in (self.tracks or {}).keys() | (self.annot_tracks or {}).keys():
+            check_track_name(name)
+        if both := sorted((self.tracks or {}).keys() & (self.annot_tracks or {}).keys()):
+            raise ValueError(f"track {both[0]!r} is named twice; give each track its own name")
+        for name, files in (self.tracks or {}).items():
+            if not files:
+                raise ValueError(f"track {name!r} names no sample; map samples to bigWig files")
+        return self
+
     @property
-    def kind(self) -> VariantKind:
+    def kind(self) -> VariantKind | None:
+        if self.variants is None:
+            return None
         name = self.variants.name.lower()
         if name.endswith(".pgen"):
             return "pgen"
@@ -63,6 +86,8 @@ class DatasetParams(BaseModel):
         )
 
     def index_file(self) -> Path | None:
+        if self.variants is None:
+            return None
         for suffix in (".tbi", ".csi"):
             p = self.variants.with_name(self.variants.name + suffix)
             if p.is_file():
@@ -75,55 +100,104 @@ class DatasetParams(BaseModel):
 
     def source_roles(self) -> dict[str, Path]:
         """The source files by role: ``variants``, then ``index`` (a VCF/BCF's .tbi or .csi,
-        when there is one) or ``pvar`` and ``psam`` (a PGEN's), then ``regions`` (the BED).
+        when there is one) or ``pvar`` and ``psam`` (a PGEN's), then ``regions`` (the BED),
+        then ``track:NAME:SAMPLE`` and ``annot:NAME`` for the tracks' files.
 
         These are the names the request key gives its sources, and the keys of the
         ``expected`` fingerprints a build checks its sources against.
         """
-        roles = {"variants": self.variants}
-        if self.kind == "pgen":
-            from farm.artifacts.dataset.pgen import siblings
+        roles: dict[str, Path] = {}
+        if self.variants is not None:
+            roles["variants"] = self.variants
+            if self.kind == "pgen":
+                from farm.artifacts.dataset.pgen import siblings
 
-            roles["pvar"], roles["psam"] = siblings(self.variants)
-        elif (index := self.index_file()) is not None:
-            roles["index"] = index
+                roles["pvar"], roles["psam"] = siblings(self.variants)
+            elif (index := self.index_file()) is not None:
+                roles["index"] = index
         roles["regions"] = self.regions
+        for name, files in sorted((self.tracks or {}).items()):
+            for sample, path in sorted(files.items()):
+                roles[f"track:{name}:{sample}"] = path
+        for name, path in sorted((self.annot_tracks or {}).items()):
+            roles[f"annot:{name}"] = path
         return roles
 
     def canonical(self) -> dict[str, Any]:
-        """JSON-able request with absolute paths and samples in the order the dataset holds them."""
-        return {
-            "variants": str(self.variants.resolve()),
+        """JSON-able request with absolute paths and samples in the order the dataset holds them.
+        Tracks appear only when given, so datasets built before tracks keep their record."""
+        out: dict[str, Any] = {
+            "variants": str(self.variants.resolve()) if self.variants is not None else None,
             "regions": str(self.regions.resolve()),
             "samples": sorted(self.samples) if self.samples is not None else None,
             "max_jitter": self.max_jitter,
             "extend_to_length": self.extend_to_length,
             "strand_column": self.strand_column,
         }
+        if self.tracks:
+            out["tracks"] = {
+                name: {s: str(p.resolve()) for s, p in sorted(files.items())}
+                for name, files in sorted(self.tracks.items())
+            }
+        if self.annot_tracks:
+            out["annot_tracks"] = {
+                name: str(p.resolve()) for name, p in sorted(self.annot_tracks.items())
+            }
+        return out
 
     def check(self) -> None:
         """Raise :class:`InputError` with one sentence for any input that cannot build.
 
-        Cheap checks only (headers, indexes, the BED); defects found only by reading every
-        record (unsorted files, multi-allelic records, corrupt blocks) surface during the build.
+        Cheap checks only (headers, indexes, the BED, the tracks' contigs); defects found only
+        by reading every record (unsorted files, multi-allelic records, corrupt blocks) surface
+        during the build.
         """
         for p in (self.variants, self.regions):
+            if p is None:
+                continue
             if not p.exists():
                 raise InputError(f"Input file {p} does not exist; check the path.")
             if not p.is_file():
                 raise InputError(f"Input {p} is not a file; name the file itself.")
-        available = self._check_variants()
+        # Contigs without variant records are fine: their haplotypes are the reference.
+        regions = bed.read_bed(self.regions, self.strand_column)
+        self.dataset_samples(regions.contigs)
+
+    def dataset_samples(self, contigs: list[str]) -> list[str]:
+        """The dataset's samples, sorted: those asked for (default: every sample the variant
+        file and each per-sample track have), each checked to be in all of them. Opening the
+        tracks checks they cover the BED's ``contigs``."""
+        from farm.artifacts.dataset.tracks import check_track_files
+
+        available: set[str] | None = None
+        where: list[str] = []
+        if self.variants is not None:
+            available = set(self._check_variants())
+            where.append(str(self.variants))
+        for name, files in sorted((self.tracks or {}).items()):
+            check_track_files(name, files, contigs)
+            available = set(files) if available is None else available & set(files)
+            where.append(f"track {name!r}")
+        for name, path in sorted((self.annot_tracks or {}).items()):
+            check_track_files(name, {"": path}, contigs, annotation=True)
+        assert available is not None  # the model requires variants or tracks
         if self.samples is not None:
-            missing = [s for s in self.samples if s not in set(available)]
+            missing = [s for s in self.samples if s not in available]
             if missing:
                 raise InputError(
-                    f"Sample(s) {', '.join(missing[:5])} are not in {self.variants}; "
-                    f"request only samples the file has."
+                    f"Sample(s) {', '.join(missing[:5])} are not in every one of "
+                    f"{', '.join(where)}; request only samples all of them have."
                 )
-        # Contigs without records are fine: their haplotypes are the reference sequence.
-        bed.read_bed(self.regions, self.strand_column)
+            return sorted(self.samples)
+        if not available:
+            raise InputError(
+                f"No sample is in every one of {', '.join(where)}; name the samples alike "
+                "in the variant file and the tracks."
+            )
+        return sorted(available)
 
     def _check_variants(self) -> list[str]:
+        assert self.variants is not None
         if self.kind == "pgen":
             from farm.artifacts.dataset.pgen import read_psam, siblings
 
@@ -148,6 +222,18 @@ class DatasetParams(BaseModel):
                 f"a dataset needs genotypes."
             )
         return samples
+
+
+_TRACK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
+
+
+def check_track_name(name: str) -> None:
+    """A track's name is a directory name in the dataset: letters, digits, ``_.+-``."""
+    if not _TRACK_NAME.fullmatch(name):
+        raise ValueError(
+            f"track name {name[:60]!r} is not a plain name (letters, digits and _.+-, up to "
+            "128, not starting with . + or -)"
+        )
 
 
 def contig_aliases(name: str) -> tuple[str, str]:

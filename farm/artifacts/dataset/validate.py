@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from farm.artifacts.base import Classification, State
+from farm.artifacts.dataset.tracks import FILES as TRACK_FILES
 from farm.artifacts.dataset.writer import FARM_RECORD, GENOTYPE_FILES, REQUIRED
 from farm.errors import ArtifactInvalidError, TooNewError
 from farm.fingerprint import Fingerprint, checksum, fingerprint
@@ -78,6 +79,10 @@ def validate_dataset(dest: Path, *, deep: bool = False) -> None:
         raise _invalid(dest, f"regions.npy has shape {regions.shape}, expected ({n_regions}, 4)")
     if (dest / "genotypes").exists():
         _check_genotypes(dest, meta, n_regions, n_samples, deep)
+    for kind, cells in (("intervals", n_regions * n_samples), ("annot_intervals", n_regions)):
+        if (dest / kind).is_dir():
+            for track in sorted((dest / kind).iterdir()):
+                _check_track(dest, track, cells)
     if deep:
         _check_checksums(dest)
 
@@ -119,6 +124,27 @@ def _check_genotypes(
         want = Fingerprint.model_validate(fp)
         if not want.matches(fingerprint(dest / GENOTYPE_FILES[0])):
             raise _invalid(dest, "genotypes/variants.arrow does not match its fingerprint")
+
+
+def _check_track(dest: Path, track: Path, cells: int) -> None:
+    """A track's four arrays: offsets over every cell, and as many intervals as they say (one
+    padding entry when there are none: genvarloader cannot map an empty file)."""
+    where = track.relative_to(dest).as_posix()
+    sizes = {}
+    for name in TRACK_FILES:
+        try:
+            sizes[name] = (track / name).stat().st_size
+        except OSError:
+            raise _invalid(dest, f"track file {where}/{name} is missing") from None
+    if sizes["offsets.npy"] != (cells + 1) * 8:
+        raise _invalid(
+            dest,
+            f"{where}/offsets.npy is {sizes['offsets.npy']} bytes, expected {(cells + 1) * 8}",
+        )
+    offsets = np.memmap(track / "offsets.npy", np.int64, "r")
+    n = max(int(offsets[-1]), 1)
+    if offsets[0] != 0 or any(sizes[f] != n * 4 for f in TRACK_FILES[:3]):
+        raise _invalid(dest, f"{where} holds arrays of other lengths than its offsets say")
 
 
 def read_record(dest: Path) -> dict[str, Any] | None:

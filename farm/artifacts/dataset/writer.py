@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pyarrow.ipc as ipc
@@ -23,9 +23,16 @@ import pyarrow.ipc as ipc
 import farm
 from farm.artifacts.dataset.params import DatasetParams, contig_aliases, match_contig
 from farm.artifacts.dataset.pgen import PgenFile
+from farm.artifacts.dataset.rawfile import RawWriter
 from farm.artifacts.dataset.regions import Regions, read_bed
 from farm.artifacts.dataset.select import ContigSites, select_region
 from farm.artifacts.dataset.sites import SiteTable
+from farm.artifacts.dataset.tracks import (
+    Windows,
+    is_bigwig,
+    write_bigwig_track,
+    write_table_track,
+)
 from farm.artifacts.dataset.vcf import VcfFile
 from farm.errors import InputError, SourceChangedError
 from farm.fingerprint import (
@@ -33,8 +40,6 @@ from farm.fingerprint import (
     SourceStamp,
     checksum,
     fingerprint,
-    format_checksum,
-    new_checksum,
 )
 from farm.progress import NO_PROGRESS, Progress
 
@@ -47,25 +52,6 @@ FARM_RECORD = "farm.json"
 REQUIRED = ("metadata.json", "input_regions.arrow", "regions.npy")
 NO_SITES = ContigSites(0, *(np.zeros(0, np.int64) for _ in range(3)))
 GENOTYPE_FILES = ("genotypes/variants.arrow", "genotypes/variant_idxs.npy", "genotypes/offsets.npy")
-
-
-class _HashedWriter:
-    """Append-only file that checksums its bytes as they are written (no second read)."""
-
-    def __init__(self, path: Path) -> None:
-        self._f: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self._h = new_checksum()
-        self.n_bytes = 0
-
-    def write(self, arr: np.ndarray) -> None:
-        buf = memoryview(np.ascontiguousarray(arr)).cast("B")
-        self._f.write(buf)
-        self._h.update(buf)
-        self.n_bytes += len(buf)
-
-    def close(self) -> str:
-        self._f.close()
-        return format_checksum(self._h)
 
 
 def write_dataset(
@@ -85,11 +71,70 @@ def write_dataset(
     """
     stamps = _stamp_sources(params, expected)
     regions = read_bed(params.regions, params.strand_column)
+    samples = params.dataset_samples(regions.contigs)
+    table_rows = regions.sorted_table(params.max_jitter)
+    n_track_dirs = len(params.tracks or {}) + len(params.annot_tracks or {})
+    with_variants = params.variants is not None
+    progress.start(regions.n * (int(with_variants) + n_track_dirs), "regions")
+
+    sums: dict[str, str] = {}
+    if with_variants:
+        sums |= _write_genotypes(params, regions, samples, table_rows, out_dir, progress)
+    # Tracks cover the final windows: after jitter, and after ends extended for deletions.
+    np.save(out_dir / "regions.npy", table_rows.astype(np.int32))
+    sums |= _write_tracks(params, regions, samples, table_rows, out_dir, progress)
+    _write_input_regions(out_dir / "input_regions.arrow", regions)
+    metadata: dict[str, Any] = {
+        "samples": samples,
+        "contigs": regions.contigs,
+        "n_regions": regions.n,
+        "ploidy": PLOIDY if with_variants else None,
+        "max_jitter": params.max_jitter,
+        "version": GVL_VERSION,
+        "format_version": FORMAT_VERSION,
+        "svar_link": None,
+        "svar2_link": None,
+        # GenVarLoader checks this on open, so it too notices a replaced variant table.
+        "variants_fingerprint": (
+            fingerprint(out_dir / GENOTYPE_FILES[0]).model_dump() if with_variants else None
+        ),
+    }
+    (out_dir / "metadata.json").write_text(json.dumps(metadata, separators=(",", ":")))
+
+    for stamp in stamps:
+        if not stamp.unchanged():
+            raise SourceChangedError(
+                f"Input {stamp.path} of the dataset changed while it was being built; nothing "
+                "was published, submit the build again once the file is final."
+            )
+    for rel in ("metadata.json", "input_regions.arrow", "regions.npy"):
+        sums[rel] = checksum(out_dir / rel)
+    record = {
+        "kind": "dataset",
+        "farm_version": farm.__version__,
+        "format_version": FORMAT_VERSION,
+        "request": params.canonical(),
+        "sources": {str(s.path): s.fingerprint.model_dump() for s in stamps},
+        "checksums": dict(sorted(sums.items())),
+    }
+    (out_dir / FARM_RECORD).write_text(json.dumps(record, indent=1))
+    return metadata
+
+
+def _write_genotypes(
+    params: DatasetParams,
+    regions: Regions,
+    samples: list[str],
+    table_rows: np.ndarray,
+    out_dir: Path,
+    progress: Progress,
+) -> dict[str, str]:
+    """``genotypes/``: the variant table, and each haplotype's variants per region. Extends
+    ``table_rows``' ends in place where deletions need the haplotypes to reach past them."""
+    assert params.variants is not None
     source = PgenFile(params.variants) if params.kind == "pgen" else VcfFile(params.variants)
-    samples = _select_samples(params, source.samples)
     geno = out_dir / "genotypes"
     geno.mkdir()
-
     table = SiteTable(params.variants, geno / "variants.arrow")
     table.keep_positions_for({alias for c in regions.contigs for alias in contig_aliases(c)})
     source.read_sites(table)
@@ -99,10 +144,8 @@ def write_dataset(
     file_contigs = table.contigs
 
     sums: dict[str, str] = {}
-    table_rows = regions.sorted_table(params.max_jitter)
-    idx_out = _HashedWriter(geno / "variant_idxs.npy")
-    off_out = _HashedWriter(geno / "offsets.npy")
-    progress.start(len(table_rows), "regions")
+    idx_out = RawWriter(geno / "variant_idxs.npy")
+    off_out = RawWriter(geno / "offsets.npy")
     try:
         total = 0
         for c_i, contig in enumerate(regions.contigs):
@@ -132,42 +175,37 @@ def write_dataset(
     finally:
         sums["genotypes/variant_idxs.npy"] = idx_out.close()
         sums["genotypes/offsets.npy"] = off_out.close()
+    sums[GENOTYPE_FILES[0]] = checksum(out_dir / GENOTYPE_FILES[0])
+    return sums
 
-    np.save(out_dir / "regions.npy", table_rows.astype(np.int32))
-    _write_input_regions(out_dir / "input_regions.arrow", regions)
-    metadata: dict[str, Any] = {
-        "samples": samples,
-        "contigs": regions.contigs,
-        "n_regions": regions.n,
-        "ploidy": PLOIDY,
-        "max_jitter": params.max_jitter,
-        "version": GVL_VERSION,
-        "format_version": FORMAT_VERSION,
-        "svar_link": None,
-        "svar2_link": None,
-        # GenVarLoader checks this on open, so it too notices a replaced variant table.
-        "variants_fingerprint": fingerprint(geno / "variants.arrow").model_dump(),
-    }
-    (out_dir / "metadata.json").write_text(json.dumps(metadata, separators=(",", ":")))
 
-    for stamp in stamps:
-        if not stamp.unchanged():
-            raise SourceChangedError(
-                f"Input {stamp.path} of the dataset changed while it was being built; nothing "
-                "was published, submit the build again once the file is final."
-            )
-    for rel in ("metadata.json", "input_regions.arrow", "regions.npy", GENOTYPE_FILES[0]):
-        sums[rel] = checksum(out_dir / rel)
-    record = {
-        "kind": "dataset",
-        "farm_version": farm.__version__,
-        "format_version": FORMAT_VERSION,
-        "request": params.canonical(),
-        "sources": {str(s.path): s.fingerprint.model_dump() for s in stamps},
-        "checksums": dict(sorted(sums.items())),
-    }
-    (out_dir / FARM_RECORD).write_text(json.dumps(record, indent=1))
-    return metadata
+def _write_tracks(
+    params: DatasetParams,
+    regions: Regions,
+    samples: list[str],
+    table_rows: np.ndarray,
+    out_dir: Path,
+    progress: Progress,
+) -> dict[str, str]:
+    """``intervals/NAME/`` per per-sample track and ``annot_intervals/NAME/`` per annotation."""
+    windows = Windows(
+        contigs=[regions.contigs[c] for c in table_rows[:, 0]],
+        starts=table_rows[:, 1].copy(),
+        ends=table_rows[:, 2].copy(),
+    )
+    sums: dict[str, str] = {}
+    for name, files in sorted((params.tracks or {}).items()):
+        paths = [files[s] for s in samples]
+        written = write_bigwig_track(out_dir / "intervals" / name, windows, paths, progress)
+        sums |= {f"intervals/{name}/{f}": c for f, c in written.items()}
+    for name, path in sorted((params.annot_tracks or {}).items()):
+        where = out_dir / "annot_intervals" / name
+        if is_bigwig(path):
+            written = write_bigwig_track(where, windows, [path], progress)
+        else:
+            written = write_table_track(where, windows, path, progress)
+        sums |= {f"annot_intervals/{name}/{f}": c for f, c in written.items()}
+    return sums
 
 
 def _stamp_sources(
@@ -190,21 +228,6 @@ def _stamp_sources(
                     "from the current files."
                 )
     return list(stamps.values())
-
-
-def _select_samples(params: DatasetParams, available: list[str]) -> list[str]:
-    if not available:
-        raise InputError(f"Variant file {params.variants} has no samples; it needs genotypes.")
-    if params.samples is None:
-        return sorted(available)
-    have = set(available)
-    missing = [s for s in params.samples if s not in have]
-    if missing:
-        raise InputError(
-            f"Sample(s) {', '.join(missing[:5])} are not in {params.variants}; "
-            f"request only samples the file has."
-        )
-    return sorted(params.samples)
 
 
 def _check_pgen_count(source: PgenFile, n_pvar: int) -> None:
@@ -233,8 +256,8 @@ def _write_contig(
     sites: ContigSites,
     table_rows: np.ndarray,
     rows: np.ndarray,
-    idx_out: _HashedWriter,
-    off_out: _HashedWriter,
+    idx_out: RawWriter,
+    off_out: RawWriter,
     total: int,
     file_contig: str,
     progress: Progress,

@@ -1,0 +1,251 @@
+"""A dataset's interval tracks, in genvarloader 0.43.1's struct-of-arrays layout (format 2.0).
+
+Each track is a directory of four headerless arrays: ``starts.npy`` and ``ends.npy`` (int32),
+``values.npy`` (float32) and ``offsets.npy`` (int64, one more than the cells). Cells are
+region-major over the dataset's sorted, jittered (and deletion-extended) region windows:
+``region * n_samples + sample`` for a per-sample track (``intervals/NAME/``), ``region`` for an
+annotation track (``annot_intervals/NAME/``).
+
+What a window holds, as genvarloader writes it: for bigWigs, every record with
+``start < min(end, contig length)`` and ``end > max(start, 0)``, clipped to the window, in file
+order; for an annotation table (BED-like, score in column 5), every row overlapping the window,
+unclipped, by start. A track with no interval at all gets one padding entry that no offset
+reaches, because genvarloader cannot map an empty file (its own writer leaves it empty and
+then cannot open the dataset).
+
+Regions are taken a chunk at a time, every sample's bigWig open at once, so memory is bounded
+by one chunk's intervals whatever the track's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from farm.artifacts.dataset.bigwig import BigWig, ragged_index
+from farm.artifacts.dataset.rawfile import RawWriter
+from farm.errors import InputError
+from farm.progress import NO_PROGRESS, Progress
+
+BIGWIG_MAGIC = (0x888FFC26).to_bytes(4, "little")
+_MITO = ("M", "MT", "chrM", "chrMT")
+_CHUNK = 256  # regions per pass over the samples' files
+FILES = ("starts.npy", "ends.npy", "values.npy", "offsets.npy")
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The dataset's region windows in stored order: contig name as in the BED, start, end."""
+
+    contigs: list[str]
+    starts: NDArray[np.int64]
+    ends: NDArray[np.int64]
+
+    @property
+    def n(self) -> int:
+        return len(self.starts)
+
+
+def file_contig(name: str, available: Mapping[str, int] | set[str]) -> str | None:
+    """A file's name for a BED contig: as spelled, with "chr" added or removed, or another
+    spelling of the mitochondrion (M, MT, chrM, chrMT), as genvarloader matches them."""
+    if name in available:
+        return name
+    alias = name[3:] if name.startswith("chr") else f"chr{name}"
+    if alias in available:
+        return alias
+    if name in _MITO:
+        return next((m for m in _MITO if m in available), None)
+    return None
+
+
+def is_bigwig(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == BIGWIG_MAGIC
+    except OSError:
+        return False
+
+
+def check_track_files(
+    name: str, files: Mapping[str, Path], contigs: list[str], *, annotation: bool = False
+) -> None:
+    """One sentence for a track file that is missing, unreadable or lacks a BED contig."""
+    for sample, path in sorted(files.items()):
+        of = f"track {name!r}" + (f" (sample {sample})" if sample else "")
+        if not path.is_file():
+            raise InputError(
+                f"File {path} of {of} does not exist or is not a file; check the path."
+            )
+        if annotation and not is_bigwig(path):
+            read_table(path)
+            continue
+        with BigWig(path) as bw:
+            lacking = [c for c in contigs if file_contig(c, bw.chroms) is None]
+        if lacking:
+            raise InputError(
+                f"bigWig {path} of {of} has no contig {lacking[0]} that the BED names; drop "
+                "those regions or use a bigWig of the same genome."
+            )
+
+
+def write_bigwig_track(
+    out_dir: Path, windows: Windows, paths: list[Path], progress: Progress = NO_PROGRESS
+) -> dict[str, str]:
+    """Write one track from bigWigs (one per sample, in dataset order; one for an annotation
+    track) into the new directory ``out_dir``; return each file's checksum by name."""
+    out_dir.mkdir(parents=True)
+    with ExitStack() as stack:
+        files = [stack.enter_context(BigWig(p)) for p in paths]
+        out = _Track(out_dir)
+        try:
+            for lo in range(0, windows.n, _CHUNK):
+                hi = min(lo + _CHUNK, windows.n)
+                per_file = [
+                    _window_intervals(bw, path, windows, lo, hi)
+                    for bw, path in zip(files, paths, strict=True)
+                ]
+                out.add_chunk(per_file)
+                progress.advance(hi - lo)
+        finally:
+            sums = out.close()
+    return sums
+
+
+def write_table_track(
+    out_dir: Path, windows: Windows, path: Path, progress: Progress = NO_PROGRESS
+) -> dict[str, str]:
+    """Write an annotation track from a BED-like table (score in column 5)."""
+    out_dir.mkdir(parents=True)
+    table = read_table(path)
+    out = _Track(out_dir)
+    try:
+        for lo in range(0, windows.n, _CHUNK):
+            hi = min(lo + _CHUNK, windows.n)
+            out.add_chunk([table.overlapping(windows, lo, hi)])
+            progress.advance(hi - lo)
+    finally:
+        sums = out.close()
+    return sums
+
+
+Intervals = tuple[NDArray[np.int64], NDArray[np.int32], NDArray[np.int32], NDArray[np.float32]]
+
+
+def _window_intervals(bw: BigWig, path: Path, windows: Windows, lo: int, hi: int) -> Intervals:
+    """(counts, starts, ends, values) of windows ``lo:hi`` from one bigWig, window by window."""
+    parts: list[Intervals] = []
+    i = lo
+    while i < hi:  # runs of one contig (windows are sorted by contig)
+        j = i + 1
+        while j < hi and windows.contigs[j] == windows.contigs[i]:
+            j += 1
+        contig = file_contig(windows.contigs[i], bw.chroms)
+        if contig is None:  # checked before the build; a file swapped since fails here
+            raise InputError(
+                f"bigWig {path} has no contig {windows.contigs[i]}; use a bigWig of the "
+                "same genome."
+            )
+        parts.append(bw.intervals(contig, windows.starts[i:j], windows.ends[i:j]))
+        i = j
+    return _concat(parts)
+
+
+def _concat(parts: list[Intervals]) -> Intervals:
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(np.concatenate(column) for column in zip(*parts, strict=True))  # type: ignore[return-value]
+
+
+class _Track:
+    """The four files of a track, filled a chunk of regions at a time."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self._out = {name: RawWriter(out_dir / name) for name in FILES}
+        self._total = 0
+        self._out["offsets.npy"].write(np.zeros(1, np.int64))
+
+    def add_chunk(self, per_file: list[Intervals]) -> None:
+        """Interleave the files' intervals region-major: region r, file 0..S-1, region r+1..."""
+        counts = np.stack([p[0] for p in per_file], axis=1)  # (regions, files)
+        sizes = counts.sum(axis=0)
+        base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        within = np.cumsum(counts, axis=0) - counts  # first index of each region in its file
+        first = (within + base).ravel()
+        flat = counts.ravel()
+        take = ragged_index(first, flat)
+        for name, k in (("starts.npy", 1), ("ends.npy", 2), ("values.npy", 3)):
+            column = (
+                np.concatenate([p[k] for p in per_file]) if len(per_file) > 1 else per_file[0][k]
+            )
+            self._out[name].write(column[take])
+        self._out["offsets.npy"].write(self._total + np.cumsum(flat))
+        self._total += int(flat.sum())
+
+    def close(self) -> dict[str, str]:
+        if self._total == 0:
+            for name, dtype in (("starts.npy", np.int32), ("ends.npy", np.int32)):
+                self._out[name].write(np.zeros(1, dtype))
+            self._out["values.npy"].write(np.zeros(1, np.float32))
+        return {name: writer.close() for name, writer in self._out.items()}
+
+
+@dataclass(frozen=True)
+class Table:
+    """An annotation table's rows by contig, sorted by start (stable: ties keep file order)."""
+
+    path: Path
+    by_contig: dict[str, tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]]
+
+    def overlapping(self, windows: Windows, lo: int, hi: int) -> Intervals:
+        counts = np.zeros(hi - lo, np.int64)
+        starts: list[NDArray[np.int64]] = []
+        ends: list[NDArray[np.int64]] = []
+        values: list[NDArray[np.float32]] = []
+        for k, i in enumerate(range(lo, hi)):
+            contig = file_contig(windows.contigs[i], self.by_contig)
+            if contig is None:
+                continue
+            s, e, v = self.by_contig[contig]
+            qs, qe = max(int(windows.starts[i]), 0), int(windows.ends[i])
+            stop = int(np.searchsorted(s, qe, "left"))
+            hit = np.flatnonzero(e[:stop] > qs)
+            counts[k] = len(hit)
+            starts.append(s[hit])
+            ends.append(e[hit])
+            values.append(v[hit])
+        if not starts:
+            return counts, np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
+        return (
+            counts,
+            np.concatenate(starts).astype(np.int32),
+            np.concatenate(ends).astype(np.int32),
+            np.concatenate(values),
+        )
+
+
+def read_table(path: Path) -> Table:
+    """An annotation table: chrom, chromStart, chromEnd, name, score (BED5+), plain or gzipped."""
+    from farm.artifacts.dataset.regions import read_bed
+
+    regions = read_bed(path, strand_column=0)
+    names = regions.columns.column_names
+    score = regions.columns.column("score") if "score" in names else None
+    if score is None or not (score.type.equals("double") or score.type.equals("int64")):
+        raise InputError(
+            f"Annotation table {path} has no numeric score in column 5; give it BED5 rows "
+            "(chrom, start, end, name, score) or pass a bigWig."
+        )
+    scores = score.to_numpy(zero_copy_only=False).astype(np.float32)
+    chrom = np.asarray(regions.chrom, dtype=object)
+    by_contig = {}
+    for contig in dict.fromkeys(regions.chrom):
+        rows = np.flatnonzero(chrom == contig)
+        order = rows[np.argsort(regions.starts[rows], kind="stable")]
+        by_contig[contig] = (regions.starts[order], regions.ends[order], scores[order])
+    return Table(path, by_contig)
