@@ -270,6 +270,14 @@ TrackOption = Annotated[
         help="NAME=FILE: a per-sample track; FILE has a line 'SAMPLE<TAB>bigWig' per sample.",
     ),
 ]
+TrackTableOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--track-table",
+        help="NAME=TABLE: a per-sample track from one table (.csv/.tsv/.parquet/.arrow) with "
+        "columns sample_id, chrom, start, end, value.",
+    ),
+]
 AnnotOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -358,13 +366,19 @@ def _dataset_request(
     strand_column: int | None,
     tracks: list[str] | None = None,
     annots: list[str] | None = None,
+    track_tables: list[str] | None = None,
 ) -> DatasetRequest:
     from pydantic import ValidationError
 
     from farm.kinds import DatasetRequest
     from farm.requests import describe
 
-    per_sample = dict(_track_files(v) for v in tracks or [])
+    per_sample: dict[str, dict[str, Path] | Path] = dict(_track_files(v) for v in tracks or [])
+    for value in track_tables or []:
+        name, table = _named("--track-table", value)
+        if name in per_sample:
+            raise InputError(f"Track {name} is given twice; give each track its own name.")
+        per_sample[name] = table
     annotation = dict(_named("--annot", v) for v in annots or [])
     try:
         return DatasetRequest(
@@ -390,13 +404,14 @@ def build_dataset(
     max_jitter: JitterOption = 0,
     strand_column: StrandOption = None,
     track: TrackOption = None,
+    track_table: TrackTableOption = None,
     annot: AnnotOption = None,
     timeout: TimeoutOption = None,
     inline: InlineOption = False,
 ) -> None:
     """Build (or reuse) a GenVarLoader dataset and print where it is."""
     request = _dataset_request(
-        variants, regions, dest, samples, max_jitter, strand_column, track, annot
+        variants, regions, dest, samples, max_jitter, strand_column, track, annot, track_table
     )
     _build(request, timeout=timeout, inline=inline)
 
@@ -476,11 +491,12 @@ def submit_dataset(
     max_jitter: JitterOption = 0,
     strand_column: StrandOption = None,
     track: TrackOption = None,
+    track_table: TrackTableOption = None,
     annot: AnnotOption = None,
 ) -> None:
     """Submit a dataset build; print its key."""
     request = _dataset_request(
-        variants, regions, dest, samples, max_jitter, strand_column, track, annot
+        variants, regions, dest, samples, max_jitter, strand_column, track, annot, track_table
     )
     with _farm() as farm:
         terminal.line(farm.submit(request).key)

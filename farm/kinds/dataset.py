@@ -21,17 +21,20 @@ from farm.progress import Progress
 from farm.publish import Outcome, Owner
 from farm.requests import BoundedPath, SampleNames, absolute_path, sample_names
 
+TrackSource = dict[str, Path] | Path
 
-def _tracks(tracks: dict[str, dict[str, Path]] | None) -> dict[str, dict[str, Path]] | None:
+
+def _tracks(tracks: dict[str, TrackSource] | None) -> dict[str, TrackSource] | None:
     if tracks is None:
         return None
     if len(tracks) > MAX_TRACKS:
         raise ValueError(f"{len(tracks):,} tracks is over the limit of {MAX_TRACKS:,}")
-    for name, files in tracks.items():
+    for name, source in tracks.items():
         check_track_name(name)
-        if not files:
-            raise ValueError(f"track {name!r} names no sample; map samples to bigWig files")
-        sample_names(tuple(files))
+        if isinstance(source, dict):
+            if not source:
+                raise ValueError(f"track {name!r} names no sample; map samples to bigWig files")
+            sample_names(tuple(source))
     return tracks
 
 
@@ -60,8 +63,11 @@ class DatasetRequest(BaseModel):
     extend_to_length: bool = True
     # None: found from the BED when the request is prepared (see detect_strand_column).
     strand_column: int | None = Field(None, ge=0, le=1000)
-    # track name -> sample -> bigWig; annotation track name -> bigWig or BED-like table.
-    tracks: Annotated[dict[str, dict[str, BoundedPath]] | None, AfterValidator(_tracks)] = None
+    # track name -> sample -> bigWig or table, or -> one long-form table (sample_id column);
+    # annotation track name -> bigWig or BED-like table.
+    tracks: Annotated[
+        dict[str, dict[str, BoundedPath] | BoundedPath] | None, AfterValidator(_tracks)
+    ] = None
     annot_tracks: Annotated[dict[str, BoundedPath] | None, AfterValidator(_annot_tracks)] = None
 
     @model_validator(mode="after")
@@ -113,8 +119,12 @@ class DatasetRequest(BaseModel):
         regions = absolute_path(self.regions)
         strand = self.strand_column
         tracks = self.tracks and {
-            name: {sample: absolute_path(p) for sample, p in files.items()}
-            for name, files in self.tracks.items()
+            name: (
+                absolute_path(source)
+                if isinstance(source, Path)
+                else {sample: absolute_path(p) for sample, p in source.items()}
+            )
+            for name, source in self.tracks.items()
         }
         annot = self.annot_tracks and {n: absolute_path(p) for n, p in self.annot_tracks.items()}
         return self.model_copy(

@@ -24,7 +24,8 @@ class DatasetParams(BaseModel):
     sample order build the same dataset and share a key (see :meth:`canonical`).
     ``strand_column`` is the 1-based BED column holding the strand (6 in standard BED, 0 for
     none): GenVarLoader reads it by name, and a BED with extra columns may hold it elsewhere.
-    ``tracks``: per-sample interval tracks, name -> sample -> bigWig (``gvl.BigWigs``);
+    ``tracks``: per-sample interval tracks, name -> sample -> bigWig (``gvl.BigWigs``) or
+    interval table, or name -> one long-form table with a ``sample_id`` column (``gvl.Table``);
     ``annot_tracks``: sample-independent tracks, name -> bigWig or BED-like table (score in
     column 5). ``variants`` may be None for a tracks-only dataset.
     ``max_mem`` and ``overwrite`` of ``gvl.write`` are the farm's business, not the request's.
@@ -38,7 +39,7 @@ class DatasetParams(BaseModel):
     max_jitter: int = Field(default=0, ge=0)
     extend_to_length: bool = True
     strand_column: int = Field(default=6, ge=0)
-    tracks: dict[str, dict[str, Path]] | None = None
+    tracks: dict[str, dict[str, Path] | Path] | None = None
     annot_tracks: dict[str, Path] | None = None
 
     @field_validator("samples")
@@ -61,8 +62,8 @@ class DatasetParams(BaseModel):
             check_track_name(name)
         if both := sorted((self.tracks or {}).keys() & (self.annot_tracks or {}).keys()):
             raise ValueError(f"track {both[0]!r} is named twice; give each track its own name")
-        for name, files in (self.tracks or {}).items():
-            if not files:
+        for name, source in (self.tracks or {}).items():
+            if not source:
                 raise ValueError(f"track {name!r} names no sample; map samples to bigWig files")
         return self
 
@@ -116,8 +117,11 @@ class DatasetParams(BaseModel):
             elif (index := self.index_file()) is not None:
                 roles["index"] = index
         roles["regions"] = self.regions
-        for name, files in sorted((self.tracks or {}).items()):
-            for sample, path in sorted(files.items()):
+        for name, source in sorted((self.tracks or {}).items()):
+            if isinstance(source, Path):
+                roles[f"track:{name}"] = source
+                continue
+            for sample, path in sorted(source.items()):
                 roles[f"track:{name}:{sample}"] = path
         for name, path in sorted((self.annot_tracks or {}).items()):
             roles[f"annot:{name}"] = path
@@ -136,8 +140,12 @@ class DatasetParams(BaseModel):
         }
         if self.tracks:
             out["tracks"] = {
-                name: {s: str(p.resolve()) for s, p in sorted(files.items())}
-                for name, files in sorted(self.tracks.items())
+                name: (
+                    str(source.resolve())
+                    if isinstance(source, Path)
+                    else {s: str(p.resolve()) for s, p in sorted(source.items())}
+                )
+                for name, source in sorted(self.tracks.items())
             }
         if self.annot_tracks:
             out["annot_tracks"] = {
@@ -167,19 +175,19 @@ class DatasetParams(BaseModel):
         """The dataset's samples, sorted: those asked for (default: every sample the variant
         file and each per-sample track have), each checked to be in all of them. Opening the
         tracks checks they cover the BED's ``contigs``."""
-        from farm.artifacts.dataset.tracks import check_track_files
+        from farm.artifacts.dataset.tracks import check_track_source
 
         available: set[str] | None = None
         where: list[str] = []
         if self.variants is not None:
             available = set(self._check_variants())
             where.append(str(self.variants))
-        for name, files in sorted((self.tracks or {}).items()):
-            check_track_files(name, files, contigs)
-            available = set(files) if available is None else available & set(files)
+        for name, source in sorted((self.tracks or {}).items()):
+            held = set(check_track_source(name, source, contigs))
+            available = held if available is None else available & held
             where.append(f"track {name!r}")
         for name, path in sorted((self.annot_tracks or {}).items()):
-            check_track_files(name, {"": path}, contigs, annotation=True)
+            check_track_source(name, {"": path}, contigs, annotation=True)
         assert available is not None  # the model requires variants or tracks
         if self.samples is not None:
             missing = [s for s in self.samples if s not in available]

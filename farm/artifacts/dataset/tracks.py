@@ -19,12 +19,15 @@ by one chunk's intervals whatever the track's size.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from numpy.typing import NDArray
 
 from farm.artifacts.dataset.bigwig import BigWig, ragged_index
@@ -72,18 +75,28 @@ def is_bigwig(path: Path) -> bool:
         return False
 
 
-def check_track_files(
-    name: str, files: Mapping[str, Path], contigs: list[str], *, annotation: bool = False
-) -> None:
-    """One sentence for a track file that is missing, unreadable or lacks a BED contig."""
-    for sample, path in sorted(files.items()):
+def check_track_source(
+    name: str, source: Mapping[str, Path] | Path, contigs: list[str], *, annotation: bool = False
+) -> list[str]:
+    """One sentence for a track file that is missing, unreadable, of mixed kinds, or a bigWig
+    that lacks a BED contig (tables may lack contigs: those cells are empty, as in gvl.write).
+    Returns the track's samples."""
+    if isinstance(source, Path):  # one long-form table, samples in its sample_id column
+        _exists(source, f"track {name!r}")
+        tables = read_sample_tables(source, long_form=True)
+        if not tables:
+            raise InputError(f"Interval table {source} of track {name!r} has no rows; fill it.")
+        return sorted(tables)
+    bigwigs = {sample: is_bigwig(path) for sample, path in source.items()}
+    if not annotation and len(set(bigwigs.values())) > 1:
+        raise InputError(
+            f"Track {name!r} mixes bigWigs and tables; give every sample the same kind of file."
+        )
+    for sample, path in sorted(source.items()):
         of = f"track {name!r}" + (f" (sample {sample})" if sample else "")
-        if not path.is_file():
-            raise InputError(
-                f"File {path} of {of} does not exist or is not a file; check the path."
-            )
-        if annotation and not is_bigwig(path):
-            read_table(path)
+        _exists(path, of)
+        if not bigwigs[sample]:
+            read_table(path) if annotation else read_sample_tables(path, long_form=False)
             continue
         with BigWig(path) as bw:
             lacking = [c for c in contigs if file_contig(c, bw.chroms) is None]
@@ -92,6 +105,39 @@ def check_track_files(
                 f"bigWig {path} of {of} has no contig {lacking[0]} that the BED names; drop "
                 "those regions or use a bigWig of the same genome."
             )
+    return sorted(source)
+
+
+def _exists(path: Path, of: str) -> None:
+    if not path.is_file():
+        raise InputError(f"File {path} of {of} is missing or not a file; check the path.")
+
+
+def write_track(
+    out_dir: Path,
+    windows: Windows,
+    source: Mapping[str, Path] | Path,
+    samples: list[str],
+    progress: Progress = NO_PROGRESS,
+) -> dict[str, str]:
+    """A per-sample track from bigWigs, per-sample tables or one long-form table."""
+    if isinstance(source, Path):
+        tables = read_sample_tables(source, long_form=True)
+        return write_table_track(out_dir, windows, [tables[s] for s in samples], progress)
+    paths = [source[s] for s in samples]
+    if all(is_bigwig(p) for p in paths):
+        return write_bigwig_track(out_dir, windows, paths, progress)
+    tables = [read_sample_tables(p, long_form=False)[""] for p in paths]
+    return write_table_track(out_dir, windows, tables, progress)
+
+
+def write_annotation(
+    out_dir: Path, windows: Windows, path: Path, progress: Progress = NO_PROGRESS
+) -> dict[str, str]:
+    """An annotation track from a bigWig or a BED5 table."""
+    if is_bigwig(path):
+        return write_bigwig_track(out_dir, windows, [path], progress)
+    return write_table_track(out_dir, windows, [read_table(path)], progress)
 
 
 def write_bigwig_track(
@@ -102,14 +148,22 @@ def write_bigwig_track(
     out_dir.mkdir(parents=True)
     with ExitStack() as stack:
         files = [stack.enter_context(BigWig(p)) for p in paths]
+        # Most of the time is zlib, which lets go of the GIL: read the files side by side.
+        pool = stack.enter_context(ThreadPoolExecutor(min(len(files), os.cpu_count() or 1)))
         out = _Track(out_dir)
         try:
             for lo in range(0, windows.n, _CHUNK):
                 hi = min(lo + _CHUNK, windows.n)
-                per_file = [
-                    _window_intervals(bw, path, windows, lo, hi)
-                    for bw, path in zip(files, paths, strict=True)
-                ]
+                per_file = list(
+                    pool.map(
+                        _window_intervals,
+                        files,
+                        paths,
+                        [windows] * len(files),
+                        [lo] * len(files),
+                        [hi] * len(files),
+                    )
+                )
                 out.add_chunk(per_file)
                 progress.advance(hi - lo)
         finally:
@@ -118,16 +172,19 @@ def write_bigwig_track(
 
 
 def write_table_track(
-    out_dir: Path, windows: Windows, path: Path, progress: Progress = NO_PROGRESS
+    out_dir: Path,
+    windows: Windows,
+    tables: list[IntervalTable],
+    progress: Progress = NO_PROGRESS,
 ) -> dict[str, str]:
-    """Write an annotation track from a BED-like table (score in column 5)."""
+    """Write one track from interval tables (one per sample, in dataset order; one for an
+    annotation track) into the new directory ``out_dir``."""
     out_dir.mkdir(parents=True)
-    table = read_table(path)
     out = _Track(out_dir)
     try:
         for lo in range(0, windows.n, _CHUNK):
             hi = min(lo + _CHUNK, windows.n)
-            out.add_chunk([table.overlapping(windows, lo, hi)])
+            out.add_chunk([table.overlapping(windows, lo, hi) for table in tables])
             progress.advance(hi - lo)
     finally:
         sums = out.close()
@@ -195,21 +252,26 @@ class _Track:
         return {name: writer.close() for name, writer in self._out.items()}
 
 
+Rows = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]
+
+
 @dataclass(frozen=True)
-class Table:
-    """An annotation table's rows by contig, sorted by start (stable: ties keep file order)."""
+class IntervalTable:
+    """One sample's (or an annotation's) intervals by contig, sorted by start; ties keep the
+    file's order (genvarloader's sort does not promise any)."""
 
     path: Path
-    by_contig: dict[str, tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]]
+    by_contig: dict[str, Rows]
 
     def overlapping(self, windows: Windows, lo: int, hi: int) -> Intervals:
+        """Rows overlapping each window, unclipped, as genvarloader writes tables."""
         counts = np.zeros(hi - lo, np.int64)
         starts: list[NDArray[np.int64]] = []
         ends: list[NDArray[np.int64]] = []
         values: list[NDArray[np.float32]] = []
         for k, i in enumerate(range(lo, hi)):
             contig = file_contig(windows.contigs[i], self.by_contig)
-            if contig is None:
+            if contig is None:  # a table without the contig: nothing there, as in gvl
                 continue
             s, e, v = self.by_contig[contig]
             qs, qe = max(int(windows.starts[i]), 0), int(windows.ends[i])
@@ -229,7 +291,19 @@ class Table:
         )
 
 
-def read_table(path: Path) -> Table:
+def _by_contig(
+    path: Path, chrom: NDArray[np.object_], starts: NDArray[np.int64], ends: NDArray[np.int64],
+    values: NDArray[np.float32],
+) -> IntervalTable:  # fmt: skip
+    by_contig = {}
+    for contig in dict.fromkeys(chrom.tolist()):
+        rows = np.flatnonzero(chrom == contig)
+        order = rows[np.argsort(starts[rows], kind="stable")]
+        by_contig[contig] = (starts[order], ends[order], values[order])
+    return IntervalTable(path, by_contig)
+
+
+def read_table(path: Path) -> IntervalTable:
     """An annotation table: chrom, chromStart, chromEnd, name, score (BED5+), plain or gzipped."""
     from farm.artifacts.dataset.regions import read_bed
 
@@ -243,9 +317,64 @@ def read_table(path: Path) -> Table:
         )
     scores = score.to_numpy(zero_copy_only=False).astype(np.float32)
     chrom = np.asarray(regions.chrom, dtype=object)
-    by_contig = {}
-    for contig in dict.fromkeys(regions.chrom):
-        rows = np.flatnonzero(chrom == contig)
-        order = rows[np.argsort(regions.starts[rows], kind="stable")]
-        by_contig[contig] = (regions.starts[order], regions.ends[order], scores[order])
-    return Table(path, by_contig)
+    return _by_contig(path, chrom, regions.starts, regions.ends, scores)
+
+
+SAMPLE_TABLE_COLUMNS = ("chrom", "start", "end", "value")
+
+
+def read_sample_tables(path: Path, *, long_form: bool) -> dict[str, IntervalTable]:
+    """Interval tables as ``gvl.Table`` reads them (.csv, .tsv/.txt, .parquet, .arrow/.ipc):
+    one long-form file with a ``sample_id`` column, or one sample's file (key "")."""
+    frame = _read_frame(path)
+    wanted = (("sample_id",) if long_form else ()) + SAMPLE_TABLE_COLUMNS
+    if missing := [c for c in wanted if c not in frame.column_names]:
+        raise InputError(
+            f"Interval table {path} has no column {missing[0]}; give it the columns "
+            f"{', '.join(wanted)}."
+        )
+    try:
+        chrom = np.asarray(frame.column("chrom").cast("string").to_pylist(), dtype=object)
+        starts = frame.column("start").cast("int64").to_numpy()
+        ends = frame.column("end").cast("int64").to_numpy()
+        values = frame.column("value").cast("float64").to_numpy().astype(np.float32)
+        samples = (
+            np.asarray(frame.column("sample_id").cast("string").to_pylist(), dtype=object)
+            if long_form
+            else None
+        )
+    except (ValueError, TypeError, pa.ArrowException) as e:
+        raise InputError(
+            f"Interval table {path} has a value of the wrong type or a missing value ({e}); "
+            "give integer start and end and a number as value on every row."
+        ) from e
+    if samples is None:
+        return {"": _by_contig(path, chrom, starts, ends, values)}
+    tables = {}
+    for sample in sorted(set(samples.tolist())):
+        rows = samples == sample
+        tables[sample] = _by_contig(path, chrom[rows], starts[rows], ends[rows], values[rows])
+    return tables
+
+
+def _read_frame(path: Path) -> pa.Table:
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv", ".txt"):
+            import pyarrow.csv as csv
+
+            delimiter = "," if suffix == ".csv" else "\t"
+            return csv.read_csv(path, parse_options=csv.ParseOptions(delimiter=delimiter))
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path)
+        if suffix in (".arrow", ".ipc", ".feather"):
+            import pyarrow.feather as feather
+
+            return feather.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"Interval table {path} cannot be read ({e}); check its format.") from e
+    raise InputError(
+        f"Interval table {path} is not .csv, .tsv, .txt, .parquet or .arrow; pass one of those."
+    )

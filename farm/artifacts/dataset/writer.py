@@ -27,12 +27,7 @@ from farm.artifacts.dataset.rawfile import RawWriter
 from farm.artifacts.dataset.regions import Regions, read_bed
 from farm.artifacts.dataset.select import ContigSites, select_region
 from farm.artifacts.dataset.sites import SiteTable
-from farm.artifacts.dataset.tracks import (
-    Windows,
-    is_bigwig,
-    write_bigwig_track,
-    write_table_track,
-)
+from farm.artifacts.dataset.tracks import Windows, write_annotation, write_track
 from farm.artifacts.dataset.vcf import VcfFile
 from farm.errors import InputError, SourceChangedError
 from farm.fingerprint import (
@@ -194,16 +189,11 @@ def _write_tracks(
         ends=table_rows[:, 2].copy(),
     )
     sums: dict[str, str] = {}
-    for name, files in sorted((params.tracks or {}).items()):
-        paths = [files[s] for s in samples]
-        written = write_bigwig_track(out_dir / "intervals" / name, windows, paths, progress)
+    for name, source in sorted((params.tracks or {}).items()):
+        written = write_track(out_dir / "intervals" / name, windows, source, samples, progress)
         sums |= {f"intervals/{name}/{f}": c for f, c in written.items()}
     for name, path in sorted((params.annot_tracks or {}).items()):
-        where = out_dir / "annot_intervals" / name
-        if is_bigwig(path):
-            written = write_bigwig_track(where, windows, [path], progress)
-        else:
-            written = write_table_track(where, windows, path, progress)
+        written = write_annotation(out_dir / "annot_intervals" / name, windows, path, progress)
         sums |= {f"annot_intervals/{name}/{f}": c for f, c in written.items()}
     return sums
 
