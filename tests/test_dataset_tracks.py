@@ -214,3 +214,31 @@ def test_table_tracks_equal_gvl_write_byte_for_byte(inputs, tmp_path: Path, form
         ours_bytes = (tmp_path / "farm.ds" / "intervals" / "signal" / name).read_bytes()
         theirs_bytes = (tmp_path / "gvl.ds" / "intervals" / "signal" / name).read_bytes()
         assert len(ours_bytes) > 8 and ours_bytes == theirs_bytes, name
+
+
+def test_a_track_dataset_is_reindexed_to_its_key(inputs, tmp_path: Path, registry) -> None:
+    from farm import kinds, maintenance
+
+    signal: dict[str, Path] = inputs["signal"]  # type: ignore[assignment]
+    request = DatasetRequest(
+        regions=inputs["tiles"],
+        dest=tmp_path / "out" / "tracks.gvl",
+        tracks={"signal": signal, "table": make_long_table(tmp_path / "t.tsv", SAMPLES, 3)},
+        annot_tracks={"peaks": inputs["peaks"]},
+    ).absolute()
+    key, _ = request_key(request)
+    assert kinds.ensure(request, Owner.current("t")).action == "built"
+    [found] = maintenance.reindex(registry, tmp_path / "out")
+    assert found.key == key and found.status == "valid"
+    [verdict] = maintenance.verify(registry, [key])
+    assert verdict.status == "valid"
+
+
+@pytest.mark.parametrize("name", ["../escape", "", ".hidden", "a/b", "x" * 200])
+def test_a_track_name_must_be_a_plain_directory_name(inputs, tmp_path: Path, name: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="track name"):
+        DatasetRequest(
+            regions=inputs["tiles"], dest=tmp_path / "ds", annot_tracks={name: inputs["cons"]}
+        )
