@@ -461,8 +461,8 @@ def test_truncated_file(bedgraph_file: tuple[Path, dict[str, Records]], tmp_path
     for cut in (30, 100, (data_off + index_off) // 2, index_off + 60):
         short = tmp_path / f"cut{cut}.bw"
         short.write_bytes(raw[:cut])
-        with pytest.raises(InputError) as err:
-            BigWig(short)
+        with pytest.raises(InputError) as err, BigWig(short) as bw:  # the index: at the query
+            bw.intervals(next(iter(bw.chroms)), np.array([0]), np.array([10]))
         assert_one_sentence(err, short)
         assert "truncated or corrupt" in str(err.value)
 

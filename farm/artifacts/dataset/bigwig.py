@@ -75,7 +75,7 @@ class BigWig:
     # ----------------------------------------------------------------- opening
 
     def _open(self) -> None:
-        """Read the header, the chromosome tree and every R-tree leaf: all a query needs."""
+        """Read the header and the chromosome tree (the R-tree waits for the first query)."""
         head = self._pread(0, 64)
         if len(head) < 4:
             raise self._not_bigwig("it is shorter than a bigWig header")
@@ -102,7 +102,16 @@ class BigWig:
         h = struct.unpack_from(e + _HEADER, head)
         chrom_tree_offset, index_offset, self._ubuf = h[3], h[5], h[10]
         self._chroms, self._chrom_ids = self._read_chrom_tree(chrom_tree_offset)
-        self._leaves = self._read_rtree(index_offset)
+        self._index_offset = index_offset
+        self._leaves_read: NDArray[np.void] | None = None
+
+    @property
+    def _leaves(self) -> NDArray[np.void]:
+        """The R-tree's leaves, read at the first query: checking a request needs only the
+        chromosomes, and a genome-wide file's index runs to megabytes."""
+        if self._leaves_read is None:
+            self._leaves_read = self._read_rtree(self._index_offset)
+        return self._leaves_read
 
     def _read_chrom_tree(self, offset: int) -> tuple[dict[str, int], dict[str, int]]:
         """Names -> lengths in tree order (as pyBigWig lists them), and names -> chromIds."""
