@@ -14,6 +14,8 @@ record is decoded at most once, however many regions overlap it.
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from farm.fingerprint import (
 from farm.progress import NO_PROGRESS, Progress
 
 FORMAT_VERSION = "2.0.0"
+_HASHERS = min(8, os.cpu_count() or 1)
 # The genvarloader release whose layout this writer reproduces; readers take a version
 # >= 0.18.0 to mean "POS in variants.arrow is 1-based".
 GVL_VERSION = "0.43.1"
@@ -96,8 +99,10 @@ def write_dataset(
     }
     (out_dir / "metadata.json").write_text(json.dumps(metadata, separators=(",", ":")))
 
-    for stamp in stamps:
-        if not stamp.unchanged():
+    with ThreadPoolExecutor(_HASHERS) as pool:  # hashing lets go of the GIL
+        unchanged = list(pool.map(SourceStamp.unchanged, stamps))
+    for stamp, same in zip(stamps, unchanged, strict=True):
+        if not same:
             raise SourceChangedError(
                 f"Input {stamp.path} of the dataset changed while it was being built; nothing "
                 "was published, submit the build again once the file is final."
@@ -207,7 +212,8 @@ def _stamp_sources(
     went away since the request was keyed (an index, say) changed the request too.
     """
     roles = params.source_roles()
-    stamps = {role: SourceStamp.take(path) for role, path in roles.items()}
+    with ThreadPoolExecutor(_HASHERS) as pool:  # a track may have thousands of files
+        stamps = dict(zip(roles, pool.map(SourceStamp.take, roles.values()), strict=True))
     if expected is not None:
         for role in sorted(stamps.keys() | expected.keys()):
             stamp, want = stamps.get(role), expected.get(role)
