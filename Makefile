@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e ".[test,deploy]"
+	$(BIN)/pip install --quiet -e ".[test,deploy,svar]"
 	touch $@
 
 # Build the .gvlfa cache of FASTA through the queue, on the embedded Redis, and list it.

@@ -44,7 +44,7 @@ def build_dataset(
     params.check()
     return build_and_publish(
         dest,
-        lambda d: write_dataset(params, d, expected=expected, progress=progress),
+        lambda d: write_dataset(params, d, expected=expected, progress=progress, dest=dest),
         owner=owner,
         replace=replace,
         root=root,

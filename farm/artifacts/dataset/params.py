@@ -12,7 +12,7 @@ from farm.artifacts.bgzf import Bgzf, bgzf_state
 from farm.artifacts.dataset import regions as bed
 from farm.errors import InputError
 
-VariantKind = Literal["vcf", "pgen"]
+VariantKind = Literal["vcf", "pgen", "svar"]
 _VCF_SUFFIXES = (".vcf.gz", ".vcf.bgz", ".bcf")
 
 
@@ -72,6 +72,13 @@ class DatasetParams(BaseModel):
         if self.variants is None:
             return None
         name = self.variants.name.lower()
+        if name.endswith(".svar"):
+            return "svar"
+        if name.endswith(".svar2"):
+            raise InputError(
+                f"Variant source {self.variants} is a SparseVar2 (.svar2), which the farm does "
+                "not build from yet; pass the VCF, PGEN or .svar it was made from."
+            )
         if name.endswith(".pgen"):
             return "pgen"
         if name.endswith(_VCF_SUFFIXES):
@@ -82,8 +89,8 @@ class DatasetParams(BaseModel):
                 f"(bgzip {self.variants.name} && tabix -p vcf {self.variants.name}.gz)."
             )
         raise InputError(
-            f"Variant file {self.variants} is not a VCF/BCF (.vcf.gz, .bcf) or PGEN (.pgen); "
-            f"pass one of those."
+            f"Variant file {self.variants} is not a VCF/BCF (.vcf.gz, .bcf), PGEN (.pgen) or "
+            f"SparseVar directory (.svar); pass one of those."
         )
 
     def index_file(self) -> Path | None:
@@ -109,12 +116,18 @@ class DatasetParams(BaseModel):
         """
         roles: dict[str, Path] = {}
         if self.variants is not None:
-            roles["variants"] = self.variants
+            if self.kind == "svar":
+                from farm.artifacts.dataset.svar import SOURCE_FILES
+
+                # The files of the store the build reads; it stays linked from the dataset.
+                roles |= {f"svar:{name}": self.variants / name for name in SOURCE_FILES}
+            else:
+                roles["variants"] = self.variants
             if self.kind == "pgen":
                 from farm.artifacts.dataset.pgen import siblings
 
                 roles["pvar"], roles["psam"] = siblings(self.variants)
-            elif (index := self.index_file()) is not None:
+            elif self.kind == "vcf" and (index := self.index_file()) is not None:
                 roles["index"] = index
         roles["regions"] = self.regions
         for name, source in sorted((self.tracks or {}).items()):
@@ -165,7 +178,7 @@ class DatasetParams(BaseModel):
                 continue
             if not p.exists():
                 raise InputError(f"Input file {p} does not exist; check the path.")
-            if not p.is_file():
+            if not p.is_file() and not (p is self.variants and self.kind == "svar"):
                 raise InputError(f"Input {p} is not a file; name the file itself.")
         # Contigs without variant records are fine: their haplotypes are the reference.
         regions = bed.read_bed(self.regions, self.strand_column)
@@ -206,6 +219,11 @@ class DatasetParams(BaseModel):
 
     def _check_variants(self) -> list[str]:
         assert self.variants is not None
+        if self.kind == "svar":
+            from farm.artifacts.dataset.svar import check_svar, svar_samples
+
+            check_svar(self.variants)
+            return svar_samples(self.variants)
         if self.kind == "pgen":
             from farm.artifacts.dataset.pgen import read_psam, siblings
 

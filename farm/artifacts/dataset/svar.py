@@ -58,7 +58,7 @@ def check_svar(svar_dir: Path) -> None:
             f"{(n_haps + 1) * 8}; {_FIX} again."
         )
     last = int(np.fromfile(offsets, np.int64, offset=n_haps * 8)[0])
-    if idxs.stat().st_size != last * 4:
+    if idxs.stat().st_size < last * 4:
         raise InputError(
             f"SparseVar {svar_dir} has a variant_idxs.npy of {idxs.stat().st_size} bytes where "
             f"its offsets.npy needs {last * 4} (truncated or mixed up); {_FIX} again."
@@ -84,6 +84,7 @@ def write_svar_genotypes(
     out_dir: Path,
     *,
     extend: bool,
+    dataset_dir: Path | None = None,
     progress: Progress = NO_PROGRESS,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Write ``out_dir/genotypes/`` for a SparseVar source as gvl.write does.
@@ -94,8 +95,9 @@ def write_svar_genotypes(
     ``extend_to_length``. Returns the ``svar_link`` for ``metadata.json`` and the checksums
     of the files written, by path relative to ``out_dir``.
 
-    The link's ``relative_path`` is taken from ``out_dir`` as given, as gvl.write takes it
-    from its own staging directory: build ``out_dir`` beside the final destination.
+    The link's ``relative_path`` is taken from ``dataset_dir`` (default ``out_dir``), where the
+    dataset will be opened: the farm builds through a handle path on its staging directory,
+    which says nothing of where the dataset ends up.
     """
     svar_dir = Path(svar_dir)
     check_svar(svar_dir)
@@ -148,7 +150,9 @@ def write_svar_genotypes(
 
     resolved = svar_dir.resolve()
     link = {
-        "relative_path": os.path.relpath(resolved, start=out_dir).replace(os.sep, "/"),
+        "relative_path": os.path.relpath(resolved, start=dataset_dir or out_dir).replace(
+            os.sep, "/"
+        ),
         "absolute_path": str(resolved),
         "fingerprint": {
             "n_variants": int(index.height),
@@ -224,9 +228,21 @@ def _read_metadata(svar_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def _genoray() -> None:
+    """genoray reads SparseVar stores; it is an extra, so say how to get it."""
+    try:
+        import genoray  # noqa: F401
+    except ImportError:
+        raise InputError(
+            "A SparseVar (.svar) variant source needs genoray, which is not installed; "
+            "install the farm with its svar extra (pip install 'gvl-farm[svar]')."
+        ) from None
+
+
 def _reject_unsupported_variants(svar_dir: Path) -> None:
     """Count multi-allelic, symbolic and breakend variants over the whole variant table, as
     gvl.write does before writing (with genoray's own definitions of the three)."""
+    _genoray()
     import polars as pl
     from genoray import exprs
 
@@ -259,6 +275,7 @@ def _reject_unsupported_variants(svar_dir: Path) -> None:
 
 
 def _open(svar_dir: Path) -> SparseVar:
+    _genoray()
     from genoray import SparseVar
 
     try:

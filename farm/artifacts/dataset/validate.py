@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from farm.artifacts.base import Classification, State
+from farm.artifacts.dataset.svar import OFFSETS as SVAR_OFFSETS
+from farm.artifacts.dataset.svar import SVAR_META
 from farm.artifacts.dataset.tracks import FILES as TRACK_FILES
 from farm.artifacts.dataset.writer import FARM_RECORD, GENOTYPE_FILES, REQUIRED
 from farm.errors import ArtifactInvalidError, TooNewError
@@ -93,6 +95,9 @@ def _check_genotypes(
     ploidy = meta.get("ploidy")
     if not ploidy:
         raise _invalid(dest, "it has genotypes but metadata.json has no ploidy")
+    if (dest / SVAR_META).exists():
+        _check_svar_offsets(dest, meta, n_regions * int(ploidy) * n_samples)
+        return
     for rel in GENOTYPE_FILES:
         if not (dest / rel).is_file():
             raise _invalid(dest, f"required file {rel} is missing")
@@ -124,6 +129,18 @@ def _check_genotypes(
         want = Fingerprint.model_validate(fp)
         if not want.matches(fingerprint(dest / GENOTYPE_FILES[0])):
             raise _invalid(dest, "genotypes/variants.arrow does not match its fingerprint")
+
+
+def _check_svar_offsets(dest: Path, meta: dict[str, Any], n_haplotypes: int) -> None:
+    """A SparseVar-backed dataset: a start and a stop per haplotype, and a link to its store."""
+    if not meta.get("svar_link"):
+        raise _invalid(dest, f"it has {SVAR_META} but metadata.json has no svar_link")
+    try:
+        size = (dest / SVAR_OFFSETS).stat().st_size
+    except OSError:
+        raise _invalid(dest, f"required file {SVAR_OFFSETS} is missing") from None
+    if size != 2 * n_haplotypes * 8:
+        raise _invalid(dest, f"{SVAR_OFFSETS} is {size} bytes, expected {2 * n_haplotypes * 8}")
 
 
 def _check_track(dest: Path, track: Path, cells: int) -> None:

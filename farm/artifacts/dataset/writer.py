@@ -29,6 +29,7 @@ from farm.artifacts.dataset.rawfile import RawWriter
 from farm.artifacts.dataset.regions import Regions, read_bed
 from farm.artifacts.dataset.select import ContigSites, select_region
 from farm.artifacts.dataset.sites import SiteTable
+from farm.artifacts.dataset.svar import svar_ploidy, write_svar_genotypes
 from farm.artifacts.dataset.tracks import Windows, write_annotation, write_track
 from farm.artifacts.dataset.vcf import VcfFile
 from farm.errors import InputError, SourceChangedError
@@ -58,8 +59,11 @@ def write_dataset(
     *,
     expected: dict[str, Fingerprint] | None = None,
     progress: Progress = NO_PROGRESS,
+    dest: Path | None = None,
 ) -> dict[str, Any]:
     """Build the dataset into the existing empty ``out_dir``; return its metadata.json content.
+    ``dest``: where it will be published (default ``out_dir``), which a SparseVar source's link
+    is relative to.
 
     Every source file is stamped before anything is read and checked after the last read
     (:class:`SourceStamp`), so a source that changes under the build fails it. ``expected``
@@ -76,8 +80,28 @@ def write_dataset(
     progress.start(regions.n * (int(with_variants) + n_track_dirs), "regions")
 
     sums: dict[str, str] = {}
-    if with_variants:
+    genotypes: dict[str, Any] = {"ploidy": None, "svar_link": None, "variants_fingerprint": None}
+    if params.kind == "svar":
+        assert params.variants is not None
+        link, written = write_svar_genotypes(
+            params.variants,
+            regions.contigs,
+            table_rows,
+            samples,
+            out_dir,
+            extend=params.extend_to_length,
+            dataset_dir=dest,
+            progress=progress,
+        )
+        sums |= written
+        genotypes |= {"ploidy": svar_ploidy(params.variants), "svar_link": link}
+    elif with_variants:
         sums |= _write_genotypes(params, regions, samples, table_rows, out_dir, progress)
+        # GenVarLoader checks this on open, so it too notices a replaced variant table.
+        genotypes |= {
+            "ploidy": PLOIDY,
+            "variants_fingerprint": fingerprint(out_dir / GENOTYPE_FILES[0]).model_dump(),
+        }
     # Tracks cover the final windows: after jitter, and after ends extended for deletions.
     np.save(out_dir / "regions.npy", table_rows.astype(np.int32))
     sums |= _write_tracks(params, regions, samples, table_rows, out_dir, progress)
@@ -86,16 +110,13 @@ def write_dataset(
         "samples": samples,
         "contigs": regions.contigs,
         "n_regions": regions.n,
-        "ploidy": PLOIDY if with_variants else None,
+        "ploidy": genotypes["ploidy"],
         "max_jitter": params.max_jitter,
         "version": GVL_VERSION,
         "format_version": FORMAT_VERSION,
-        "svar_link": None,
+        "svar_link": genotypes["svar_link"],
         "svar2_link": None,
-        # GenVarLoader checks this on open, so it too notices a replaced variant table.
-        "variants_fingerprint": (
-            fingerprint(out_dir / GENOTYPE_FILES[0]).model_dump() if with_variants else None
-        ),
+        "variants_fingerprint": genotypes["variants_fingerprint"],
     }
     (out_dir / "metadata.json").write_text(json.dumps(metadata, separators=(",", ":")))
 
