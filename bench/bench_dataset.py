@@ -2,7 +2,8 @@
 
 Run ``python bench/bench_dataset.py``. Every build runs in a fresh subprocess (so its peak RSS
 is its own, imports included), three times; the median is reported, for the whole process (as
-a pipeline step pays it) and for the build call alone ("call"). Workloads: the chr20 VCF and the
+a pipeline step pays it) and for the build call alone, its libraries loaded ("call", as in a
+running worker). Workloads: the chr20 VCF and the
 same data as PGEN with 2,000 overlapping 1 kb regions, a synthetic cohort of 2,000 samples x
 20,000 phased SNVs with 2,000 regions, and a tracks-only dataset of 200 x 5 kb regions over 50
 samples' bigWigs (about one interval per 50 bp).
@@ -33,7 +34,9 @@ kind, variants, bed, out, tracks = sys.argv[1:6]
 variants = None if variants == "-" else variants
 tracks = json.loads(tracks)
 if kind == "farm":
+    import pyarrow as pa
     from farm.artifacts.dataset import DatasetParams, write_dataset
+    pa.array([0])  # pyarrow loads pandas at its first array; genvarloader's import did already
     t = time.perf_counter()
     Path(out).mkdir()
     params = DatasetParams(

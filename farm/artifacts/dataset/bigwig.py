@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+from isal import isal_zlib  # zlib-compatible, about twice as fast to inflate: most of the work
 from numpy.typing import NDArray
 
 from farm.errors import InputError
@@ -293,8 +294,8 @@ class BigWig:
                     chunk = raw[a : a + int(sizes[i])]
                     if self._ubuf:
                         try:
-                            chunk = zlib.decompress(chunk, bufsize=self._ubuf)
-                        except zlib.error:
+                            chunk = isal_zlib.decompress(chunk, bufsize=self._ubuf)
+                        except (zlib.error, isal_zlib.error):
                             raise self._corrupt(
                                 f"the data block at byte {int(offs[i])} fails to decompress"
                             ) from None
