@@ -33,3 +33,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_gvlfa.py
 	$(BIN)/python bench/bench_dataset.py
 	$(BIN)/python bench/bench_frontdoor.py
+	$(BIN)/python bench/bench_bigwig.py
