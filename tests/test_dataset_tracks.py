@@ -242,3 +242,22 @@ def test_a_track_name_must_be_a_plain_directory_name(inputs, tmp_path: Path, nam
         DatasetRequest(
             regions=inputs["tiles"], dest=tmp_path / "ds", annot_tracks={name: inputs["cons"]}
         )
+
+
+def test_a_manifest_line_with_tracks_parses_to_the_request(inputs) -> None:
+    from farm.kinds import parse_request
+
+    signal: dict[str, Path] = inputs["signal"]  # type: ignore[assignment]
+    line = {
+        "kind": "dataset",
+        "variants": str(inputs["vcf"]),
+        "regions": str(inputs["tiles"]),
+        "dest": "x.gvl",
+        "samples": list(SAMPLES[:2]),
+        "tracks": {"signal": {s: str(p) for s, p in signal.items()}, "atac": "atac.parquet"},
+        "annot_tracks": {"cons": str(inputs["cons"])},
+    }
+    request = parse_request(line)
+    assert isinstance(request, DatasetRequest)
+    assert request.tracks == {"signal": signal, "atac": Path("atac.parquet")}
+    assert request.annot_tracks == {"cons": inputs["cons"]}
