@@ -7,14 +7,16 @@ load neither the builders nor pydantic (a pipeline may poll with them).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
+import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -523,8 +525,13 @@ def _full_keys(registry: Registry, keys: Sequence[str]) -> list[str]:
     return full
 
 
-def _rows(records: Sequence[ArtifactRecord]) -> list[terminal.Row]:
-    return [r.model_dump(mode="json") for r in records]
+def _counted(
+    records: Iterable[ArtifactRecord], update: Callable[[int], None]
+) -> Iterator[terminal.Row]:
+    """Rows of ``records`` as they come, counted on the terminal's progress line."""
+    for done, record in enumerate(records, 1):
+        update(done)
+        yield record.model_dump(mode="json")
 
 
 @app.command()
@@ -590,12 +597,128 @@ def cancel(keys: KeysArgument) -> None:
         raise typer.Exit(EXIT_FAILED)
 
 
+StatusFilter = Annotated[
+    list[str] | None,
+    typer.Option("--status", help="Only records of this status (repeat for several)."),
+]
+KindFilter = Annotated[str | None, typer.Option("--kind", help="Only this kind (cache, dataset).")]
+DestFilter = Annotated[
+    str | None, typer.Option("--dest", help="Only destinations below this path prefix.")
+]
+OlderFilter = Annotated[
+    str | None,
+    typer.Option("--older-than", help="Only records last changed longer ago (30d, 12h, 90m)."),
+]
+NewerFilter = Annotated[
+    str | None, typer.Option("--newer-than", help="Only records changed more recently.")
+]
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _age_s(option: str, value: str) -> float:
+    number, unit = value[:-1], value[-1:].lower()
+    if unit.isdigit():
+        number, unit = value, "s"
+    try:
+        age = float(number) * _UNITS[unit]
+    except (KeyError, ValueError):
+        raise InputError(
+            f"{option} {value} is not an age; give it as 30d, 12h, 90m or 45s."
+        ) from None
+    if age < 0:
+        raise InputError(f"{option} {value} is negative; give a positive age.")
+    return age
+
+
+def _matcher(
+    status: list[str] | None,
+    kind: str | None,
+    dest: str | None,
+    older_than: str | None,
+    newer_than: str | None,
+) -> Callable[[dict[str, Any]], bool] | None:
+    """A test on raw records for the filters given, or None when none is."""
+    if not (status or kind or dest or older_than or newer_than):
+        return None
+    now = time.time()
+    before = now - _age_s("--older-than", older_than) if older_than else None
+    after = now - _age_s("--newer-than", newer_than) if newer_than else None
+    statuses = set(status or [])
+    prefix = dest.rstrip("/") + "/" if dest else None
+
+    def matches(record: dict[str, Any]) -> bool:
+        if statuses and record.get("status") not in statuses:
+            return False
+        if kind and record.get("kind") != kind:
+            return False
+        if prefix and not (str(record.get("dest")) + "/").startswith(prefix):
+            return False
+        changed = float(record.get("updated_at") or 0)
+        return (before is None or changed < before) and (after is None or changed >= after)
+
+    return matches
+
+
 @app.command("ls")
-def list_artifacts(as_json: JsonOption = False) -> None:
-    """List recorded artifacts and their validity."""
-    with _farm() as farm:
-        records = list(farm.registry.records())
-    terminal.print_rows(_rows(records), as_json=as_json)
+def list_artifacts(
+    as_json: JsonOption = False,
+    status: StatusFilter = None,
+    kind: KindFilter = None,
+    dest: DestFilter = None,
+    older_than: OlderFilter = None,
+    newer_than: NewerFilter = None,
+) -> None:
+    """List recorded artifacts and their validity, as they are read (any registry size)."""
+    matches = _matcher(status, kind, dest, older_than, newer_than)
+    rows = _light_registry().raw_records()
+    terminal.print_rows(filter(matches, rows) if matches else rows, as_json=as_json)
+
+
+@app.command()
+def forget(
+    keys: Annotated[
+        list[str] | None,
+        typer.Argument(help="Keys or unique prefixes; `-`: read stdin (else: the filters)."),
+    ] = None,
+    status: StatusFilter = None,
+    kind: KindFilter = None,
+    dest: DestFilter = None,
+    older_than: OlderFilter = None,
+    newer_than: NewerFilter = None,
+    dry_run: Annotated[bool, typer.Option(help="Show what would be forgotten.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove records (never artifacts): the keys named, or every record the filters match.
+    Keys queued or building are kept. The next request for a forgotten key builds or adopts
+    its artifact again."""
+    matches = _matcher(status, kind, dest, older_than, newer_than)
+    if not keys and matches is None:
+        raise InputError(
+            "farm forget needs keys or a filter (--status, --kind, --dest, --older-than, "
+            "--newer-than); nothing was forgotten."
+        )
+    registry = _light_registry()
+    if keys:
+        named = _full_keys(registry, keys)
+        chosen = (r for r, _ in registry.get_many_raw(named) if r is not None)
+    else:
+        chosen = registry.raw_records()
+    picked = filter(matches, chosen) if matches else chosen
+    terminal.print_rows(_forgotten(registry, picked, dry_run=dry_run), as_json=as_json)
+
+
+def _forgotten(
+    registry: Registry, records: Iterator[dict[str, Any]], *, dry_run: bool, batch: int = 500
+) -> Iterator[dict[str, Any]]:
+    """Forget ``records`` a batch at a time; yield each one that went (or would go)."""
+    while chunk := list(itertools.islice(records, batch)):
+        settled = [r for r in chunk if r.get("status") not in ("queued", "building")]
+        gone = (
+            {r["key"] for r in settled}
+            if dry_run
+            else set(registry.forget(r["key"] for r in settled))
+        )
+        yield from (r for r in settled if r["key"] in gone)
 
 
 # --- maintenance -----------------------------------------------------------------------------
@@ -616,15 +739,19 @@ def verify(
         full = _full_keys(farm.registry, keys) if keys else None
         unknown = [k for k, r in zip(full or [], farm.status(full or []), strict=True) if not r]
         total = len(full) if full else farm.registry.count()
+        invalid = 0
         with terminal.counter("verifying", total) as update:
-            checked = []
-            for record in maintenance.verify(farm.registry, full):
-                checked.append(record)
-                update(len(checked))
-    terminal.print_rows(_rows(checked), as_json=as_json)
+
+            def verdicts() -> Iterator[ArtifactRecord]:
+                nonlocal invalid
+                for record in maintenance.verify(farm.registry, full):
+                    invalid += record.status != "valid"
+                    yield record
+
+            terminal.print_rows(_counted(verdicts(), update), as_json=as_json)
     for key in unknown:
         terminal.say(f"{key}: unknown key")
-    if unknown or any(r.status != "valid" for r in checked):
+    if unknown or invalid:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -639,11 +766,9 @@ def reindex(
     if not root.is_dir():
         raise InputError(f"{root} is not a directory; name the directory to scan.")
     with _farm() as farm, terminal.counter("reindexing") as update:
-        records = []
-        for record in maintenance.reindex(farm.registry, root):
-            records.append(record)
-            update(len(records))
-    terminal.print_rows(_rows(records), as_json=as_json)
+        terminal.print_rows(
+            _counted(maintenance.reindex(farm.registry, root), update), as_json=as_json
+        )
 
 
 @app.command("gc")

@@ -136,6 +136,26 @@ return {1, ARGV[1]}
 """
 # A stopping worker gives the key back: queued again, due at once, lease released, and the
 # interrupted attempt not counted against the key.
+# Forget one record and everything kept for its key; its destination's index entry only if it
+# still names this key. A key in flight is kept (its builder would write it back).
+_FORGET = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local rec = cjson.decode(cur)
+  if (rec['status'] == 'queued' or rec['status'] == 'building' or
+      redis.call('EXISTS', KEYS[8]) == 1) and ARGV[3] ~= '1' then return 0 end
+  if type(rec['dest']) == 'string' then
+    local dk = ARGV[2] .. 'dest:' .. rec['dest']
+    if redis.call('GET', dk) == ARGV[1] then redis.call('DEL', dk) end
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[5], KEYS[6], KEYS[7])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+if cur then return 1 end
+return 0
+"""
 _HAND_BACK = """
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -186,6 +206,7 @@ class Registry:
         self._release = client.register_script(_RELEASE)
         self._finish = client.register_script(_FINISH)
         self._hand_back = client.register_script(_HAND_BACK)
+        self._forget = client.register_script(_FORGET)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "farm:", *, patience_s: float = 0.0) -> Registry:
@@ -427,14 +448,36 @@ class Registry:
             )
         )
 
-    @_redis_errors
-    def keys(self) -> list[str]:
-        return sorted(k.decode() for k in self._r.smembers(self._all))
+    def key_batches(self, batch: int = 1000) -> Iterator[list[str]]:
+        """Every recorded key, a batch at a time, by SSCAN: Redis is never blocked for more
+        than one batch, and memory holds one batch whatever the registry's size. Keys added
+        or removed during the walk may or may not be seen; the others are seen once (SSCAN
+        may repeat one while Redis resizes the set)."""
+        cursor = 0
+        while True:
+            try:
+                cursor, raw = self._r.sscan(self._all, cursor, count=batch)
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                raise BrokerError(f"Redis is unreachable ({e}); check FARM_REDIS_URL.") from e
+            if raw:
+                yield [k.decode() for k in raw]
+            if cursor == 0:
+                return
+
+    def raw_records(self, batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every record as its JSON object (no model: listing a million is I/O, not parsing)."""
+        for keys in self.key_batches(batch):
+            for raw in self._mget([self._rec(k) for k in keys]):
+                if raw is not None:
+                    yield json.loads(raw)
 
     def records(self, batch: int = 500) -> Iterator[ArtifactRecord]:
-        keys = self.keys()
-        for i in range(0, len(keys), batch):
-            yield from (r for r in self.get_many(keys[i : i + batch]) if r is not None)
+        for keys in self.key_batches(batch):
+            yield from (r for r in self.get_many(keys) if r is not None)
+
+    @_redis_errors
+    def _mget(self, names: list[str]) -> list[bytes | None]:
+        return self._r.mget(names)
 
     @_redis_errors
     def count(self) -> int:
@@ -579,12 +622,25 @@ class Registry:
         return reaped
 
     @_redis_errors
-    def forget(self, keys: Iterable[str]) -> None:
+    def forget(self, keys: Iterable[str], *, in_flight: bool = False) -> list[str]:
+        """Remove records and all kept for their keys (progress, cancel flag, attempts, the
+        destination index when it names them); return the keys whose record went. Keys queued
+        or building are kept unless ``in_flight``: their builder would write them back."""
         keys = list(keys)
-        if keys:
-            pipe = self._r.pipeline(transaction=True)
-            pipe.delete(*[self._rec(k) for k in keys])
-            pipe.srem(self._all, *keys)
-            pipe.zrem(self._inflight, *keys)
-            pipe.zrem(self._due, *keys)
-            pipe.execute()
+        pipe = self._r.pipeline(transaction=False)
+        for key in keys:
+            self._forget(
+                keys=[
+                    self._rec(key),
+                    self._all,
+                    self._inflight,
+                    self._due,
+                    self._progress(key),
+                    self._cancel(key),
+                    self._attempts(key),
+                    self._lease(key),
+                ],
+                args=[key, self._p, "1" if in_flight else "0"],
+                client=pipe,
+            )
+        return [key for key, gone in zip(keys, pipe.execute(), strict=True) if gone]

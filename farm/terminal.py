@@ -7,9 +7,10 @@ arrive here as the JSON the registry stores, so the light commands load no pydan
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 Row = dict[str, Any]  # a record as stored (plus its build's "progress"), or an unknown key
 _COLORS = {"valid": "green", "failed": "red", "invalid": "red"}
+_PAGE = 1000  # rows per table at a terminal: columns sized per page, memory bounded
 KEY_SHOWN = 16  # characters of a key a terminal shows; any unique prefix works as a key
 
 
@@ -104,8 +106,9 @@ def detail(row: Row) -> str:
     return f"{size:,} B" if size is not None else ""
 
 
-def print_rows(rows: Sequence[Row], *, as_json: bool) -> None:
-    """JSON lines, a table at a terminal, or tab-separated whole fields down a pipe."""
+def print_rows(rows: Iterable[Row], *, as_json: bool) -> None:
+    """JSON lines, a table at a terminal, or tab-separated whole fields down a pipe; rows are
+    written as they come, so a listing of any size streams in constant memory."""
     if as_json:
         sys.stdout.writelines(json_row(r) + "\n" for r in rows)
         return
@@ -116,19 +119,23 @@ def print_rows(rows: Sequence[Row], *, as_json: bool) -> None:
         return
     from rich.table import Table
 
-    table = Table("key", "kind", "status", box=None, pad_edge=False)
-    table.add_column("dest", overflow="fold")
-    table.add_column("detail", overflow="fold")
-    for r in rows:
-        color = _COLORS.get(r["status"], "yellow")
-        table.add_row(
-            _escape(r["key"][:KEY_SHOWN]),
-            r["kind"] or "-",
-            f"[{color}]{r['status']}[/]",
-            _escape(r["dest"] or "-"),
-            _escape(detail(r)),
-        )
-    _out().print(table, soft_wrap=True)
+    pages = iter(rows)
+    first = True
+    while page := list(itertools.islice(pages, _PAGE)):
+        table = Table("key", "kind", "status", box=None, pad_edge=False, show_header=first)
+        table.add_column("dest", overflow="fold")
+        table.add_column("detail", overflow="fold")
+        for r in page:
+            color = _COLORS.get(r["status"], "yellow")
+            table.add_row(
+                _escape(r["key"][:KEY_SHOWN]),
+                r["kind"] or "-",
+                f"[{color}]{r['status']}[/]",
+                _escape(r["dest"] or "-"),
+                _escape(detail(r)),
+            )
+        _out().print(table, soft_wrap=True)
+        first = False
 
 
 @contextmanager

@@ -170,10 +170,10 @@ def test_a_manifest_batch_of_mixed_requests(env, genomes, start_workers, tmp_pat
 
     lines.append({"kind": "cache", "fasta": str(genomes / "nope.fa")})
     manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    before = Registry.from_url(env["FARM_REDIS_URL"]).keys()
+    before = _all_keys(Registry.from_url(env["FARM_REDIS_URL"]))
     refused = farm(env, "submit", "--manifest", str(manifest))
     assert_one_sentence(refused, "Request 4", "nope.fa does not exist", "Nothing was submitted")
-    assert Registry.from_url(env["FARM_REDIS_URL"]).keys() == before
+    assert _all_keys(Registry.from_url(env["FARM_REDIS_URL"])) == before
 
 
 def test_verify_reindex_and_gc(env, genomes, start_workers, tmp_path):
@@ -204,7 +204,7 @@ def test_verify_reindex_and_gc(env, genomes, start_workers, tmp_path):
     registry._r.flushdb()
     (genomes / YEAST).write_bytes((PROJECT / "data" / "genomes" / YEAST).read_bytes())
     assert farm(env, "reindex", str(genomes)).returncode == 0
-    assert registry.keys() == sorted(keys)
+    assert _all_keys(registry) == sorted(keys)
     assert registry.get(keys[1]).status == "valid"
     # reindex is shallow (sizes and fingerprints); the deep check is verify's job
     assert registry.get(keys[0]).status == "valid"
@@ -429,3 +429,50 @@ def test_maintenance_commands_speak_json_when_asked(env, genomes, registry, tmp_
     swept = farm(env, "gc", str(genomes), "--dry-run", "--json")
     (orphan,) = [json.loads(line) for line in swept.stdout.splitlines()]
     assert orphan["action"] == "would remove" and "is gone" in orphan["reason"]
+
+
+def test_ls_filters_and_forget_removes_records_but_never_artifacts(env, registry, tmp_path):
+    from farm.records import Status
+    from tests.test_registry import record
+
+    old = time.time() - 3 * 86400
+    rows = [
+        record("a" * 64, Status.FAILED, dest=f"{tmp_path}/a"),
+        record("b" * 64, Status.VALID, dest=f"{tmp_path}/sub/b"),
+        record("c" * 64, Status.BUILDING, dest=f"{tmp_path}/sub/c"),
+        record("d" * 64, Status.FAILED, dest=f"{tmp_path}/sub/d").evolve(updated_at=old),
+    ]
+    for row in rows:
+        registry.put(row)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b").mkdir()
+
+    def keys(result: subprocess.CompletedProcess) -> list[str]:
+        assert result.returncode == 0, result.stderr
+        return sorted(json.loads(line)["key"][0] for line in result.stdout.splitlines())
+
+    assert keys(farm(env, "ls", "--json")) == ["a", "b", "c", "d"]
+    assert keys(farm(env, "ls", "--json", "--status", "failed")) == ["a", "d"]
+    assert keys(farm(env, "ls", "--json", "--dest", f"{tmp_path}/sub")) == ["b", "c", "d"]
+    assert keys(farm(env, "ls", "--json", "--older-than", "2d")) == ["d"]
+    assert keys(farm(env, "ls", "--json", "--newer-than", "1h", "--kind", "cache")) == [
+        "a", "b", "c"
+    ]  # fmt: skip
+    assert_one_sentence(farm(env, "ls", "--older-than", "soon"), "--older-than soon")
+
+    assert_one_sentence(farm(env, "forget"), "needs keys or a filter")
+    assert keys(farm(env, "forget", "--json", "--status", "failed", "--dry-run")) == ["a", "d"]
+    assert keys(farm(env, "ls", "--json", "--status", "failed")) == ["a", "d"]
+    assert keys(farm(env, "forget", "--json", "--dest", f"{tmp_path}/sub")) == ["b", "d"]
+    assert keys(farm(env, "ls", "--json")) == ["a", "c"]  # the building key is kept
+    assert (tmp_path / "sub" / "b").is_dir()  # records go, artifacts stay
+    piped = subprocess.run(
+        [sys.executable, "-m", "farm.cli", "forget", "-"],
+        input="a" * 8 + "\n", env=env, cwd=PROJECT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert piped.returncode == 0 and piped.stdout.startswith("a" * 64)
+    assert keys(farm(env, "ls", "--json")) == ["c"]
+
+
+def _all_keys(registry: Registry) -> list[str]:
+    return sorted(key for batch in registry.key_batches() for key in batch)

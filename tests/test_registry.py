@@ -149,7 +149,7 @@ def test_records_do_not_expire_and_batches_read_in_one_call(registry: Registry):
     assert registry._r.ttl("farm:rec:k0") == -1
     got = registry.get_many(["k0", "missing", "k4"])
     assert [r and r.key for r in got] == ["k0", None, "k4"]
-    assert registry.keys() == [f"k{i}" for i in range(5)]
+    assert _all_keys(registry) == [f"k{i}" for i in range(5)]
 
 
 def test_a_new_valid_key_for_a_destination_supersedes_the_old_one(registry: Registry):
@@ -199,3 +199,34 @@ def test_silent_workers_are_reaped_once(registry: Registry):
     assert registry.reap_silent_workers(10) == ["w2"]
     assert registry.reap_silent_workers(10) == []
     assert registry.live_workers(within_s=5) == ["w1"]
+
+
+def _all_keys(registry: Registry) -> list[str]:
+    return sorted(key for batch in registry.key_batches() for key in batch)
+
+
+def test_keys_stream_in_batches_and_records_as_json(registry: Registry):
+    for i in range(2_500):
+        registry.put(record(f"k{i:05d}", Status.VALID, dest=f"/d/{i}"))
+    batches = list(registry.key_batches(batch=200))
+    assert len(batches) > 1 and max(len(b) for b in batches) < 1_000
+    assert len({k for b in batches for k in b}) == 2_500
+    raw = list(registry.raw_records(batch=300))
+    assert sorted(r["key"] for r in raw) == [f"k{i:05d}" for i in range(2_500)]
+    assert {r["status"] for r in raw} == {"valid"}
+
+
+def test_forget_keeps_keys_in_flight_and_the_index_of_another_key(registry: Registry):
+    registry.put(record("done", Status.VALID, dest="/d/a"))
+    registry.put(record("busy", Status.BUILDING, dest="/d/b"))
+    registry.put(record("old", Status.VALID, dest="/d/c"))
+    registry.put(record("new", Status.VALID, dest="/d/c"))  # the index of /d/c names "new"
+    registry.report_progress("done", {"done": 1}, ttl_s=60)
+    assert registry.key_for_dest("/d/a") == "done"
+    assert sorted(registry.forget(["done", "busy", "old", "missing"])) == ["done", "old"]
+    assert registry.get("done") is None and registry.progress_of(["done"]) == [None]
+    assert registry.key_for_dest("/d/a") is None
+    assert registry.get("busy") is not None
+    assert registry.key_for_dest("/d/c") == "new"  # "old" went, the index still names "new"
+    assert _all_keys(registry) == ["busy", "new"]
+    assert registry.forget(["busy"], in_flight=True) == ["busy"]
