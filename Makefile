@@ -34,3 +34,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_dataset.py
 	$(BIN)/python bench/bench_frontdoor.py
 	$(BIN)/python bench/bench_bigwig.py
+	$(BIN)/python bench/bench_registry.py
