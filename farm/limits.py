@@ -12,3 +12,6 @@ MAX_SAMPLES = 1_000_000
 MAX_SAMPLE_NAME = 256
 MAX_TRACKS = 1_000  # per-sample or annotation tracks in one dataset
 MAX_BATCH = 1_000_000  # requests in one submission
+# Characters of a job (a key) in a staging directory's owner tag; the registry indexes live
+# leases by the same prefix, so gc asks about a directory in one lookup.
+JOB_TAG_LEN = 24

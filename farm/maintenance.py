@@ -121,7 +121,7 @@ def gc(
         if registry is None:
             return True  # without a registry, another host's job may still be running
         try:
-            return registry.live_lease_with_prefix(job)
+            return registry.live_lease_for_job(job)
         except FarmError:
             return True
 

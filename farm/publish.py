@@ -31,6 +31,7 @@ import psutil
 
 from farm.confine import ConfinedParent, fd_path, resolve_root
 from farm.errors import DestinationError
+from farm.limits import JOB_TAG_LEN
 
 STAGING_MARK = ".farmtmp."
 ASIDE_MARK = ".farmold."
@@ -59,7 +60,8 @@ class Owner:
 
     @classmethod
     def current(cls, job: str = "local") -> Owner:
-        return cls(job=_TAG_UNSAFE.sub("_", job)[:24] or "local", pid=os.getpid(), host=_host())
+        job = _TAG_UNSAFE.sub("_", job)[:JOB_TAG_LEN] or "local"
+        return cls(job=job, pid=os.getpid(), host=_host())
 
     def tag(self) -> str:
         return f"{self.job}.{self.pid}.{secrets.token_hex(4)}.{self.host}"

@@ -32,6 +32,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from farm.errors import BrokerError
+from farm.limits import JOB_TAG_LEN
 
 if TYPE_CHECKING:
     from farm.records import ArtifactRecord, Status
@@ -98,6 +99,7 @@ _ACQUIRE = """
 local h = redis.call('GET', KEYS[1])
 if h and h ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return 1
 """
@@ -108,8 +110,15 @@ local h = redis.call('GET', KEYS[1])
 if h == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2])
 elseif not h then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 else return 0 end
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return 1
+"""
+# A lease and its tag go together; the tag only if still this holder's (keys sharing a tag).
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -132,6 +141,7 @@ redis.call('SADD', KEYS[5], ARGV[3])
 redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('ZREM', KEYS[4], ARGV[3])
 if h == ARGV[2] then redis.call('DEL', KEYS[2]) end
+if redis.call('GET', KEYS[6]) == ARGV[2] then redis.call('DEL', KEYS[6]) end
 return {1, ARGV[1]}
 """
 # A stopping worker gives the key back: queued again, due at once, lease released, and the
@@ -160,6 +170,7 @@ _HAND_BACK = """
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
+if redis.call('GET', KEYS[5]) == ARGV[2] then redis.call('DEL', KEYS[5]) end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 local n = tonumber(redis.call('GET', KEYS[4]) or '0')
 if n > 0 then redis.call('DECR', KEYS[4]) end
@@ -207,6 +218,7 @@ class Registry:
         self._finish = client.register_script(_FINISH)
         self._hand_back = client.register_script(_HAND_BACK)
         self._forget = client.register_script(_FORGET)
+        self._release_lease = client.register_script(_RELEASE_LEASE)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "farm:", *, patience_s: float = 0.0) -> Registry:
@@ -243,6 +255,10 @@ class Registry:
 
     def _lease(self, key: str) -> str:
         return f"{self._p}lease:{key}"
+
+    def _lease_tag(self, key: str) -> str:
+        """Held with a lease, under the key's prefix that owner tags on disk carry."""
+        return f"{self._p}leasetag:{key[:JOB_TAG_LEN]}"
 
     def _dest(self, dest: str) -> str:
         return f"{self._p}dest:{dest}"
@@ -405,6 +421,7 @@ class Registry:
                 self._inflight,
                 self._due,
                 self._all,
+                self._lease_tag(record.key),
             ],
             args=[record.model_dump_json(), holder, record.key],
         )
@@ -443,6 +460,7 @@ class Registry:
                     self._lease(record.key),
                     self._due,
                     self._attempts(record.key),
+                    self._lease_tag(record.key),
                 ],
                 args=[queued.model_dump_json(), holder, record.key, time.time()],
             )
@@ -551,7 +569,7 @@ class Registry:
         """Take the lease; the key is then due when the lease would run out."""
         return bool(
             self._acquire(
-                keys=[self._lease(key), self._due],
+                keys=[self._lease(key), self._due, self._lease_tag(key)],
                 args=[holder, int(ttl_s * 1000), time.time() + ttl_s, key],
             )
         )
@@ -560,14 +578,14 @@ class Registry:
     def renew_lease(self, key: str, holder: str, ttl_s: float) -> bool:
         return bool(
             self._renew(
-                keys=[self._lease(key), self._due],
+                keys=[self._lease(key), self._due, self._lease_tag(key)],
                 args=[holder, int(ttl_s * 1000), time.time() + ttl_s, key],
             )
         )
 
     @_redis_errors
     def release_lease(self, key: str, holder: str) -> None:
-        self._release(keys=[self._lease(key)], args=[holder])
+        self._release_lease(keys=[self._lease(key), self._lease_tag(key)], args=[holder])
 
     @_redis_errors
     def lease_holder(self, key: str) -> str | None:
@@ -580,10 +598,10 @@ class Registry:
         return max(0, int(self._r.pttl(self._lease(key)))) / 1000
 
     @_redis_errors
-    def live_lease_with_prefix(self, key_prefix: str) -> bool:
-        """Whether any lease's key starts with ``key_prefix`` (owner tags carry a prefix)."""
-        pattern = f"{self._lease(key_prefix)}*"
-        return any(True for _ in self._r.scan_iter(match=pattern, count=1000))
+    def live_lease_for_job(self, job: str) -> bool:
+        """Whether a lease is held on a key whose owner tag is ``job`` (a staging directory's
+        builder): one lookup, whatever the registry's size."""
+        return bool(self._r.exists(self._lease_tag(job)))
 
     # -- attempts: a message that kills its worker must not loop forever ----------------------
     @_redis_errors

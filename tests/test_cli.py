@@ -221,6 +221,16 @@ def test_verify_reindex_and_gc(env, genomes, start_workers, tmp_path):
     assert swept.returncode == 0 and str(orphan) in swept.stdout
     assert not orphan.exists() and live.exists()
 
+    # Another host's: kept while a lease on its key lives (one lookup by the owner tag).
+    building, dead_key = "a" * 64, "b" * 64
+    assert registry.acquire_lease(building, "elsewhere-worker", 60)
+    held = staging_path(genomes / "z.gvlfa", Owner(building[:24], 4242, "elsewhere"))
+    left = staging_path(genomes / "w.gvlfa", Owner(dead_key[:24], 4242, "elsewhere"))
+    held.mkdir()
+    left.mkdir()
+    swept = farm(env, "gc", "--grace", "0", str(genomes))
+    assert swept.returncode == 0 and held.exists() and not left.exists()
+
 
 CHR20 = PROJECT / "data" / "grch37_chr20"
 VCF = "1kgp_203samples_unphased.chr20_1000001-2000000.vcf.gz"

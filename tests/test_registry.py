@@ -137,10 +137,10 @@ def test_leases_are_exclusive_renewable_and_released_only_by_their_holder(regist
     assert registry.renew_lease("k", "a", 5)
     registry.release_lease("k", "b")
     assert registry.lease_holder("k") == "a"
-    assert registry.live_lease_with_prefix("k")
+    assert registry.live_lease_for_job("k")
     registry.release_lease("k", "a")
     assert registry.lease_holder("k") is None
-    assert not registry.live_lease_with_prefix("k")
+    assert not registry.live_lease_for_job("k")
 
 
 def test_records_do_not_expire_and_batches_read_in_one_call(registry: Registry):
@@ -230,3 +230,28 @@ def test_forget_keeps_keys_in_flight_and_the_index_of_another_key(registry: Regi
     assert registry.key_for_dest("/d/c") == "new"  # "old" went, the index still names "new"
     assert _all_keys(registry) == ["busy", "new"]
     assert registry.forget(["busy"], in_flight=True) == ["busy"]
+
+
+def test_the_job_tag_of_a_lease_lives_and_dies_with_it(registry: Registry):
+    """gc asks about a staging dir by its owner tag (a key's first 24 characters) in one
+    lookup: the tag is set with the lease, renewed with it, and gone with it whichever way
+    the lease ends (finish, hand back, expiry)."""
+    key = "f" * 64
+    job = key[:24]
+    rec = record(key, Status.BUILDING)
+    registry.put(rec)
+    assert registry.acquire_lease(key, "w1", 5)
+    assert registry.live_lease_for_job(job) and not registry.live_lease_for_job("e" * 24)
+    registry.finish(rec.evolve(status=Status.VALID), "w1")
+    assert not registry.live_lease_for_job(job)
+
+    registry.put(rec)
+    assert registry.acquire_lease(key, "w2", 5)
+    assert registry.hand_back(rec, "w2")
+    assert not registry.live_lease_for_job(job)
+
+    assert registry.acquire_lease(key, "w3", 0.2)
+    assert registry.renew_lease(key, "w3", 0.3)
+    assert registry.live_lease_for_job(job)
+    time.sleep(0.45)
+    assert not registry.live_lease_for_job(job)
