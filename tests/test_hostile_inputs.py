@@ -241,14 +241,38 @@ def test_ctrl_c_during_start_up_is_one_line(env):
     import sys
 
     farm_script = Path(sys.executable).parent / "farm"
+    # verify loads the client (pydantic, Celery's pieces): longer than this to start up.
     proc = subprocess.Popen(
-        [str(farm_script), "ls"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    time.sleep(0.15)  # the CLI's libraries take longer than this to load
+        [str(farm_script), "verify"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    time.sleep(0.15)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip() == "Interrupted."
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.02, 0.05, 0.1])
+def test_ctrl_c_as_a_command_exits_never_shows_a_traceback(env, delay_s: float):
+    """`farm status` of an unknown key ends in a few dozen ms: Ctrl-C as it exits must not
+    turn into a traceback from the interpreter's shutdown or a death by signal."""
+    import signal
+    import subprocess
+    import sys
+
+    farm_script = Path(sys.executable).parent / "farm"
+    proc = subprocess.Popen(
+        [str(farm_script), "status", "0" * 64], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out_line = proc.stdout.readline()  # the command has done its work once it printed
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "unknown" in out_line, (out_line, err)
+    assert proc.returncode in (1, 130), err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
 
 
 def test_a_redis_password_works_end_to_end_and_never_shows(genomes: Path, tmp_path: Path):
