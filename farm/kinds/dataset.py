@@ -9,7 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from farm.artifacts import dataset
 from farm.artifacts.base import Classification, State
-from farm.artifacts.dataset.params import check_track_name
+from farm.artifacts.dataset.params import check_sources
 from farm.artifacts.dataset.regions import detect_strand_column
 from farm.artifacts.dataset.validate import read_record
 from farm.artifacts.dataset.writer import FARM_RECORD
@@ -21,35 +21,22 @@ from farm.progress import Progress
 from farm.publish import Outcome, Owner
 from farm.requests import BoundedPath, SampleNames, absolute_path, sample_names
 
-TrackSource = dict[str, Path] | Path
 
-
-def _tracks(tracks: dict[str, TrackSource] | None) -> dict[str, TrackSource] | None:
+def _within_limits(tracks: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A request's tracks within the farm's limits (their shape: :func:`check_sources`)."""
     if tracks is None:
         return None
     if len(tracks) > MAX_TRACKS:
         raise ValueError(f"{len(tracks):,} tracks is over the limit of {MAX_TRACKS:,}")
-    for name, source in tracks.items():
-        check_track_name(name)
-        if isinstance(source, dict):
-            if not source:
-                raise ValueError(f"track {name!r} names no sample; map samples to bigWig files")
+    for source in tracks.values():
+        if isinstance(source, dict) and source:
             sample_names(tuple(source))
-    return tracks
-
-
-def _annot_tracks(tracks: dict[str, Path] | None) -> dict[str, Path] | None:
-    if tracks is not None:
-        if len(tracks) > MAX_TRACKS:
-            raise ValueError(f"{len(tracks):,} tracks is over the limit of {MAX_TRACKS:,}")
-        for name in tracks:
-            check_track_name(name)
     return tracks
 
 
 class DatasetRequest(BaseModel):
     """Build a GenVarLoader dataset, as ``gvl.write`` does, from a BED-like file of regions
-    and a variant file (VCF/BCF or PGEN), per-sample bigWig tracks, or both, with optional
+    and variants (VCF/BCF, PGEN or a SparseVar .svar), per-sample tracks, or both, with optional
     annotation tracks (bigWig or BED-like table)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -66,18 +53,13 @@ class DatasetRequest(BaseModel):
     # track name -> sample -> bigWig or table, or -> one long-form table (sample_id column);
     # annotation track name -> bigWig or BED-like table.
     tracks: Annotated[
-        dict[str, dict[str, BoundedPath] | BoundedPath] | None, AfterValidator(_tracks)
+        dict[str, dict[str, BoundedPath] | BoundedPath] | None, AfterValidator(_within_limits)
     ] = None
-    annot_tracks: Annotated[dict[str, BoundedPath] | None, AfterValidator(_annot_tracks)] = None
+    annot_tracks: Annotated[dict[str, BoundedPath] | None, AfterValidator(_within_limits)] = None
 
     @model_validator(mode="after")
-    def _has_samples(self) -> DatasetRequest:
-        if self.variants is None and not self.tracks:
-            raise ValueError(
-                "a dataset needs variants or per-sample tracks (its samples come from them)"
-            )
-        if both := sorted((self.tracks or {}).keys() & (self.annot_tracks or {}).keys()):
-            raise ValueError(f"track {both[0]!r} is named twice; give each track its own name")
+    def _sources(self) -> DatasetRequest:
+        check_sources(self.variants, self.tracks, self.annot_tracks)
         return self
 
     @property

@@ -54,17 +54,7 @@ class DatasetParams(BaseModel):
 
     @model_validator(mode="after")
     def _sources(self) -> DatasetParams:
-        if self.variants is None and not self.tracks:
-            raise ValueError(
-                "a dataset needs variants or per-sample tracks (its samples come from them)"
-            )
-        for name in (self.tracks or {}).keys() | (self.annot_tracks or {}).keys():
-            check_track_name(name)
-        if both := sorted((self.tracks or {}).keys() & (self.annot_tracks or {}).keys()):
-            raise ValueError(f"track {both[0]!r} is named twice; give each track its own name")
-        for name, source in (self.tracks or {}).items():
-            if not source:
-                raise ValueError(f"track {name!r} names no sample; map samples to bigWig files")
+        check_sources(self.variants, self.tracks, self.annot_tracks)
         return self
 
     @property
@@ -251,6 +241,26 @@ class DatasetParams(BaseModel):
 
 
 _TRACK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
+
+
+def check_sources(
+    variants: Path | None,
+    tracks: dict[str, dict[str, Path] | Path] | None,
+    annot_tracks: dict[str, Path] | None,
+) -> None:
+    """What a dataset's sources must be, as a request and as build parameters: samples come
+    from variants or per-sample tracks; tracks have plain, distinct names and samples."""
+    for name in (tracks or {}).keys() | (annot_tracks or {}).keys():
+        check_track_name(name)
+    if variants is None and not tracks:
+        raise ValueError(
+            "a dataset needs variants or per-sample tracks (its samples come from them)"
+        )
+    if both := sorted((tracks or {}).keys() & (annot_tracks or {}).keys()):
+        raise ValueError(f"track {both[0]!r} is named twice; give each track its own name")
+    for name, source in (tracks or {}).items():
+        if not source:
+            raise ValueError(f"track {name!r} names no sample; map samples to bigWig files")
 
 
 def check_track_name(name: str) -> None:
