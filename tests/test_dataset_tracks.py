@@ -261,3 +261,13 @@ def test_a_manifest_line_with_tracks_parses_to_the_request(inputs) -> None:
     assert isinstance(request, DatasetRequest)
     assert request.tracks == {"signal": signal, "atac": Path("atac.parquet")}
     assert request.annot_tracks == {"cons": inputs["cons"]}
+
+
+def test_a_long_form_table_without_sample_id_is_refused_before_the_build(
+    inputs, tmp_path: Path
+) -> None:
+    table = tmp_path / "no_samples.tsv"
+    table.write_text("chrom\tstart\tend\tvalue\n20\t1000100\t1000200\t1.5\n")
+    params = DatasetParams(regions=inputs["tiles"], tracks={"signal": table})
+    with pytest.raises(InputError, match="no column sample_id"):
+        params.check()

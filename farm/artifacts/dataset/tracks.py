@@ -83,10 +83,10 @@ def check_track_source(
     Returns the track's samples."""
     if isinstance(source, Path):  # one long-form table, samples in its sample_id column
         _exists(source, f"track {name!r}")
-        tables = read_sample_tables(source, long_form=True)
-        if not tables:
+        samples = table_samples(source)
+        if not samples:
             raise InputError(f"Interval table {source} of track {name!r} has no rows; fill it.")
-        return sorted(tables)
+        return samples
     bigwigs = {sample: is_bigwig(path) for sample, path in source.items()}
     if not annotation and len(set(bigwigs.values())) > 1:
         raise InputError(
@@ -357,22 +357,49 @@ def read_sample_tables(path: Path, *, long_form: bool) -> dict[str, IntervalTabl
     return tables
 
 
-def _read_frame(path: Path) -> pa.Table:
+def table_samples(path: Path) -> list[str]:
+    """The samples of a long-form table, reading its ``sample_id`` column only: checking a
+    request should not read every interval (the build reads them, and checks the rest)."""
+    if "sample_id" not in _read_frame(path, schema_only=True).column_names:
+        raise InputError(
+            f"Interval table {path} has no column sample_id; give it the columns sample_id, "
+            f"{', '.join(SAMPLE_TABLE_COLUMNS)}."
+        )
+    column = _read_frame(path, columns=["sample_id"]).column("sample_id")
+    return sorted({str(s) for s in column.to_pylist() if s is not None})
+
+
+def _read_frame(
+    path: Path, columns: list[str] | None = None, *, schema_only: bool = False
+) -> pa.Table:
+    """A table as ``gvl.Table`` reads it; ``columns``: only those; ``schema_only``: no rows."""
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".tsv", ".txt"):
             import pyarrow.csv as csv
 
             delimiter = "," if suffix == ".csv" else "\t"
-            return csv.read_csv(path, parse_options=csv.ParseOptions(delimiter=delimiter))
+            parse = csv.ParseOptions(delimiter=delimiter)
+            if schema_only:
+                with csv.open_csv(path, parse_options=parse) as reader:
+                    return reader.schema.empty_table()
+            return csv.read_csv(
+                path,
+                parse_options=parse,
+                convert_options=csv.ConvertOptions(include_columns=columns),
+            )
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path)
+            if schema_only:
+                return pq.read_schema(path).empty_table()
+            return pq.read_table(path, columns=columns)
         if suffix in (".arrow", ".ipc", ".feather"):
             import pyarrow.feather as feather
 
-            return feather.read_table(path)
+            if schema_only:
+                return feather.read_table(path, columns=[], memory_map=True)
+            return feather.read_table(path, columns=columns)
     except (OSError, pa.ArrowException) as e:
         raise InputError(f"Interval table {path} cannot be read ({e}); check its format.") from e
     raise InputError(
