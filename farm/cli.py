@@ -54,6 +54,7 @@ EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_INTERRUPTED = 130
 MAX_MANIFEST_LINE = 64 * 1024  # characters: a request with every sample of a large cohort
+_BATCH = 1000  # keys a command reads in one round trip
 
 DestOption = Annotated[
     Path | None, typer.Option("--dest", help="Where to publish (default: FASTA.gvlfa).")
@@ -536,18 +537,25 @@ def _counted(
 
 @app.command()
 def status(keys: KeysArgument, as_json: JsonOption = False) -> None:
-    """Show the status of keys, with a building key's progress (one round trip for all of
-    them); exit 1 if any is unknown."""
+    """Show the status of keys, with a building key's progress (one round trip a thousand
+    keys, printed as they come); exit 1 if any is unknown."""
     registry = _light_registry()
     keys = _full_keys(registry, keys)
-    rows = []
-    for key, (row, figures) in zip(keys, registry.get_many_raw(keys), strict=True):
-        if row is None:
-            rows.append(terminal.unknown_row(key))
-        else:
-            rows.append({**row, "progress": figures} if figures else row)
-    terminal.print_rows(rows, as_json=as_json)
-    if any(r["status"] == "unknown" for r in rows):
+    unknown = False
+
+    def rows() -> Iterator[terminal.Row]:
+        nonlocal unknown
+        for i in range(0, len(keys), _BATCH):
+            chunk = keys[i : i + _BATCH]
+            for key, (row, figures) in zip(chunk, registry.get_many_raw(chunk), strict=True):
+                if row is None:
+                    unknown = True
+                    yield terminal.unknown_row(key)
+                else:
+                    yield {**row, "progress": figures} if figures else row
+
+    terminal.print_rows(rows(), as_json=as_json)
+    if unknown:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -558,24 +566,27 @@ def wait(keys: KeysArgument, timeout: TimeoutOption = None) -> None:
         keys = _full_keys(farm.registry, keys)
         with terminal.counter("waiting", len(keys)) as update:
             try:
-                records = farm.wait(
-                    keys, timeout_s=timeout, on_progress=lambda done, _total: update(done)
-                )
+                farm.follow(keys, timeout_s=timeout, on_progress=lambda done, _total: update(done))
             except KeyboardInterrupt:
                 terminal.say(
                     "Stopped waiting; the builds go on (`farm wait` again to follow them)."
                 )
                 raise typer.Exit(EXIT_INTERRUPTED) from None
-    bad = [(k, r) for k, r in zip(keys, records, strict=True) if r is None or r.status != "valid"]
-    for key, r in bad:
-        if r is None:
-            terminal.say(f"{key}: unknown key")
-        elif r.status.terminal:
-            terminal.say(f"{key}: {r.status}: {r.error or r.dest}")
-        else:
-            terminal.say(f"{key}: still {r.status} (timed out): {r.dest}")
-    if bad:
-        timed_out = any(r is not None and not r.status.terminal for _, r in bad)
+        failed = timed_out = False
+        for i in range(0, len(keys), _BATCH):
+            chunk = keys[i : i + _BATCH]
+            statuses = farm.registry.statuses(chunk)
+            bad = [k for k, s in zip(chunk, statuses, strict=True) if s != "valid"]
+            for key, r in zip(bad, farm.registry.get_many(bad), strict=True):
+                if r is None:
+                    terminal.say(f"{key}: unknown key")
+                elif r.status.terminal:
+                    terminal.say(f"{key}: {r.status}: {r.error or r.dest}")
+                else:
+                    terminal.say(f"{key}: still {r.status} (timed out): {r.dest}")
+                failed = True
+                timed_out = timed_out or (r is not None and not r.status.terminal)
+    if failed:
         raise typer.Exit(EXIT_TIMEOUT if timed_out else EXIT_FAILED)
 
 
@@ -738,7 +749,7 @@ def verify(
     with _farm() as farm:
         full = _full_keys(farm.registry, keys) if keys else None
         unknown = [k for k, r in zip(full or [], farm.status(full or []), strict=True) if not r]
-        total = len(full) if full else farm.registry.count()
+        total = len(full) if full else None  # all: counted as they stream
         invalid = 0
         with terminal.counter("verifying", total) as update:
 

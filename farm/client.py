@@ -32,6 +32,10 @@ NO_WORKER = (
 
 
 CANCEL_TTL_S = 3600.0  # a cancellation outlives any wait for a builder's next report
+SETTLE_EVERY_S = 10.0  # a waiter re-reads every pending key this often, at the least
+SETTLE_BATCH = 1000
+COMPLETIONS_READ = 5000  # completions a waiter reads at once
+_IN_FLIGHT = ("queued", "building")
 
 
 class NoWorkerWarning(UserWarning):
@@ -58,7 +62,8 @@ class Farm:
     def connect(cls, settings: Settings | None = None) -> Farm:
         settings = settings or Settings.from_env()
         url = embedded.resolve_url(settings)
-        return cls(settings, Registry.from_url(url), Sender(settings, url))
+        registry = Registry.from_url(url, forget_unusable_after_s=settings.forget_unusable_after_s)
+        return cls(settings, registry, Sender(settings, url))
 
     def close(self) -> None:
         self._sender.close()
@@ -124,8 +129,8 @@ class Farm:
         prepared = prepare(request, self.settings.roots)
         (submission,) = self._submit_chunk([prepared], send=False)
         while True:
-            record = service.ensure(prepared, submission.key, ctx)
-            if record.status.terminal:
+            record = service.ensure(submission.key, ctx)
+            if record is not None and record.status.terminal:
                 return record
             # Another builder holds the key: follow it, and take over if its lease runs out.
             self.wait([submission.key], timeout_s=self.settings.lease_ttl_s)
@@ -155,9 +160,9 @@ class Farm:
             for (i, _), ok in zip(vanished, taken, strict=True):
                 if ok:
                     claims[i] = Claim(True, records[i], b"")
-        to_send = {c.record.key: c.record.request for c in claims if c.enqueue}
+        to_send = [c.record.key for c in claims if c.enqueue]
         if send:
-            self._sender.send(to_send.items())
+            self._sender.send(to_send)
             self.registry.confirm_sent(to_send)
         for request, claim in zip(requests, claims, strict=True):
             self._submitted[claim.record.key] = request
@@ -179,52 +184,109 @@ class Farm:
         timeout_s: float | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[ArtifactRecord | None]:
-        """Poll until every key is terminal (or unknown) or the timeout passes.
+        """Wait until every key is terminal (or unknown) or the timeout passes; their records.
 
         Keys in flight need nothing from the caller: the farm requeues them if their worker
         or message is lost. A key this client submitted whose record is gone is resubmitted.
         """
         keys = list(keys)
-        pending = dict.fromkeys(keys)
-        done: dict[str, ArtifactRecord | None] = {}
-        warned = False
+        self.follow(keys, timeout_s=timeout_s, on_progress=on_progress)
+        return self._records(keys)
+
+    def follow(
+        self,
+        keys: Sequence[str],
+        *,
+        timeout_s: float | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Wait as :meth:`wait` does, without reading the records at the end (a caller of
+        100,000 keys reads what it needs).
+
+        The wait follows the registry's stream of completions, so each wake-up costs what
+        finished, not what is pending: every pending key is read only at the start, after a
+        broker outage, when completions were trimmed before they were read, and now and then
+        as a safety net (at most 2% of the time).
+        """
+        keys = list(keys)
+        pending = set(keys)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        interval = 0.002
+        cursor: str | None = None  # None: read every pending key first
+        next_settle = 0.0
         outage_since: float | None = None
-        while pending:
-            batch = list(pending)
-            lost = []
+        warned = False
+        while True:
             try:
-                records = self.registry.get_many(batch)
+                if cursor is None or time.monotonic() >= next_settle:
+                    if cursor is None:
+                        cursor = self.registry.completion_cursor()
+                    started = time.monotonic()
+                    self._settle(pending)
+                    took = time.monotonic() - started
+                    next_settle = time.monotonic() + max(SETTLE_EVERY_S, 50 * took)
+                    if pending and not warned:
+                        warned = True
+                        self.warn_if_no_worker()
+                if on_progress is not None:
+                    on_progress(len(keys) - len(pending), len(keys))
+                left = None if deadline is None else deadline - time.monotonic()
+                if not pending:
+                    pending = self._still_in_flight(keys)  # re-claimed since they finished
+                    if not pending:
+                        break
+                    continue
+                if left is not None and left <= 0:
+                    break
+                block = min(0.25 if on_progress else 1.0, next_settle - time.monotonic())
+                seen = cursor
+                done = self.registry.completions(
+                    seen, min(block, left or block), count=COMPLETIONS_READ
+                )
+                pending.difference_update(key for _, key in done)
+                if done:
+                    cursor = done[-1][0]
+                    if len(done) >= COMPLETIONS_READ and self.registry.completions_lost_after(seen):
+                        next_settle = 0.0
+                outage_since = None
             except BrokerError:
                 # A broker restart is no reason to give up on builds that go on without it.
                 now = time.monotonic()
                 outage_since = outage_since or now
                 if now - outage_since > self.settings.registry_patience_s:
                     raise
+                cursor = None  # completions may be lost with the broker: read everything
                 time.sleep(0.5)
-                continue
-            outage_since = None
-            if not warned and any(r is not None and not r.status.terminal for r in records):
-                warned = True
-                self.warn_if_no_worker()
-            for key, record in zip(batch, records, strict=True):
-                if record is None and key in self._submitted:
+
+    def _settle(self, pending: set[str]) -> None:
+        """Drop the pending keys that are terminal or unknown; resubmit those this client
+        submitted whose record is gone (a Redis restart without persistence)."""
+        lost = []
+        batch = list(pending)
+        for i in range(0, len(batch), SETTLE_BATCH):
+            chunk = batch[i : i + SETTLE_BATCH]
+            for key, status in zip(chunk, self.registry.statuses(chunk), strict=True):
+                if status is None and key in self._submitted:
                     lost.append(self._submitted[key])
-                elif record is None or record.status.terminal:
-                    done[key] = record
-                    del pending[key]
-            if lost:
-                self.submit_many(lost)
-            if on_progress is not None:
-                on_progress(len(done), len(keys))
-            if not pending or (deadline is not None and time.monotonic() >= deadline):
-                break
-            time.sleep(interval)
-            interval = min(interval * 1.5, 0.25)
-        for key in pending:
-            done[key] = self.registry.get(key)
-        return [done[k] for k in keys]
+                elif status not in _IN_FLIGHT:
+                    pending.discard(key)
+        if lost:
+            self.submit_many(lost)
+
+    def _still_in_flight(self, keys: list[str]) -> set[str]:
+        """The keys in flight again, read when all seemed done: the wait ends on terminal
+        records, even if a key was claimed again after it finished."""
+        in_flight = set()
+        for i in range(0, len(keys), SETTLE_BATCH):
+            chunk = keys[i : i + SETTLE_BATCH]
+            statuses = self.registry.statuses(chunk)
+            in_flight.update(k for k, s in zip(chunk, statuses, strict=True) if s in _IN_FLIGHT)
+        return in_flight
+
+    def _records(self, keys: list[str]) -> list[ArtifactRecord | None]:
+        out: list[ArtifactRecord | None] = []
+        for i in range(0, len(keys), SETTLE_BATCH):
+            out.extend(self.registry.get_many(keys[i : i + SETTLE_BATCH]))
+        return out
 
 
 def _published(dest: Path) -> bool:

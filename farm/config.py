@@ -6,6 +6,7 @@ costs 100 ms of start-up, and every ``farm status`` of a polling pipeline would 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,6 +54,9 @@ class Settings(BaseModel):
     # worker is started with embedded_idle_s.
     idle_exit_s: float | None = Field(None, gt=0)
     embedded_idle_s: float = Field(900.0, gt=0)
+    # Failed, invalid and stale records expire this long after they are written (0: they
+    # are kept until `farm forget`). Valid records and keys in flight never expire.
+    forget_unusable_after_s: float = Field(0.0, ge=0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -73,7 +77,7 @@ class Settings(BaseModel):
 
     @property
     def roots(self) -> list[Path]:
-        return [Path(p).resolve() for p in self.allowed_roots.split(os.pathsep) if p]
+        return list(_resolved_roots(self.allowed_roots))
 
     @property
     def visibility_timeout(self) -> float:
@@ -94,6 +98,13 @@ class Settings(BaseModel):
     @property
     def embedded(self) -> bool:
         return self.redis_url is None
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved_roots(allowed_roots: str) -> tuple[Path, ...]:
+    """Resolved once per process (a worker checks every build against them), so a root
+    swapped for a symlink later does not move what a running worker may write."""
+    return tuple(Path(p).resolve() for p in allowed_roots.split(os.pathsep) if p)
 
 
 def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
@@ -126,6 +137,6 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
         "task_time_limit": settings.time_limit_s,
         "task_default_queue": QUEUE,
         "task_routes": {BUILD_TASK: {"queue": QUEUE}},
-        "worker_send_task_events": True,
+        # Task events (for flower) are Celery's default, off: `farm worker --task-events`.
         "task_send_sent_event": False,
     }

@@ -1,16 +1,22 @@
-"""A lease on a key, renewed by a heartbeat thread while its holder builds.
+"""Leases on keys, renewed by one thread per process while their holders build.
 
 The lease only saves work: it stops a duplicate message, a second submission or a second
 machine from building what is already being built. Correctness never depends on it (the
 atomic rename does), so a lease that is lost mid-build is logged, not fatal. Its expiry is
 also how the farm learns that a builder died: the watchdog requeues a key in flight whose
 lease ran out.
+
+A lease is taken by :meth:`Registry.start`, with the builder's first read; this module only
+keeps it alive. One renewer thread serves every lease of its process, so a build that takes
+a millisecond does not pay for starting and joining a thread.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -27,47 +33,107 @@ class Lease:
         self.holder = holder
         self.ttl_s = ttl_s
         self.lost = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def try_acquire(self) -> bool:
-        return self.registry.acquire_lease(self.key, self.holder, self.ttl_s)
+        self.ended = False  # the holder's last word (finish, hand back) released it
+        self.renew_at = time.monotonic() + ttl_s / 3
 
     @contextmanager
     def heartbeat(self) -> Iterator[Lease]:
         """Renew every third of the TTL until the block ends, then release.
 
         A lease that ran out while nobody else took it (Redis was down longer than the TTL)
-        is taken back on the next beat.
+        is taken back on the next renewal.
         """
-        self._thread = threading.Thread(
-            target=self._beat, name=f"lease-{self.key[:12]}", daemon=True
-        )
-        self._thread.start()
+        _renewer().add(self)
         try:
             yield self
         finally:
             self.stop_renewing()
-            try:
-                self.registry.release_lease(self.key, self.holder)
-            except BrokerError as e:  # it expires by itself
-                log.warning("cannot release lease on %s: %s", self.key, e)
+            if not self.ended:
+                try:
+                    self.registry.release_lease(self.key, self.holder)
+                except BrokerError as e:  # it expires by itself
+                    log.warning("cannot release lease on %s: %s", self.key, e)
 
     def stop_renewing(self) -> None:
         """Before the holder's last word: no renewal may run after the record is final (it
-        would take the released lease back)."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        would take the released lease back). Returns once none is running."""
+        _renewer().remove(self)
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.ttl_s / 3):
-            try:
-                if not self.registry.renew_lease(self.key, self.holder, self.ttl_s):
-                    self.lost = True
-                    log.warning("lease on %s was lost; building on regardless", self.key)
-                    return
-            except BrokerError as e:
-                log.warning("cannot renew lease on %s: %s", self.key, e)
-            except Exception:
-                log.exception("cannot renew lease on %s; retrying", self.key)
+    def end(self) -> None:
+        """Stop renewing before the holder's last word, which releases the lease with it
+        (a registry script), so none is left to release."""
+        self.stop_renewing()
+        self.ended = True
+
+    def renew(self) -> None:
+        try:
+            if not self.registry.renew_lease(self.key, self.holder, self.ttl_s):
+                self.lost = True
+                log.warning("lease on %s was lost; building on regardless", self.key)
+        except BrokerError as e:
+            log.warning("cannot renew lease on %s: %s", self.key, e)
+        except Exception:
+            log.exception("cannot renew lease on %s; retrying", self.key)
+        self.renew_at = time.monotonic() + self.ttl_s / 3
+
+
+class _Renewer:
+    """The thread that renews this process's leases when each falls due."""
+
+    def __init__(self) -> None:
+        self._leases: set[Lease] = set()
+        self._changed = threading.Condition()
+        self._renewing = threading.Lock()  # held while a renewal runs
+        self._thread = threading.Thread(target=self._run, name="farm-leases", daemon=True)
+        self._thread.start()
+
+    def add(self, lease: Lease) -> None:
+        with self._changed:
+            self._leases.add(lease)
+            self._changed.notify()
+
+    def remove(self, lease: Lease) -> None:
+        with self._renewing, self._changed:
+            self._leases.discard(lease)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                due = [lease for lease in self._leases if lease.renew_at <= now]
+                if not due:
+                    next_at = min((lease.renew_at for lease in self._leases), default=now + 60)
+                    self._changed.wait(max(0.0, next_at - now))
+                    continue
+            for lease in due:
+                with self._renewing:
+                    with self._changed:
+                        if lease not in self._leases:
+                            continue  # its holder finished while we were busy
+                    if not lease.lost:
+                        lease.renew()
+                    if lease.lost:
+                        with self._changed:
+                            self._leases.discard(lease)
+
+
+_current: _Renewer | None = None
+_current_lock = threading.Lock()
+
+
+def _renewer() -> _Renewer:
+    """This process's renewer, started on first use."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            _current = _Renewer()
+        return _current
+
+
+def _forget_in_child() -> None:
+    """A forked child (a pool process) has none of its parent's threads: it starts its own."""
+    global _current, _current_lock
+    _current, _current_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

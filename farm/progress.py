@@ -60,10 +60,12 @@ class RegistryProgress(Progress):
         self._reported = 0.0
 
     def start(self, total: int, unit: str) -> None:
+        """The first report is due ``every_s`` from now: a build shorter than that costs
+        no report at all (most builds of a busy farm are small)."""
         with self._lock:
             self._done, self._total, self._unit = 0, total, unit
             self._started = time.time()
-        self._report()
+            self._reported = time.monotonic()
 
     def advance(self, n: int) -> None:
         with self._lock:

@@ -1,18 +1,23 @@
 """The registry: one record per idempotency key of what exists, is valid, and why not.
 
-Records never expire (unlike Celery results). The artifacts on disk describe themselves, so
-the registry can always be rebuilt from them (``farm reindex``); it is an index of the truth,
-not the truth. Leases, worker heartbeats and the bookkeeping of keys in flight live beside the
-records, behind this one module, so nothing else in the farm speaks Redis.
+The artifacts on disk describe themselves, so the registry can always be rebuilt from them
+(``farm reindex``); it is an index of the truth, not the truth. Leases, worker heartbeats and
+the bookkeeping of keys in flight live beside the records, behind this one module, so nothing
+else in the farm speaks Redis. Records are stored compactly (:mod:`farm.stored`); those that
+hold no valid artifact may be set to expire (``FARM_FORGET_UNUSABLE_AFTER_S``).
 
-Keys in flight (``queued`` or ``building``) are tracked so the farm heals itself without a
-client (see :mod:`farm.watchdog`):
+What is kept per key is only its record; the rest is shared or bounded:
 
+- ``rec:<key>`` holds the record. Listing walks these by SCAN, a batch at a time.
+- ``dests:<hash prefix>`` (65,536 small hashes) maps each destination to the key whose valid
+  record holds it, so a newer valid build of a destination marks the older one stale.
 - ``inflight`` (sorted set, score: when the key was claimed) holds every non-terminal key. A
   reconciliation walks it, so its cost grows with the work in flight, not with the registry.
 - ``due`` (sorted set, score: a deadline) holds the keys whose progress must be checked by
   then: a claim whose message has not been confirmed sent, and a build whose lease must be
-  renewed. The watchdog looks only at entries past their deadline.
+  renewed. The watchdog looks only at entries past their deadline (see :mod:`farm.watchdog`).
+- ``done`` (a stream, the newest :data:`COMPLETIONS_KEPT`) announces each key that turns
+  terminal, so a waiter's work follows what changed, not what it waits for.
 
 Every write that moves a key between states is one Lua script or one MULTI, so a Redis that
 keeps an append-only file and dies mid-way never restores a record without its bookkeeping.
@@ -21,6 +26,7 @@ keeps an append-only file and dies mid-way never restores a record without its b
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,8 +37,10 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from farm import stored
 from farm.errors import BrokerError
 from farm.limits import JOB_TAG_LEN
+from farm.stored import LUA_STATUS
 
 if TYPE_CHECKING:
     from farm.records import ArtifactRecord, Status
@@ -41,7 +49,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-_REBUILD_PREFIX = ('{"rebuild":false', '{"rebuild":true')
+# How many completions the stream keeps for waiters that fell behind (then they reconcile).
+COMPLETIONS_KEPT = 10_000
 
 
 def _redis_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -62,24 +71,24 @@ def _redis_errors(fn: Callable[P, R]) -> Callable[P, R]:
 # A key in flight is followed (the watchdog, not the client, heals a lost message). A valid
 # record is answered as is: whether its artifact vanished is for the client to check after
 # reading it (see reclaim_vanished), never before, or a publish in between would be undone.
-# Failed records are taken; invalid and stale ones are taken with rebuild=true.
-_CLAIM = """
+# Failed records are taken; invalid and stale ones are taken with the rebuild flag set.
+_CLAIM = (
+    LUA_STATUS
+    + """
 local cur = redis.call('GET', KEYS[1])
-local function take(j)
-  redis.call('SET', KEYS[1], j)
-  redis.call('SADD', KEYS[3], ARGV[2])
-  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
-  redis.call('ZADD', KEYS[5], ARGV[4], ARGV[2])
-  return {1, j}
+local function take(v)
+  redis.call('SET', KEYS[1], v)
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[2])
+  return {1, v}
 end
 if not cur then return take(ARGV[1]) end
-local s = cjson.decode(cur)['status']
+local s = status_of(cur)
 if s == 'queued' or s == 'building' or s == 'valid' then return {0, cur} end
-if s == 'invalid' or s == 'stale' then
-  return take(ARGV[5] .. string.sub(ARGV[1], ARGV[6] + 1))
-end
+if s == 'invalid' or s == 'stale' then return take('qr' .. string.sub(ARGV[1], 3)) end
 return take(ARGV[1])
 """
+)
 # Replace a record only if it is still exactly what the caller read, and no lease is held.
 _TAKE_IF_UNCHANGED = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -94,15 +103,25 @@ _CONFIRM_SENT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
 return 1
 """
-# Idempotent: a retried call by the holder itself still counts as acquired.
-_ACQUIRE = """
-local h = redis.call('GET', KEYS[1])
-if h and h ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-return 1
+# A builder's first word: the record, and whether it may build it. A key in flight is leased
+# to the caller (idempotent for its holder) and its attempt counted; a terminal or unknown
+# key, or one another holder has, is answered without a lease.
+_START = (
+    LUA_STATUS
+    + """
+local cur = redis.call('GET', KEYS[1])
+if not cur then return {0, false, 0} end
+if not in_flight(cur) then return {0, cur, 0} end
+local h = redis.call('GET', KEYS[2])
+if h and h ~= ARGV[1] then return {0, cur, 0} end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+local n = redis.call('INCR', KEYS[5])
+redis.call('EXPIRE', KEYS[5], 604800)
+return {1, cur, n}
 """
+)
 # Renew, or take back a lease that ran out while nobody else took it (a broker restart
 # longer than the TTL), so a healthy build is not duplicated.
 _RENEW = """
@@ -124,48 +143,72 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# Point a destination's index entry at a valid key (returning the key it named), or drop the
+# entry of a key that is no longer valid. The index names valid records only, so a record
+# that expires or is forgotten never leaves an entry behind.
+_LUA_INDEX = """
+local function index(bucket, field, key, valid)
+  local old = redis.call('HGET', bucket, field)
+  if valid then
+    redis.call('HSET', bucket, field, key)
+    return old
+  end
+  if old == key then redis.call('HDEL', bucket, field) end
+  return false
+end
+"""
+_INDEX = _LUA_INDEX + "return index(KEYS[1], ARGV[1], ARGV[2], ARGV[3] == 'v')"
 # A builder's last word. Written when it holds the lease, or when nobody does and the key is
-# still in flight; a builder that lost its lease never overwrites another's verdict.
-_FINISH = """
+# still in flight; a builder that lost its lease never overwrites another's verdict. It also
+# ends the key's lease, attempts and watch, indexes its destination and announces it.
+_FINISH = (
+    LUA_STATUS
+    + _LUA_INDEX
+    + """
 local h = redis.call('GET', KEYS[2])
 local cur = redis.call('GET', KEYS[1])
 if h ~= ARGV[2] then
-  if h then return {0, cur} end
-  if cur then
-    local s = cjson.decode(cur)['status']
-    if s ~= 'queued' and s ~= 'building' then return {0, cur} end
-  end
+  if h then return {0, cur, false} end
+  if cur and not in_flight(cur) then return {0, cur, false} end
 end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[5], ARGV[3])
+if tonumber(ARGV[6]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[6])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
 redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('ZREM', KEYS[4], ARGV[3])
 if h == ARGV[2] then redis.call('DEL', KEYS[2]) end
-if redis.call('GET', KEYS[6]) == ARGV[2] then redis.call('DEL', KEYS[6]) end
-return {1, ARGV[1]}
+if redis.call('GET', KEYS[5]) == ARGV[2] then redis.call('DEL', KEYS[5]) end
+redis.call('DEL', KEYS[6])
+local status = status_of(ARGV[1])
+local old = false
+if ARGV[5] ~= '' then old = index(KEYS[7], ARGV[5], ARGV[3], status == 'valid') end
+redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[7], '*', 'k', ARGV[3], 's', status)
+return {1, ARGV[1], old}
 """
-# A stopping worker gives the key back: queued again, due at once, lease released, and the
-# interrupted attempt not counted against the key.
-# Forget one record and everything kept for its key; its destination's index entry only if it
-# still names this key. A key in flight is kept (its builder would write it back).
-_FORGET = """
+)
+# Forget one record and everything kept for its key, and its destination's index entry if it
+# names this key. A key in flight is kept (its builder would write it back).
+_FORGET = (
+    LUA_STATUS
+    + """
 local cur = redis.call('GET', KEYS[1])
-if cur then
-  local rec = cjson.decode(cur)
-  if (rec['status'] == 'queued' or rec['status'] == 'building' or
-      redis.call('EXISTS', KEYS[8]) == 1) and ARGV[3] ~= '1' then return 0 end
-  if type(rec['dest']) == 'string' then
-    local dk = ARGV[2] .. 'dest:' .. rec['dest']
-    if redis.call('GET', dk) == ARGV[1] then redis.call('DEL', dk) end
-  end
+if cur and ARGV[3] ~= '1' and (in_flight(cur) or redis.call('EXISTS', KEYS[7]) == 1) then
+  return 0
 end
-redis.call('DEL', KEYS[1], KEYS[5], KEYS[6], KEYS[7])
-redis.call('SREM', KEYS[2], ARGV[1])
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[8], ARGV[2]) == ARGV[1] then
+  redis.call('HDEL', KEYS[8], ARGV[2])
+end
+redis.call('DEL', KEYS[1], KEYS[4], KEYS[5], KEYS[6])
+redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
 if cur then return 1 end
 return 0
 """
+)
+# A stopping worker gives the key back: queued again, due at once, lease released, and the
+# interrupted attempt not counted against the key.
 _HAND_BACK = """
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -185,10 +228,23 @@ class Claim:
     raw: bytes  # the record as stored, for a later compare-and-set
 
 
-def _record(raw: bytes | str) -> ArtifactRecord:
+@dataclass(frozen=True)
+class Start:
+    """What a builder learns first (see ``_START``)."""
+
+    leased: bool  # the caller holds the lease and must finish or hand back the key
+    record: ArtifactRecord | None  # None: the key is not (or no longer) recorded
+    attempt: int  # the caller's attempt at the key, counting those killed mid-way
+
+
+def _record(key: str, raw: bytes) -> ArtifactRecord:
     from farm.records import ArtifactRecord  # pydantic: loaded by the first reader of records
 
-    return ArtifactRecord.model_validate_json(raw)
+    return ArtifactRecord.model_validate(stored.decode(key, raw))
+
+
+def _stored(record: ArtifactRecord) -> bytes:
+    return stored.encode(record.model_dump(mode="json"))
 
 
 def _status(name: str) -> Status:
@@ -201,27 +257,61 @@ def _bytes(raw: bytes | str) -> bytes:
     return raw if isinstance(raw, bytes) else raw.encode()
 
 
-class Registry:
-    """Records, leases and worker heartbeats in one Redis, under one key prefix."""
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
-    def __init__(self, client: redis.Redis, prefix: str = "farm:", url: str | None = None) -> None:
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _is_unusable(status: str) -> bool:
+    """Records that hold no valid artifact: those an expiry may forget."""
+    return status in ("failed", "invalid", "stale")
+
+
+class Registry:
+    """Records, leases and worker heartbeats in one Redis, under one key prefix.
+
+    ``forget_unusable_after_s``: failed, invalid and stale records written through this
+    registry expire after that many seconds (0: kept until ``farm forget``).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "farm:",
+        url: str | None = None,
+        *,
+        forget_unusable_after_s: float = 0.0,
+    ) -> None:
         self._r = client
         self._p = prefix
         self._url = url
+        self._expire_ms = int(forget_unusable_after_s * 1000)
         self._impatient: Registry | None = None
         self._claim = client.register_script(_CLAIM)
         self._take_if_unchanged = client.register_script(_TAKE_IF_UNCHANGED)
         self._confirm_sent = client.register_script(_CONFIRM_SENT)
-        self._acquire = client.register_script(_ACQUIRE)
+        self._start = client.register_script(_START)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._index = client.register_script(_INDEX)
         self._finish = client.register_script(_FINISH)
         self._hand_back = client.register_script(_HAND_BACK)
         self._forget = client.register_script(_FORGET)
         self._release_lease = client.register_script(_RELEASE_LEASE)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "farm:", *, patience_s: float = 0.0) -> Registry:
+    def from_url(
+        cls,
+        url: str,
+        prefix: str = "farm:",
+        *,
+        patience_s: float = 0.0,
+        forget_unusable_after_s: float = 0.0,
+    ) -> Registry:
         """``patience_s``: how long a call retries while Redis is unreachable (a broker
         restart) before it raises :class:`BrokerError`. Workers wait; clients answer fast."""
         kwargs: dict[str, Any] = {"health_check_interval": 30}
@@ -232,7 +322,8 @@ class Registry:
                 retries=max(3, int(patience_s / cap) + 5),
             )
             kwargs["retry_on_error"] = [redis.ConnectionError, redis.TimeoutError]
-        return cls(redis.Redis.from_url(url, **kwargs), prefix, url)
+        client = redis.Redis.from_url(url, **kwargs)
+        return cls(client, prefix, url, forget_unusable_after_s=forget_unusable_after_s)
 
     def impatient(self) -> Registry:
         """This registry without retries, for calls that must not wait out a Redis outage
@@ -240,7 +331,9 @@ class Registry:
         if self._url is None:
             return self
         if self._impatient is None:
-            self._impatient = Registry.from_url(self._url, self._p)
+            self._impatient = Registry.from_url(
+                self._url, self._p, forget_unusable_after_s=self._expire_ms / 1000
+            )
         return self._impatient
 
     # -- keys --------------------------------------------------------------------------------
@@ -260,15 +353,14 @@ class Registry:
         """Held with a lease, under the key's prefix that owner tags on disk carry."""
         return f"{self._p}leasetag:{key[:JOB_TAG_LEN]}"
 
-    def _dest(self, dest: str) -> str:
-        return f"{self._p}dest:{dest}"
+    def _dest_slot(self, dest: str) -> tuple[str, str]:
+        """Where a destination's index entry lives: one of 65,536 small hashes, each packed
+        by Redis as a list (a fraction of a top-level key's memory per entry)."""
+        digest = hashlib.blake2b(dest.encode(), digest_size=10).hexdigest()
+        return f"{self._p}dests:{digest[:4]}", digest[4:]
 
     def _attempts(self, key: str) -> str:
         return f"{self._p}attempts:{key}"
-
-    @property
-    def _all(self) -> str:
-        return f"{self._p}keys"
 
     @property
     def _inflight(self) -> str:
@@ -279,8 +371,15 @@ class Registry:
         return f"{self._p}due"
 
     @property
+    def _done(self) -> str:
+        return f"{self._p}done"
+
+    @property
     def _workers(self) -> str:
         return f"{self._p}workers"
+
+    def _ttl_ms(self, status: str) -> int:
+        return self._expire_ms if _is_unusable(status) else 0
 
     # -- records -----------------------------------------------------------------------------
     @_redis_errors
@@ -301,19 +400,16 @@ class Registry:
         """
         now = time.time()
         pipe = self._r.pipeline(transaction=False)
-        old, new = _REBUILD_PREFIX
         for record in records:
-            raw = record.model_dump_json()
-            assert raw.startswith(old), "rebuild must stay the record's first field"
             self._claim(
-                keys=self._claim_keys(record.key),
-                args=[raw, record.key, now, now + send_grace_s, new, len(old)],
+                keys=[self._rec(record.key), self._lease(record.key), self._inflight, self._due],
+                args=[_stored(record), record.key, now, now + send_grace_s],
                 client=pipe,
             )
-        return [Claim(bool(flag), _record(raw), _bytes(raw)) for flag, raw in pipe.execute()]
-
-    def _claim_keys(self, key: str) -> list[str]:
-        return [self._rec(key), self._lease(key), self._all, self._inflight, self._due]
+        return [
+            Claim(bool(flag), _record(record.key, raw), _bytes(raw))
+            for record, (flag, raw) in zip(records, pipe.execute(), strict=True)
+        ]
 
     @_redis_errors
     def replace_if_unchanged(
@@ -328,7 +424,7 @@ class Registry:
         for seen_raw, new in changes:
             self._take_if_unchanged(
                 keys=[self._rec(new.key), self._lease(new.key), self._inflight, self._due],
-                args=[seen_raw, new.model_dump_json(), new.key, now, now + send_grace_s],
+                args=[seen_raw, _stored(new), new.key, now, now + send_grace_s],
                 client=pipe,
             )
         return [bool(flag) for flag in pipe.execute()]
@@ -343,14 +439,28 @@ class Registry:
     @_redis_errors
     def get(self, key: str) -> ArtifactRecord | None:
         raw = self._r.get(self._rec(key))
-        return None if raw is None else _record(raw)
+        return None if raw is None else _record(key, raw)
+
+    @_redis_errors
+    def get_raw(self, key: str) -> tuple[ArtifactRecord, bytes] | None:
+        """A record and its stored bytes, for a later :meth:`replace_if_unchanged`."""
+        raw = self._r.get(self._rec(key))
+        return None if raw is None else (_record(key, raw), raw)
 
     @_redis_errors
     def get_many(self, keys: list[str]) -> list[ArtifactRecord | None]:
         if not keys:
             return []
         raws = self._r.mget([self._rec(k) for k in keys])
-        return [None if raw is None else _record(raw) for raw in raws]
+        return [None if raw is None else _record(k, raw) for k, raw in zip(keys, raws, strict=True)]
+
+    @_redis_errors
+    def statuses(self, keys: list[str]) -> list[str | None]:
+        """Each key's status alone (None: unknown), read from the records' headers."""
+        if not keys:
+            return []
+        raws = self._r.mget([self._rec(k) for k in keys])
+        return [None if raw is None else stored.status_of(raw) for raw in raws]
 
     @_redis_errors
     def get_many_raw(self, keys: list[str]) -> list[tuple[dict | None, dict | None]]:
@@ -363,17 +473,8 @@ class Registry:
         pipe.mget([self._progress(k) for k in keys])
         records, progress = pipe.execute()
         return [
-            (None if r is None else json.loads(r), None if p is None else json.loads(p))
-            for r, p in zip(records, progress, strict=True)
-        ]
-
-    @_redis_errors
-    def progress_of(self, keys: list[str]) -> list[dict | None]:
-        if not keys:
-            return []
-        return [
-            None if p is None else json.loads(p)
-            for p in self._r.mget([self._progress(k) for k in keys])
+            (None if r is None else stored.decode(k, r), None if p is None else json.loads(p))
+            for k, r, p in zip(keys, records, progress, strict=True)
         ]
 
     @_redis_errors
@@ -398,53 +499,71 @@ class Registry:
 
         A valid one also supersedes an older key's record for its destination.
         """
+        status = str(record.status)
         pipe = self._r.pipeline(transaction=True)
-        pipe.set(self._rec(record.key), record.model_dump_json())
-        pipe.sadd(self._all, record.key)
+        pipe.set(self._rec(record.key), _stored(record), px=self._ttl_ms(status) or None)
         if record.status.terminal:
             pipe.zrem(self._inflight, record.key)
             pipe.zrem(self._due, record.key)
+            self._announce(pipe, record.key, status)
+            if record.dest:
+                bucket, field = self._dest_slot(record.dest)
+                self._index(keys=[bucket], args=[field, record.key, status[0]], client=pipe)
         else:
             pipe.zadd(self._inflight, {record.key: record.created_at}, nx=True)
-        pipe.execute()
-        if record.status == "valid":
-            self._index_dest(record)
+        replies = pipe.execute()
+        if record.status.terminal and record.dest:
+            self._supersede(replies[-1], record)
+
+    def _announce(self, pipe: redis.client.Pipeline, key: str, status: str) -> None:
+        pipe.xadd(self._done, {"k": key, "s": status}, maxlen=COMPLETIONS_KEPT, approximate=True)
 
     @_redis_errors
     def finish(self, record: ArtifactRecord, holder: str) -> ArtifactRecord:
         """A builder's terminal record, written only if it still has the right to (see
         ``_FINISH``); returns the record that stands."""
-        written, raw = self._finish(
+        status = str(record.status)
+        bucket, field = self._dest_slot(record.dest) if record.dest else ("", "")
+        written, raw, old = self._finish(
             keys=[
                 self._rec(record.key),
                 self._lease(record.key),
                 self._inflight,
                 self._due,
-                self._all,
                 self._lease_tag(record.key),
+                self._attempts(record.key),
+                bucket or self._rec(record.key),  # any key: the script does not touch it
+                self._done,
             ],
-            args=[record.model_dump_json(), holder, record.key],
+            args=[
+                _stored(record),
+                holder,
+                record.key,
+                status,
+                field,
+                self._ttl_ms(status),
+                COMPLETIONS_KEPT,
+            ],
         )
         if not written:
-            return _record(raw)
-        if record.status == "valid":
-            self._index_dest(record)
+            return _record(record.key, raw)
+        self._supersede(old, record)
         return record
 
-    def _index_dest(self, record: ArtifactRecord) -> None:
-        previous = self._r.getset(self._dest(record.dest), record.key)
-        old_key = previous.decode() if previous else None
-        if old_key and old_key != record.key:
-            self._supersede(old_key, record.key)
-
-    def _supersede(self, old_key: str, new_key: str) -> None:
+    def _supersede(self, old_key: bytes | str | None, new: ArtifactRecord) -> None:
+        """The key the destination's index named before ``new`` became valid there is stale."""
+        if not old_key:
+            return
+        old_key = old_key.decode() if isinstance(old_key, bytes) else old_key
+        if old_key == new.key:
+            return
         old = self.get(old_key)
-        if old is not None and old.status == "valid":
+        if old is not None and old.status == "valid" and old.dest == new.dest:
             self.put(
                 old.evolve(
                     status=_status("stale"),
                     rebuild=True,
-                    error=f"superseded by a newer build of the same destination ({new_key}).",
+                    error=f"superseded by a newer build of the same destination ({new.key}).",
                 )
             )
 
@@ -462,32 +581,34 @@ class Registry:
                     self._attempts(record.key),
                     self._lease_tag(record.key),
                 ],
-                args=[queued.model_dump_json(), holder, record.key, time.time()],
+                args=[_stored(queued), holder, record.key, time.time()],
             )
         )
 
     def key_batches(self, batch: int = 1000) -> Iterator[list[str]]:
-        """Every recorded key, a batch at a time, by SSCAN: Redis is never blocked for more
+        """Every recorded key, a batch at a time, by SCAN: Redis is never blocked for more
         than one batch, and memory holds one batch whatever the registry's size. Keys added
-        or removed during the walk may or may not be seen; the others are seen once (SSCAN
-        may repeat one while Redis resizes the set)."""
+        or removed during the walk may or may not be seen; the others are seen at least once
+        (SCAN may repeat one while Redis resizes its table)."""
         cursor = 0
+        pattern = f"{self._p}rec:*"
+        cut = len(self._rec(""))
         while True:
             try:
-                cursor, raw = self._r.sscan(self._all, cursor, count=batch)
+                cursor, raw = self._r.scan(cursor, match=pattern, count=batch, _type="string")
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 raise BrokerError(f"Redis is unreachable ({e}); check FARM_REDIS_URL.") from e
             if raw:
-                yield [k.decode() for k in raw]
+                yield [k[cut:].decode() for k in raw]
             if cursor == 0:
                 return
 
     def raw_records(self, batch: int = 1000) -> Iterator[dict[str, Any]]:
         """Every record as its JSON object (no model: listing a million is I/O, not parsing)."""
         for keys in self.key_batches(batch):
-            for raw in self._mget([self._rec(k) for k in keys]):
+            for key, raw in zip(keys, self._mget([self._rec(k) for k in keys]), strict=True):
                 if raw is not None:
-                    yield json.loads(raw)
+                    yield stored.decode(key, raw)
 
     def records(self, batch: int = 500) -> Iterator[ArtifactRecord]:
         for keys in self.key_batches(batch):
@@ -498,25 +619,51 @@ class Registry:
         return self._r.mget(names)
 
     @_redis_errors
-    def count(self) -> int:
-        return int(self._r.scard(self._all))
-
-    @_redis_errors
     def keys_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
         """Up to ``limit`` recorded keys that start with ``prefix`` (a user's short key)."""
         if len(prefix) >= 64:
-            return [prefix] if self._r.sismember(self._all, prefix) else []
+            return [prefix] if self._r.exists(self._rec(prefix)) else []
         found: list[str] = []
-        for raw in self._r.sscan_iter(self._all, match=f"{prefix}*", count=1000):
-            found.append(raw.decode())
+        cut = len(self._rec(""))
+        for raw in self._r.scan_iter(match=f"{self._rec(prefix)}*", count=1000, _type="string"):
+            found.append(raw[cut:].decode())
             if len(found) >= limit:
                 break
         return found
 
     @_redis_errors
     def key_for_dest(self, dest: str) -> str | None:
-        raw = self._r.get(self._dest(dest))
+        """The key whose valid record holds ``dest``, if any."""
+        bucket, field = self._dest_slot(dest)
+        raw = self._r.hget(bucket, field)
         return raw.decode() if raw else None
+
+    # -- completions (for waiters) -------------------------------------------------------------
+    @_redis_errors
+    def completion_cursor(self) -> str:
+        """Where a waiter starts reading completions: after the newest one so far."""
+        newest = self._r.xrevrange(self._done, count=1)
+        return newest[0][0].decode() if newest else "0-0"
+
+    @_redis_errors
+    def completions(self, after: str, block_s: float, count: int = 10_000) -> list[tuple[str, str]]:
+        """The keys that turned terminal after cursor ``after``, as (cursor, key), waiting up
+        to ``block_s`` for the first."""
+        reply = self._r.xread({self._done: after}, count=count, block=max(1, int(block_s * 1000)))
+        if not reply:
+            return []
+        return [(i.decode(), f[b"k"].decode()) for i, f in reply[0][1]]
+
+    @_redis_errors
+    def completions_lost_after(self, cursor: str) -> bool:
+        """Whether completions after ``cursor`` may have been trimmed before they were read
+        (the stream keeps the newest :data:`COMPLETIONS_KEPT`); when unsure, True."""
+        try:
+            info = self._r.xinfo_stream(self._done)
+        except redis.ResponseError:
+            return True  # no stream at all: it went with a Redis that lost its data
+        first = info.get("first-entry")
+        return first is not None and _stream_id(_text(first[0])) > _stream_id(cursor)
 
     # -- keys in flight (for the watchdog) -----------------------------------------------------
     @_redis_errors
@@ -533,14 +680,21 @@ class Registry:
         return int(self._r.zcard(self._inflight))
 
     @_redis_errors
-    def progress(self, keys: list[str]) -> list[tuple[bytes | None, float]]:
-        """For each key: its raw record and its lease's remaining seconds (0: none)."""
+    def progress(self, keys: list[str]) -> list[tuple[tuple[ArtifactRecord, bytes] | None, float]]:
+        """For each key: its record with the bytes stored (None: unknown), and its lease's
+        remaining seconds (0: none)."""
         pipe = self._r.pipeline(transaction=False)
         for key in keys:
             pipe.get(self._rec(key))
             pipe.pttl(self._lease(key))
         out = pipe.execute()
-        return [(out[i], max(0, int(out[i + 1])) / 1000) for i in range(0, len(out), 2)]
+        return [
+            (
+                None if out[2 * i] is None else (_record(key, out[2 * i]), out[2 * i]),
+                max(0, int(out[2 * i + 1])) / 1000,
+            )
+            for i, key in enumerate(keys)
+        ]
 
     @_redis_errors
     def set_due(self, key: str, at: float) -> None:
@@ -565,14 +719,20 @@ class Registry:
 
     # -- leases ------------------------------------------------------------------------------
     @_redis_errors
-    def acquire_lease(self, key: str, holder: str, ttl_s: float) -> bool:
-        """Take the lease; the key is then due when the lease would run out."""
-        return bool(
-            self._acquire(
-                keys=[self._lease(key), self._due, self._lease_tag(key)],
-                args=[holder, int(ttl_s * 1000), time.time() + ttl_s, key],
-            )
+    def start(self, key: str, holder: str, ttl_s: float) -> Start:
+        """Read ``key`` and, if it is in flight and free, lease it and count the attempt: a
+        builder's first round trip. The key is then due when the lease would run out."""
+        leased, raw, attempt = self._start(
+            keys=[
+                self._rec(key),
+                self._lease(key),
+                self._due,
+                self._lease_tag(key),
+                self._attempts(key),
+            ],
+            args=[holder, int(ttl_s * 1000), time.time() + ttl_s, key],
         )
+        return Start(bool(leased), None if raw is None else _record(key, raw), int(attempt))
 
     @_redis_errors
     def renew_lease(self, key: str, holder: str, ttl_s: float) -> bool:
@@ -602,18 +762,6 @@ class Registry:
         """Whether a lease is held on a key whose owner tag is ``job`` (a staging directory's
         builder): one lookup, whatever the registry's size."""
         return bool(self._r.exists(self._lease_tag(job)))
-
-    # -- attempts: a message that kills its worker must not loop forever ----------------------
-    @_redis_errors
-    def count_attempt(self, key: str) -> int:
-        pipe = self._r.pipeline(transaction=True)
-        pipe.incr(self._attempts(key))
-        pipe.expire(self._attempts(key), 7 * 24 * 3600)
-        return int(pipe.execute()[0])
-
-    @_redis_errors
-    def clear_attempts(self, key: str) -> None:
-        self._r.delete(self._attempts(key))
 
     # -- workers -----------------------------------------------------------------------------
     @_redis_errors
@@ -645,20 +793,28 @@ class Registry:
         destination index when it names them); return the keys whose record went. Keys queued
         or building are kept unless ``in_flight``: their builder would write them back."""
         keys = list(keys)
+        # A key's destination is fixed by the key (it is hashed into it), so reading it
+        # before the script cannot race with a rewrite of the record.
+        dests = [
+            None if raw is None else stored.decode(key, raw).get("dest")
+            for key, raw in zip(keys, self._r.mget([self._rec(k) for k in keys]) if keys else [],
+                                strict=True)
+        ]  # fmt: skip
         pipe = self._r.pipeline(transaction=False)
-        for key in keys:
+        for key, dest in zip(keys, dests, strict=True):
+            bucket, field = self._dest_slot(dest) if dest else (self._rec(key), "")
             self._forget(
                 keys=[
                     self._rec(key),
-                    self._all,
                     self._inflight,
                     self._due,
                     self._progress(key),
                     self._cancel(key),
                     self._attempts(key),
                     self._lease(key),
+                    bucket,
                 ],
-                args=[key, self._p, "1" if in_flight else "0"],
+                args=[key, field, "1" if in_flight else "0"],
                 client=pipe,
             )
         return [key for key, gone in zip(keys, pipe.execute(), strict=True) if gone]

@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from farm.config import Settings
 from farm.records import ArtifactRecord, Status
@@ -29,7 +28,7 @@ from farm.registry import Registry
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[Iterable[tuple[str, dict[str, Any]]]], int]
+Send = Callable[[Iterable[str]], int]  # sends a build message for each key
 BrokerIds = Callable[[], set[str]]
 
 _PAGE = 500
@@ -103,10 +102,10 @@ class Watchdog:
         if not keys:
             return
         changes: list[tuple[bytes, ArtifactRecord]] = []
-        to_send: dict[str, dict[str, Any]] = {}
+        to_send: list[str] = []
         finished: list[str] = []
-        for key, (raw, lease_left) in zip(keys, self.registry.progress(keys), strict=True):
-            record = None if raw is None else ArtifactRecord.model_validate_json(raw)
+        for key, (found, lease_left) in zip(keys, self.registry.progress(keys), strict=True):
+            record, raw = found or (None, b"")
             if record is None or record.status.terminal:
                 finished.append(key)
             elif lease_left > 0:
@@ -117,7 +116,7 @@ class Watchdog:
                 changes.append((raw, _requeued(record)))
                 report.why[key] = f"its builder {record.worker} stopped renewing its lease"
             else:
-                to_send[key] = record.request
+                to_send.append(key)
                 report.why[key] = f"its claim was not confirmed sent ({record.action or 'new'})"
         self._requeue(changes, to_send, report)
         self.registry.drop_inflight(finished)
@@ -143,14 +142,14 @@ class Watchdog:
             chunk = keys[i : i + _PAGE]
             changes: list[tuple[bytes, ArtifactRecord]] = []
             finished: list[str] = []
-            for key, (raw, lease_left) in zip(chunk, self.registry.progress(chunk), strict=True):
-                record = None if raw is None else ArtifactRecord.model_validate_json(raw)
+            for key, (found, lease_left) in zip(chunk, self.registry.progress(chunk), strict=True):
+                record, raw = found or (None, b"")
                 if record is None or record.status.terminal:
                     finished.append(key)
                 elif lease_left == 0 and key not in in_broker:
                     changes.append((raw, _requeued(record)))
                     report.why[key] = "neither a lease nor a message in the broker"
-            self._requeue(changes, {}, report)
+            self._requeue(changes, [], report)
             self.registry.drop_inflight(finished)
             report.dropped += len(finished)
         return report
@@ -158,7 +157,7 @@ class Watchdog:
     def _requeue(
         self,
         changes: list[tuple[bytes, ArtifactRecord]],
-        to_send: dict[str, dict[str, Any]],
+        to_send: list[str],
         report: SweepReport,
     ) -> None:
         if changes:
@@ -167,10 +166,10 @@ class Watchdog:
             )
             for (_, record), ok in zip(changes, taken, strict=True):
                 if ok:
-                    to_send[record.key] = record.request
+                    to_send.append(record.key)
         if not to_send:
             return
-        self._send(to_send.items())
+        self._send(to_send)
         self.registry.confirm_sent(to_send)
         report.sent.extend(to_send)
 

@@ -16,6 +16,7 @@ import pytest
 from farm.artifacts import gvlfa
 from farm.artifacts.base import State
 from farm.publish import Owner, staging_path
+from farm.records import ArtifactRecord, Status
 from farm.registry import Registry
 from tests.support.processes import PROJECT, farm_env
 
@@ -223,7 +224,13 @@ def test_verify_reindex_and_gc(env, genomes, start_workers, tmp_path):
 
     # Another host's: kept while a lease on its key lives (one lookup by the owner tag).
     building, dead_key = "a" * 64, "b" * 64
-    assert registry.acquire_lease(building, "elsewhere-worker", 60)
+    now = time.time()
+    registry.claim_many(
+        [ArtifactRecord(key=building, kind="cache", dest=str(genomes / "z.gvlfa"), request={},
+                        sources={}, status=Status.QUEUED, created_at=now, updated_at=now)],
+        send_grace_s=60,
+    )  # fmt: skip
+    assert registry.start(building, "elsewhere-worker", 60).leased
     held = staging_path(genomes / "z.gvlfa", Owner(building[:24], 4242, "elsewhere"))
     left = staging_path(genomes / "w.gvlfa", Owner(dead_key[:24], 4242, "elsewhere"))
     held.mkdir()

@@ -126,8 +126,11 @@ def test_a_worker_fails_a_message_whose_destination_escapes(
         request = prepare(CacheRequest(fasta=fasta, dest=root / "swap" / "m.gvlfa"), settings.roots)
         (root / "swap").rmdir()
         (root / "swap").symlink_to(outside)
-    key = request_key(request)[0]  # what a forger computes, as the worker does
-    record = service.ensure(request, key, service.Context(registry, settings, "w"))
+    # Submitted by a client that does not confine (another's settings, or a forged record):
+    # the worker checks the destination again before it writes anything.
+    key, sources = request_key(request)
+    registry.claim_many([service.queued_record(request, key, sources)], send_grace_s=60)
+    record = service.ensure(key, service.Context(registry, settings, "w"))
     assert record.status is Status.FAILED
     assert (
         "not a plain absolute path" in record.error or "outside the allowed roots" in record.error

@@ -1,7 +1,8 @@
 """A hostile corpus: what a careless user or an attacker with access to the queue sends.
 
-Every item must end in one sentence (a non-zero exit, or a FAILED record) and never in a
-traceback, an artifact outside the allowed roots, or an "Internal error".
+Every item must end in one sentence (a non-zero exit, or a FAILED record), or for a message
+that names no submitted key in nothing at all, and never in a traceback, an artifact outside
+the allowed roots, or an "Internal error".
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from kombu import Connection
 from pydantic import ValidationError
 
+from farm import service
 from farm.confine import ConfinedParent
 from farm.embedded import celery_broker_url
 from farm.errors import DestinationError
@@ -25,7 +27,7 @@ from farm.fingerprint import Fingerprint
 from farm.kinds import CacheRequest, DatasetRequest, parse_request
 from farm.records import Status
 from farm.registry import Registry
-from farm.requests import derive_key, describe
+from farm.requests import derive_key, describe, prepare, request_key
 from tests.support.processes import farm_env
 from tests.test_cli import assert_one_sentence, farm
 
@@ -135,39 +137,44 @@ def _push(redis_url: str, body: object, *, serializer: str = "json") -> None:
         )
 
 
-def test_forged_messages_build_nothing_and_fail_their_key(
+def test_forged_messages_build_only_what_was_submitted(
     redis_url: str, registry: Registry, start_workers, genomes: Path, tmp_path: Path
 ):
+    """A message names a key and nothing more counts: the request is the key's record. So a
+    forged message for a key nobody submitted builds and records nothing, and one naming a
+    submitted key builds that key's request, never the one the message carries."""
     start_workers(1)
-    key = "a" * 64
+    request = prepare(CacheRequest(fasta=genomes / LAMBDA), [genomes])
+    key, sources = request_key(request)
+    registry.claim_many([service.queued_record(request, key, sources)], send_grace_s=3600)
     outside = {"kind": "cache", "fasta": "/etc/passwd", "dest": "/tmp/x"}
     forged = [
-        [[{"key": key, "request": outside}], {}, {}],
-        [[{"key": "b" * 64, "request": "not json at all"}], {}, {}],
+        [[{"key": "a" * 64, "request": outside}], {}, {}],
+        [["b" * 64], {}, {}],
+        [[{"key": "c" * 64, "request": "not json at all"}], {}, {}],
         [["a string, not a message"], {}, {}],
+        [[{"key": key, "request": outside}], {}, {}],
     ]  # fmt: skip
     for body in forged:
         _push(redis_url, body)
     marker = tmp_path / "pwned"
     evil = pickle.dumps(eval, protocol=0)  # never unpickled: the worker accepts JSON only
-    _push(redis_url, [[{"key": "c" * 64, "evil": evil.hex(), "path": str(marker)}], {}, {}])
+    _push(redis_url, [[{"key": "d" * 64, "evil": evil.hex(), "path": str(marker)}], {}, {}])
     with Connection(celery_broker_url(redis_url)) as conn:
         conn.Producer(serializer="pickle").publish(
             (os.system, (f"touch {marker}",)),
             routing_key="farm.builds",
             exchange="farm.builds",
-            headers={"task": "farm.build", "id": "d" * 64, "lang": "py"},
+            headers={"task": "farm.build", "id": "e" * 64, "lang": "py"},
         )
     deadline = time.monotonic() + 30
-    while any(r is None or not r.status.terminal for r in registry.get_many([key, "b" * 64])):
-        assert time.monotonic() < deadline, "the forged messages were never handled"
+    while not (record := registry.get(key)).status.terminal:
+        assert time.monotonic() < deadline, "the message naming a submitted key was not handled"
         time.sleep(0.1)
-    record = registry.get(key)
-    assert record.status is Status.FAILED
-    assert "outside the allowed roots" in record.error or "not a plain" in record.error
+    assert record.status is Status.VALID and record.dest == str(request.destination())
     assert not Path("/tmp/x").exists() or not (Path("/tmp/x") / "sequence.bin").exists()
-    assert registry.get("b" * 64).status is Status.FAILED
-    time.sleep(1.0)  # the pickled one had its chance to run
+    time.sleep(1.0)  # the others had their chance to run
+    assert registry.get_many([c * 64 for c in "abcde"]) == [None] * 5
     assert not marker.exists()
 
 

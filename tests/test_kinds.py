@@ -120,7 +120,8 @@ def test_a_registered_kind_is_parsed_built_recorded_verified_and_reindexed(
     assert isinstance(request, CopyRequest)
     key, sources = request_key(request)
 
-    record = service.ensure(request, key, service.Context(registry, farm_settings, "w"))
+    registry.claim_many([service.queued_record(request, key, sources)], send_grace_s=60)
+    record = service.ensure(key, service.Context(registry, farm_settings, "w"))
     assert record.status is Status.VALID, record.error
     assert record.kind == "copy" and record.action == "built"
     assert (request.destination() / "copy").read_text() == source.read_text()

@@ -28,7 +28,7 @@ def reporter(registry: Registry, key: str, claim: str = "c1") -> RegistryProgres
 def test_a_builder_reports_its_progress_in_the_registry(registry: Registry, genomes: Path):
     fasta = genomes / YEAST
     gvlfa.ensure_cache(fasta, progress=reporter(registry, "k-progress"))
-    (figures,) = registry.progress_of(["k-progress"])
+    ((_, figures),) = registry.get_many_raw(["k-progress"])
     lengths = gvlfa.read_metadata(gvlfa.default_dest(fasta)).contigs
     assert figures["unit"] == "bp" and figures["total"] == sum(lengths.values())
     assert figures["done"] == figures["total"]
@@ -78,8 +78,10 @@ def test_cancel_fails_a_queued_key_and_status_shows_a_builds_progress(
     # the building key is asked to stop: its builder raises at its next report
     service.request_cancel(registry, building, ttl_s=60)
     claim = service.claim_id(registry.get(building))
+    builder = reporter(registry, building, claim)
+    builder.start(10, "bp")  # the first report is due after every_s (here 0), not at once
     with pytest.raises(BuildCancelled):
-        reporter(registry, building, claim).start(10, "bp")
+        builder.advance(1)
 
 
 def test_help_and_status_load_no_heavy_library(redis_url: str, tmp_path: Path):

@@ -6,7 +6,7 @@ import time
 
 from farm.fingerprint import Fingerprint
 from farm.records import ArtifactRecord, Status
-from farm.registry import Registry
+from farm.registry import Registry, Start
 
 FP = Fingerprint(n_bytes_hashed=4, digest="ab" * 64, size_bytes=4)
 
@@ -27,6 +27,13 @@ def record(key: str, status: Status = Status.QUEUED, dest: str = "/d/x.gvlfa") -
 
 def claim(registry: Registry, rec: ArtifactRecord, grace: float = 60.0):
     return registry.claim_many([rec], send_grace_s=grace)[0]
+
+
+def lease(registry: Registry, key: str, holder: str, ttl_s: float) -> bool:
+    """Take the lease on ``key`` as a builder does, claiming the key first if need be."""
+    if registry.get(key) is None:
+        claim(registry, record(key))
+    return registry.start(key, holder, ttl_s).leased
 
 
 def test_only_the_first_claim_of_a_key_enqueues(registry: Registry):
@@ -85,7 +92,7 @@ def test_a_claim_is_due_until_its_message_is_confirmed_sent(registry: Registry):
 def test_a_lease_makes_its_key_due_when_it_would_run_out(registry: Registry):
     claim(registry, record("k"))
     registry.confirm_sent(["k"])
-    assert registry.acquire_lease("k", "a", 0.2)
+    assert lease(registry, "k", "a", 0.2)
     registry.confirm_sent(["k"])  # a late confirmation must not drop the builder's deadline
     assert registry.due_keys(time.time()) == []
     assert registry.due_keys(time.time() + 0.3) == ["k"]
@@ -96,7 +103,7 @@ def test_a_builder_that_lost_its_lease_never_overwrites_another_verdict(registry
     late = record("k", Status.FAILED).evolve(error="boom")
     assert registry.finish(late, "zombie").status is Status.VALID
     registry.put(record("k", Status.BUILDING))
-    assert registry.acquire_lease("k", "b", 5)
+    assert lease(registry, "k", "b", 5)
     assert registry.finish(late, "zombie").status is Status.BUILDING  # b still builds
     done = record("k", Status.VALID)
     assert registry.finish(done, "b") == done
@@ -107,14 +114,13 @@ def test_a_builder_that_lost_its_lease_never_overwrites_another_verdict(registry
 def test_a_handed_back_key_is_queued_due_now_and_its_attempt_not_counted(registry: Registry):
     building = record("k", Status.BUILDING)
     registry.put(building)
-    assert registry.acquire_lease("k", "a", 30)
-    assert registry.count_attempt("k") == 1
+    assert registry.start("k", "a", 30).attempt == 1
     assert not registry.hand_back(building, "b")
     assert registry.hand_back(building, "a")
     assert registry.get("k").status is Status.QUEUED
     assert registry.lease_holder("k") is None
     assert registry.due_keys(time.time()) == ["k"]
-    assert registry.count_attempt("k") == 1
+    assert registry.start("k", "c", 30).attempt == 1, "the interrupted attempt was not counted"
 
 
 def test_terminal_records_leave_the_bookkeeping_of_keys_in_flight(registry: Registry):
@@ -124,15 +130,23 @@ def test_terminal_records_leave_the_bookkeeping_of_keys_in_flight(registry: Regi
     assert registry.inflight_keys(time.time(), 0, 10) == []
 
 
-def test_the_record_serializes_rebuild_first(registry: Registry):
-    """The claim script relies on it to flag a rebuild without decoding JSON in Lua."""
-    assert record("k").model_dump_json().startswith('{"rebuild":false,')
+def test_a_builder_starts_only_keys_in_flight_and_one_holder_at_a_time(registry: Registry):
+    assert registry.start("unknown", "a", 5) == Start(False, None, 0)
+    registry.put(record("done", Status.VALID))
+    started = registry.start("done", "a", 5)
+    assert not started.leased and started.record.status is Status.VALID
+    assert registry.lease_holder("done") is None
+    claim(registry, record("k"))
+    first = registry.start("k", "a", 5)
+    assert first.leased and first.attempt == 1 and first.record.status is Status.QUEUED
+    assert registry.start("k", "a", 5).leased, "a retried start by the holder succeeds"
+    assert not registry.start("k", "b", 5).leased
+    assert registry.lease_holder("k") == "a"
 
 
 def test_leases_are_exclusive_renewable_and_released_only_by_their_holder(registry: Registry):
-    assert registry.acquire_lease("k", "a", 0.5)
-    assert registry.acquire_lease("k", "a", 0.5), "a retried acquire by the holder succeeds"
-    assert not registry.acquire_lease("k", "b", 0.5)
+    assert lease(registry, "k", "a", 0.5)
+    assert not lease(registry, "k", "b", 0.5)
     assert not registry.renew_lease("k", "b", 5)
     assert registry.renew_lease("k", "a", 5)
     registry.release_lease("k", "b")
@@ -143,7 +157,7 @@ def test_leases_are_exclusive_renewable_and_released_only_by_their_holder(regist
     assert not registry.live_lease_for_job("k")
 
 
-def test_records_do_not_expire_and_batches_read_in_one_call(registry: Registry):
+def test_records_do_not_expire_by_default_and_batches_read_in_one_call(registry: Registry):
     for i in range(5):
         registry.put(record(f"k{i}", Status.VALID, dest=f"/d/{i}"))
     assert registry._r.ttl("farm:rec:k0") == -1
@@ -161,10 +175,12 @@ def test_a_new_valid_key_for_a_destination_supersedes_the_old_one(registry: Regi
     assert registry.key_for_dest("/d/x.gvlfa") == "new"
 
 
-def test_attempts_count_until_cleared(registry: Registry):
-    assert [registry.count_attempt("k") for _ in range(3)] == [1, 2, 3]
-    registry.clear_attempts("k")
-    assert registry.count_attempt("k") == 1
+def test_attempts_count_until_the_key_finishes(registry: Registry):
+    claim(registry, record("k"))
+    assert [registry.start("k", "a", 5).attempt for _ in range(3)] == [1, 2, 3]
+    registry.finish(record("k", Status.FAILED), "a")
+    claim(registry, record("k"))
+    assert registry.start("k", "a", 5).attempt == 1
 
 
 def test_workers_are_live_while_they_heartbeat(registry: Registry):
@@ -176,20 +192,20 @@ def test_workers_are_live_while_they_heartbeat(registry: Registry):
 
 def test_a_lease_runs_out_within_its_ttl_unless_renewed(registry: Registry):
     assert registry.lease_remaining_s("k") == 0
-    assert registry.acquire_lease("k", "a", 2.0)
+    assert lease(registry, "k", "a", 2.0)
     assert 0 < registry.lease_remaining_s("k") <= 2.0
     assert registry.renew_lease("k", "a", 30.0)
     assert 2.0 < registry.lease_remaining_s("k") <= 30.0
 
 
 def test_a_lease_that_ran_out_unclaimed_is_taken_back_by_its_holder(registry: Registry):
-    assert registry.acquire_lease("k", "a", 0.1)
+    assert lease(registry, "k", "a", 0.1)
     time.sleep(0.2)
     assert registry.renew_lease("k", "a", 5.0)
     assert registry.lease_holder("k") == "a"
-    assert registry.acquire_lease("j", "a", 0.1)
+    assert lease(registry, "j", "a", 0.1)
     time.sleep(0.2)
-    assert registry.acquire_lease("j", "b", 5.0)
+    assert lease(registry, "j", "b", 5.0)
     assert not registry.renew_lease("j", "a", 5.0), "taken by another meanwhile: lost"
 
 
@@ -224,7 +240,7 @@ def test_forget_keeps_keys_in_flight_and_the_index_of_another_key(registry: Regi
     registry.report_progress("done", {"done": 1}, ttl_s=60)
     assert registry.key_for_dest("/d/a") == "done"
     assert sorted(registry.forget(["done", "busy", "old", "missing"])) == ["done", "old"]
-    assert registry.get("done") is None and registry.progress_of(["done"]) == [None]
+    assert registry.get("done") is None and registry.get_many_raw(["done"]) == [(None, None)]
     assert registry.key_for_dest("/d/a") is None
     assert registry.get("busy") is not None
     assert registry.key_for_dest("/d/c") == "new"  # "old" went, the index still names "new"
@@ -240,18 +256,111 @@ def test_the_job_tag_of_a_lease_lives_and_dies_with_it(registry: Registry):
     job = key[:24]
     rec = record(key, Status.BUILDING)
     registry.put(rec)
-    assert registry.acquire_lease(key, "w1", 5)
+    assert lease(registry, key, "w1", 5)
     assert registry.live_lease_for_job(job) and not registry.live_lease_for_job("e" * 24)
     registry.finish(rec.evolve(status=Status.VALID), "w1")
     assert not registry.live_lease_for_job(job)
 
     registry.put(rec)
-    assert registry.acquire_lease(key, "w2", 5)
+    assert lease(registry, key, "w2", 5)
     assert registry.hand_back(rec, "w2")
     assert not registry.live_lease_for_job(job)
 
-    assert registry.acquire_lease(key, "w3", 0.2)
+    assert lease(registry, key, "w3", 0.2)
     assert registry.renew_lease(key, "w3", 0.3)
     assert registry.live_lease_for_job(job)
     time.sleep(0.45)
     assert not registry.live_lease_for_job(job)
+
+
+def realistic(key: str, status: Status = Status.VALID, n: int = 0) -> ArtifactRecord:
+    """A valid cache record as a worker writes it, with a lab's long paths."""
+    fasta = f"/scratch/lab/references/GRCh38/GRCh38.primary_assembly.genome.{n:07d}.fa"
+    now = time.time()
+    return ArtifactRecord(
+        key=key,
+        kind="cache",
+        dest=f"{fasta}.gvlfa",
+        request={"kind": "cache", "fasta": fasta, "dest": f"{fasta}.gvlfa"},
+        sources={"fasta": Fingerprint(n_bytes_hashed=1 << 20, digest=f"{n:0128x}", size_bytes=n)},
+        status=status,
+        created_at=now,
+        updated_at=now,
+        started_at=now,
+        finished_at=now,
+        build_seconds=12.345678,
+        size_bytes=3_100_000_000,
+        checksum=f"crc32x4MiB:{n:064x}",
+        worker=f"celery@node{n % 97}.cluster.lab.org",
+        action="built",
+    )
+
+
+def test_a_record_is_stored_small_and_read_back_whole(registry: Registry):
+    rec = realistic("e" * 64, n=7)
+    registry.put(rec)
+    raw = registry._r.get("farm:rec:" + "e" * 64)
+    assert raw[:3] == b"v-1", "status, rebuild flag and format lead, for the Lua scripts"
+    assert len(raw) < 0.5 * len(rec.model_dump_json())
+    assert registry.get("e" * 64) == rec
+    assert registry.get_many_raw(["e" * 64])[0][0] == rec.model_dump(mode="json")
+    assert registry.statuses(["e" * 64, "nope"]) == ["valid", None]
+
+
+def test_a_record_in_the_older_plain_json_form_is_still_read_and_claimed(registry: Registry):
+    registry._r.set("farm:rec:k", record("k", Status.STALE).model_dump_json())
+    assert registry.get("k").status is Status.STALE
+    taken = claim(registry, record("k"))
+    assert taken.enqueue and taken.record.rebuild
+
+
+def test_redis_holds_at_most_600_bytes_per_valid_record(registry: Registry):
+    """What a labs-wide registry costs: measured as Redis counts it, index included."""
+    n = 5_000
+    before = int(registry._r.info("memory")["used_memory"])
+    for start in range(0, n, 500):
+        registry.claim_many(
+            [realistic(f"{i:064x}", Status.QUEUED, i) for i in range(start, start + 500)],
+            send_grace_s=60,
+        )
+        for i in range(start, start + 500):
+            registry.finish(realistic(f"{i:064x}", Status.VALID, i), holder="")
+    registry._r.delete("farm:done")  # bounded, whatever the registry's size
+    per_record = (int(registry._r.info("memory")["used_memory"]) - before) / n
+    assert per_record <= 600, f"{per_record:.0f} B per valid record"
+
+
+def test_unusable_records_expire_when_asked_and_the_index_names_only_valid_ones(
+    registry: Registry,
+):
+    expiring = Registry(registry._r, forget_unusable_after_s=0.3)
+    expiring.put(record("ok", Status.VALID, dest="/d/ok"))
+    expiring.put(record("gone", Status.VALID, dest="/d/gone"))
+    assert expiring.key_for_dest("/d/gone") == "gone"
+    expiring.put(record("gone", Status.STALE, dest="/d/gone"))  # its source changed
+    assert expiring.key_for_dest("/d/gone") is None
+    claim(expiring, record("bad", dest="/d/bad"))
+    expiring.finish(record("bad", Status.FAILED, dest="/d/bad"), holder="")
+    assert registry._r.ttl("farm:rec:ok") == -1
+    assert 0 < registry._r.pttl("farm:rec:bad") <= 300
+    claim(expiring, record("bad", dest="/d/bad"))  # submitted again: in flight, kept
+    assert registry._r.ttl("farm:rec:bad") == -1
+    time.sleep(0.4)
+    assert _all_keys(registry) == ["bad", "ok"]
+    assert registry.key_for_dest("/d/ok") == "ok"
+
+
+def test_completions_announce_each_key_that_turns_terminal(registry: Registry):
+    registry.put(record("before", Status.VALID, dest="/d/before"))
+    cursor = registry.completion_cursor()
+    assert registry.completions(cursor, block_s=0.01) == []
+    for key in ("a", "b"):
+        claim(registry, record(key, dest=f"/d/{key}"))
+    registry.finish(record("a", Status.VALID, dest="/d/a"), holder="")
+    registry.put(record("b", Status.FAILED, dest="/d/b"))
+    done = registry.completions(cursor, block_s=0.01)
+    assert [key for _, key in done] == ["a", "b"]
+    assert registry.completions(done[-1][0], block_s=0.01) == []
+    assert not registry.completions_lost_after(cursor)
+    registry._r.xtrim("farm:done", maxlen=1, approximate=False)  # trimmed before it read them
+    assert registry.completions_lost_after(cursor)

@@ -10,9 +10,9 @@ from farm import service
 from farm.artifacts import gvlfa
 from farm.config import Settings
 from farm.kinds import CacheRequest
-from farm.records import Status
+from farm.records import ArtifactRecord, Status
 from farm.registry import Registry
-from farm.requests import prepare, request_key
+from farm.requests import BuildRequest, prepare, request_key
 
 LAMBDA = "lambda_NC_001416.1.fa"
 
@@ -22,10 +22,21 @@ def _prepared(genomes: Path, settings: Settings, name: str = LAMBDA, **kw) -> tu
     return request, request_key(request)[0]
 
 
+def _ensure(request: BuildRequest, key: str, ctx: service.Context, **kw) -> ArtifactRecord:
+    """A worker's delivery of ``key``, submitted first if it is not recorded yet (a worker
+    builds only what was submitted: the request is read from the key's record)."""
+    if ctx.registry.get(key) is None:
+        record = service.queued_record(request, key, request_key(request)[1])
+        ctx.registry.claim_many([record], send_grace_s=60)
+    record = service.ensure(key, ctx, **kw)
+    assert record is not None
+    return record
+
+
 def test_builds_records_and_then_reuses(genomes: Path, registry: Registry, farm_settings):
     request, key = _prepared(genomes, farm_settings)
     ctx = service.Context(registry, farm_settings, "test-worker")
-    record = service.ensure(request, key, ctx)
+    record = _ensure(request, key, ctx)
     assert record.status is Status.VALID
     assert record.action == "built"
     assert record.worker == "test-worker"
@@ -37,7 +48,7 @@ def test_builds_records_and_then_reuses(genomes: Path, registry: Registry, farm_
     assert registry.get(key) == record
     inode = (dest / gvlfa.DATA_FILE).stat().st_ino
 
-    again = service.ensure(request, key, ctx)
+    again = _ensure(request, key, ctx)
     assert again.status is Status.VALID
     assert (dest / gvlfa.DATA_FILE).stat().st_ino == inode  # not rebuilt
     assert registry.lease_holder(key) is None
@@ -47,7 +58,7 @@ def test_an_artifact_valid_on_disk_is_adopted_not_rebuilt(genomes, registry, far
     request, key = _prepared(genomes, farm_settings)
     gvlfa.ensure_cache(request.fasta, request.destination())
     inode = (request.destination() / gvlfa.DATA_FILE).stat().st_ino
-    record = service.ensure(request, key, service.Context(registry, farm_settings, "w"))
+    record = _ensure(request, key, service.Context(registry, farm_settings, "w"))
     assert record.status is Status.VALID and record.action == "reused"
     assert (request.destination() / gvlfa.DATA_FILE).stat().st_ino == inode
 
@@ -56,7 +67,7 @@ def test_bad_input_fails_the_job_with_one_sentence(genomes, registry, farm_setti
     not_fasta = genomes / "notes.fa"
     not_fasta.write_text("this is a text file, not a FASTA\n")
     request, key = _prepared(genomes, farm_settings, "notes.fa")
-    record = service.ensure(request, key, service.Context(registry, farm_settings, "w"))
+    record = _ensure(request, key, service.Context(registry, farm_settings, "w"))
     assert record.status is Status.FAILED
     assert "notes.fa is not a FASTA file" in record.error
     assert "\n" not in record.error and "Traceback" not in record.error
@@ -70,7 +81,7 @@ def test_a_source_changed_after_submission_fails_and_builds_nothing(
     request, key = _prepared(genomes, farm_settings)
     with open(genomes / LAMBDA, "ab") as f:
         f.write(b"ACGT\n")
-    record = service.ensure(request, key, service.Context(registry, farm_settings, "w"))
+    record = _ensure(request, key, service.Context(registry, farm_settings, "w"))
     assert record.status is Status.FAILED
     assert "changed after the request was submitted" in record.error
     assert not request.destination().exists()
@@ -80,8 +91,9 @@ def test_a_duplicate_frees_its_slot_at_once_instead_of_waiting_for_the_holder(
     genomes, registry, farm_settings
 ):
     request, key = _prepared(genomes, farm_settings)
-    assert registry.acquire_lease(key, "someone-else", 30.0)
-    record = service.ensure(request, key, service.Context(registry, farm_settings, "duplicate"))
+    registry.claim_many([service.queued_record(request, key, {})], send_grace_s=60)
+    assert registry.start(key, "someone-else", 30.0).leased
+    record = _ensure(request, key, service.Context(registry, farm_settings, "duplicate"))
     # It returned while the holder still has the key (a follower that waited would only come
     # back with a terminal record, after the holder or the lease's TTL).
     assert record.status is Status.QUEUED
@@ -94,9 +106,9 @@ def test_a_late_message_never_rebuilds_a_terminal_key(genomes, registry, farm_se
     failed (or was found invalid) is answered from the record."""
     request, key = _prepared(genomes, farm_settings)
     ctx = service.Context(registry, farm_settings, "w")
-    built = service.ensure(request, key, ctx)
+    built = _ensure(request, key, ctx)
     registry.put(built.evolve(status=Status.INVALID, error="checked by verify"))
-    again = service.ensure(request, key, ctx)
+    again = _ensure(request, key, ctx)
     assert again.status is Status.INVALID and again.error == "checked by verify"
 
 
@@ -121,7 +133,7 @@ def test_a_stop_request_hands_the_key_back_and_leaves_nothing_staged(
     monkeypatch.setattr(kinds, "ensure", stopped_mid_build)
     ctx = service.Context(registry, farm_settings, "stopping")
     try:
-        service.ensure(request, key, ctx)
+        _ensure(request, key, ctx)
     except StopRequested:
         pass
     else:
@@ -130,10 +142,10 @@ def test_a_stop_request_hands_the_key_back_and_leaves_nothing_staged(
     assert record.status is Status.QUEUED and record.action == "handed back"
     assert registry.lease_holder(key) is None
     assert registry.due_keys(time.time()) == [key]  # the watchdog sends it at once
-    assert registry.count_attempt(key) == 1, "an interrupted stop is not an attempt"
-    registry.clear_attempts(key)
+    assert registry.start(key, "probe", 5).attempt == 1, "an interrupted stop is not an attempt"
+    registry.release_lease(key, "probe")
     monkeypatch.setattr(kinds, "ensure", real_ensure)
-    assert service.ensure(request, key, ctx).status is Status.VALID
+    assert _ensure(request, key, ctx).status is Status.VALID
 
 
 def test_ctrl_c_on_an_inline_build_cancels_it_and_says_so(
@@ -148,7 +160,7 @@ def test_ctrl_c_on_an_inline_build_cancels_it_and_says_so(
 
     monkeypatch.setattr(kinds, "ensure", interrupted)
     with contextlib.suppress(KeyboardInterrupt):
-        service.ensure(request, key, service.Context(registry, farm_settings, "inline"))
+        _ensure(request, key, service.Context(registry, farm_settings, "inline"))
     record = registry.get(key)
     assert record.status is Status.FAILED and "cancelled" in record.error
     assert registry.lease_holder(key) is None
@@ -158,9 +170,11 @@ def test_a_key_that_keeps_killing_its_worker_stops_after_max_attempts(
     genomes, registry, farm_settings
 ):
     request, key = _prepared(genomes, farm_settings)
-    for _ in range(farm_settings.max_attempts):
-        registry.count_attempt(key)  # earlier deliveries that died mid-build
-    record = service.ensure(request, key, service.Context(registry, farm_settings, "w"))
+    registry.claim_many([service.queued_record(request, key, {})], send_grace_s=60)
+    for _ in range(farm_settings.max_attempts):  # earlier deliveries that died mid-build
+        assert registry.start(key, "killed", 5).leased
+    registry.release_lease(key, "killed")
+    record = _ensure(request, key, service.Context(registry, farm_settings, "w"))
     assert record.status is Status.FAILED
     assert "interrupted 3 times" in record.error
     assert not request.destination().exists()
@@ -170,7 +184,7 @@ def test_a_worker_refuses_a_destination_outside_its_roots(genomes, registry, far
     """A crafted message cannot make a worker write outside the roots it was given."""
     request = CacheRequest(fasta=genomes / LAMBDA, dest=Path("/elsewhere/x.gvlfa")).absolute()
     key = request_key(request)[0]
-    record = service.ensure(request, key, service.Context(registry, farm_settings, "w"))
+    record = _ensure(request, key, service.Context(registry, farm_settings, "w"))
     assert record.status is Status.FAILED
     assert "/elsewhere/x.gvlfa is outside the allowed roots" in record.error
     assert not Path("/elsewhere").exists()
@@ -192,7 +206,7 @@ def test_a_time_limit_and_an_internal_error_are_recorded_as_sentences(
         raise _Interrupted
 
     monkeypatch.setattr(kinds, "ensure", interrupted)
-    record = service.ensure(request, key, ctx, interrupts=(_Interrupted,))
+    record = _ensure(request, key, ctx, interrupts=(_Interrupted,))
     assert record.status is Status.FAILED and "exceeded the time limit" in record.error
 
     def broken(*_a, **_k):
@@ -202,7 +216,7 @@ def test_a_time_limit_and_an_internal_error_are_recorded_as_sentences(
     # A failed key is built again only when submitted again.
     resubmitted = service.queued_record(request, key, record.sources)
     assert registry.claim_many([resubmitted], send_grace_s=60)[0].enqueue
-    record = service.ensure(request, key, ctx, interrupts=(_Interrupted,))
+    record = _ensure(request, key, ctx, interrupts=(_Interrupted,))
     assert record.status is Status.FAILED
     assert record.error.startswith("Internal error") and "RuntimeError: boom" in record.error
     assert registry.lease_holder(key) is None
@@ -236,7 +250,7 @@ def test_a_destination_rebuilt_for_another_request_supersedes_the_old_record(
             ),
             farm_settings.roots,
         )
-        records.append(service.ensure(request, request_key(request)[0], ctx))
+        records.append(_ensure(request, request_key(request)[0], ctx))
     first, second = records
     assert first.key != second.key
     assert (first.action, second.action) == ("built", "rebuilt")
@@ -258,7 +272,7 @@ def test_a_cache_destination_taken_by_another_fasta_stays_stale_under_verify(
     keys = []
     for name in (LAMBDA, "yeast_S288C_chrI_SGD2005.fa"):
         request, key = _prepared(genomes, farm_settings, name, dest=dest)
-        assert service.ensure(request, key, ctx).status is Status.VALID
+        assert _ensure(request, key, ctx).status is Status.VALID
         keys.append(key)
     assert gvlfa.read_metadata(dest).contigs == {"chrI": 230208}
     verdicts = {r.key: r.status for r in maintenance.verify(registry)}
@@ -271,7 +285,7 @@ def test_reindex_never_makes_an_invalid_artifact_valid_on_a_shallow_check(
     from farm import maintenance
 
     request, key = _prepared(genomes, farm_settings)
-    built = service.ensure(request, key, service.Context(registry, farm_settings, "w"))
+    built = _ensure(request, key, service.Context(registry, farm_settings, "w"))
     data = Path(built.dest) / gvlfa.DATA_FILE
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0x20  # same size: the shallow check cannot see it
@@ -283,12 +297,9 @@ def test_reindex_never_makes_an_invalid_artifact_valid_on_a_shallow_check(
     assert registry.get(key).status is Status.INVALID
 
 
-def test_a_message_whose_request_is_not_its_keys_changes_nothing(genomes, registry, farm_settings):
-    """A forged or garbled message must neither build nor fail the request claimed under
-    the key it names."""
-    request, key = _prepared(genomes, farm_settings)
-    registry.claim_many([service.queued_record(request, key, {})], send_grace_s=60)
-    other, _ = _prepared(genomes, farm_settings, dest=genomes / "elsewhere.gvlfa")
-    record = service.ensure(other, key, service.Context(registry, farm_settings, "w"))
-    assert record.status is Status.QUEUED and registry.get(key).status is Status.QUEUED
-    assert not other.destination().exists()
+def test_a_key_nobody_submitted_builds_nothing_and_records_nothing(registry, farm_settings):
+    """A message names a key, and the request is that key's record: a forged message can
+    only ask for a build that was submitted."""
+    ctx = service.Context(registry, farm_settings, "w")
+    assert service.ensure("a" * 64, ctx) is None
+    assert registry.get("a" * 64) is None and registry.lease_holder("a" * 64) is None

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
 
 import pytest
 
+from farm import stored
 from farm.config import Settings
 from farm.fingerprint import Fingerprint
 from farm.records import ArtifactRecord, Status
@@ -41,8 +41,8 @@ class FakeBroker:
         self.sent: list[str] = []
         self.held: set[str] = set()
 
-    def send(self, messages: Iterable[tuple[str, dict[str, Any]]]) -> int:
-        keys = [key for key, _ in messages]
+    def send(self, keys: Iterable[str]) -> int:
+        keys = list(keys)
         self.sent.extend(keys)
         self.held.update(keys)
         return len(keys)
@@ -84,7 +84,7 @@ def test_a_build_whose_lease_ran_out_is_requeued_and_sent(
 ):
     registry.claim_many([record("k")], send_grace_s=0.2)
     registry.confirm_sent(["k"])
-    assert registry.acquire_lease("k", "builder", 0.2)
+    assert registry.start("k", "builder", 0.2).leased
     registry.put(registry.get("k").evolve(status=Status.BUILDING, worker="w9"))
     time.sleep(0.1)
     assert watchdog.sweep().sent == [], "the lease is alive: leave it"
@@ -99,7 +99,7 @@ def test_a_renewed_lease_keeps_the_key_off_the_watchdogs_hands(
 ):
     registry.claim_many([record("k")], send_grace_s=0.2)
     registry.confirm_sent(["k"])
-    assert registry.acquire_lease("k", "builder", 0.2)
+    assert registry.start("k", "builder", 0.2).leased
     for _ in range(5):
         time.sleep(0.1)
         assert registry.renew_lease("k", "builder", 0.2)
@@ -136,7 +136,7 @@ def test_terminal_keys_leave_the_books_and_are_never_sent(
     registry.claim_many([record("k")], send_grace_s=0.0)
     time.sleep(0.05)
     # Finished meanwhile, by a path that did not clean the books (an older farm, say).
-    registry._r.set("farm:rec:k", record("k", Status.VALID).model_dump_json())
+    registry._r.set("farm:rec:k", stored.encode(record("k", Status.VALID).model_dump(mode="json")))
     assert watchdog.sweep().sent == []
     assert registry.inflight_keys(time.time(), 0, 10) == []
     assert registry.due_keys(time.time() + 60) == []
@@ -161,7 +161,7 @@ def test_after_a_redis_restart_builders_get_a_lease_period_to_renew(
     them dead at once would start a duplicate build of everything in flight."""
     registry.claim_many([record("k")], send_grace_s=0.2)
     registry.confirm_sent(["k"])
-    assert registry.acquire_lease("k", "builder", 0.1)
+    assert registry.start("k", "builder", 0.1).leased
     registry.put(registry.get("k").evolve(status=Status.BUILDING, worker="w9"))
     time.sleep(0.15)  # the lease ran out while Redis was away
     monkeypatch.setattr(registry, "server_run_id", lambda: "restarted")

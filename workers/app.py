@@ -39,7 +39,11 @@ log = logging.getLogger("farm.worker")
 broker_fixes.install()
 settings = Settings.from_env()
 redis_url = resolve_url(settings)
-registry = Registry.from_url(redis_url, patience_s=settings.registry_patience_s)
+registry = Registry.from_url(
+    redis_url,
+    patience_s=settings.registry_patience_s,
+    forget_unusable_after_s=settings.forget_unusable_after_s,
+)
 
 app = Celery("gvl-farm", include=["workers.tasks"])
 app.conf.update(celery_config(settings, celery_broker_url(redis_url)))
@@ -82,7 +86,7 @@ def _heartbeat(name: str) -> None:
 
 def _watch(name: str) -> None:
     watchdog = Watchdog(
-        Registry.from_url(redis_url),
+        Registry.from_url(redis_url, forget_unusable_after_s=settings.forget_unusable_after_s),
         settings,
         send=Sender(settings, redis_url).send,
         broker_ids=BrokerInspector(redis_url).message_ids,

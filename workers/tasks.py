@@ -1,38 +1,41 @@
-"""Tasks: parse the JSON message, call one farm function, return JSON."""
+"""Tasks: take the key a message names, call one farm function, return JSON."""
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
-from pydantic import ValidationError
 
 from farm import service
 from farm.config import BUILD_TASK
 from farm.errors import BrokerError, StopRequested
-from farm.kinds import parse_request
-from farm.requests import describe
 from workers.app import app, registry, settings
 from workers.stopping import interruptible
 
+log = logging.getLogger(__name__)
+_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+def _key_of(message: Any) -> str | None:
+    """The key a message names: the key itself, or (from older clients) a dict holding
+    it. Anything else a message says is ignored: the request is the key's record."""
+    if isinstance(message, dict):
+        message = message.get("key")
+    return message if isinstance(message, str) and _KEY.fullmatch(message) else None
+
 
 @app.task(name=BUILD_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
-def build(self: Task, message: Any) -> dict[str, Any]:
-    key = str(message.get("key", ""))[:64] if isinstance(message, dict) else ""
-    try:
-        request = parse_request(message["request"])
-    except (KeyError, TypeError, ValidationError) as e:
-        why = describe(e) if isinstance(e, ValidationError) else "it holds no request"
-        sentence = (
-            f"A build message for this key was refused ({why}); nothing was built. Submit "
-            "the request again with the farm's client."
-        )
-        service.refuse(registry, key, sentence)
-        return {"key": key, "status": "rejected", "error": sentence}
+def build(self: Task, message: Any = None) -> dict[str, Any]:
+    key = _key_of(message)
+    if key is None:
+        log.warning("ignored a build message that names no key (forged or garbled)")
+        return {"key": None, "status": "rejected"}
     ctx = service.Context(registry, settings, self.request.hostname, interruptible)
     try:
-        record = service.ensure(request, key, ctx, interrupts=(SoftTimeLimitExceeded,))
+        record = service.ensure(key, ctx, interrupts=(SoftTimeLimitExceeded,))
     except StopRequested as e:
         # The worker is stopping: the key is queued again; put the message back for another.
         raise Reject("worker stopping; key handed back", requeue=True) from e
@@ -40,4 +43,7 @@ def build(self: Task, message: Any) -> dict[str, Any]:
         # The registry stayed unreachable beyond the worker's patience. Requeue the message;
         # if the broker is down too, it stays unacknowledged and is redelivered later.
         raise Reject(str(e), requeue=True) from e
+    if record is None:
+        log.warning("ignored a build message for %s, which nobody submitted", key)
+        return {"key": key, "status": "unknown"}
     return {"key": key, "status": str(record.status), "error": record.error}

@@ -69,10 +69,12 @@ def test_a_client_killed_between_claim_and_send_leaves_nothing_stuck(cluster: Cl
 
 
 def _until_polling(cluster: Cluster, timeout: float = 30) -> None:
-    """Until a client polls records (MGET): the command under test is in its wait loop."""
+    """Until a client waits for completions (XREAD) or reads records (MGET): the command
+    under test is in its wait loop."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(c.get("cmd") == "mget" for c in cluster.registry()._r.client_list()):
+        clients = cluster.registry()._r.client_list()
+        if any(c.get("cmd") in ("xread", "mget") for c in clients):
             return
         time.sleep(0.02)
     raise AssertionError("the command never started waiting")

@@ -53,7 +53,7 @@ def test_a_duplicate_storm_builds_each_key_once_and_holds_no_slot(cluster: Clust
     # Forged duplicates straight to the queue, as a redelivery storm would leave them.
     records = cluster.registry().get_many(keys)
     sender = Sender(settings, cluster.url)
-    sender.send([(r.key, r.request) for r in records if r is not None] * 13)
+    sender.send([r.key for r in records if r is not None] * 13)
     sender.close()
     figures.rounds = 1
     # With 3 slots busy building and duplicates in the queue, the fourth slot must serve this.
