@@ -174,8 +174,8 @@ class Farm:
         return [service.request_cancel(self.registry, key, CANCEL_TTL_S) for key in keys]
 
     def status(self, keys: Sequence[str]) -> list[ArtifactRecord | None]:
-        """One round trip for the whole batch."""
-        return self.registry.get_many(list(keys))
+        """One round trip for the whole batch; a building key shows who builds it."""
+        return self.registry.shown(list(keys))
 
     def wait(
         self,

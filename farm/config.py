@@ -133,8 +133,7 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_soft_time_limit": settings.soft_time_limit_s,
-        "task_time_limit": settings.time_limit_s,
+        # Time limits are kept by the building process itself (workers/time_limits.py).
         "task_default_queue": QUEUE,
         "task_routes": {BUILD_TASK: {"queue": QUEUE}},
         # Task events (for flower) are Celery's default, off: `farm worker --task-events`.

@@ -14,6 +14,7 @@ a millisecond does not pay for starting and joining a thread.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -78,19 +79,25 @@ class Lease:
 
 
 class _Renewer:
-    """The thread that renews this process's leases when each falls due."""
+    """The thread that renews this process's leases when each falls due.
+
+    It is woken only when a new lease falls due before it would wake anyway: leases of one
+    process share a TTL, so a build that starts after another costs the thread nothing.
+    """
 
     def __init__(self) -> None:
         self._leases: set[Lease] = set()
         self._changed = threading.Condition()
         self._renewing = threading.Lock()  # held while a renewal runs
+        self._wake_at = math.inf
         self._thread = threading.Thread(target=self._run, name="farm-leases", daemon=True)
         self._thread.start()
 
     def add(self, lease: Lease) -> None:
         with self._changed:
             self._leases.add(lease)
-            self._changed.notify()
+            if lease.renew_at < self._wake_at:
+                self._changed.notify()
 
     def remove(self, lease: Lease) -> None:
         with self._renewing, self._changed:
@@ -102,8 +109,13 @@ class _Renewer:
                 now = time.monotonic()
                 due = [lease for lease in self._leases if lease.renew_at <= now]
                 if not due:
-                    next_at = min((lease.renew_at for lease in self._leases), default=now + 60)
-                    self._changed.wait(max(0.0, next_at - now))
+                    if self._wake_at <= now or not self._leases:
+                        self._wake_at = math.inf
+                    self._wake_at = min(
+                        (lease.renew_at for lease in self._leases), default=self._wake_at
+                    )
+                    timeout = None if self._wake_at == math.inf else self._wake_at - now
+                    self._changed.wait(timeout)
                     continue
             for lease in due:
                 with self._renewing:

@@ -45,6 +45,7 @@ class RegistryProgress(Progress):
         what: str,
         ttl_s: float,
         every_s: float = 0.5,
+        worker: str | None = None,
     ) -> None:
         self._registry = registry
         self._key = key
@@ -52,6 +53,7 @@ class RegistryProgress(Progress):
         self._what = what  # the destination, for the sentence
         self._ttl_s = ttl_s
         self._every_s = every_s
+        self._worker = worker  # who builds: a building record leaves it to its progress
         self._lock = threading.Lock()
         self._done = 0
         self._total = 0
@@ -83,6 +85,7 @@ class RegistryProgress(Progress):
                 "unit": self._unit,
                 "started_at": self._started,
                 "updated_at": time.time(),
+                "worker": self._worker,
             }
         try:
             cancelled = self._registry.report_progress(self._key, figures, self._ttl_s)
@@ -97,8 +100,8 @@ class RegistryProgress(Progress):
 
 def describe(figures: dict | None, now: float | None = None) -> str:
     """``41% of 12,071,326 bp, 3.1 Mbp/s, 2 s left`` (what is known of it)."""
-    if not figures:
-        return ""
+    if not figures or "unit" not in figures:
+        return ""  # a build that has not reported yet (its progress says who and since when)
     done, total, unit = figures["done"], figures["total"], figures["unit"]
     elapsed = max((now or figures["updated_at"]) - figures["started_at"], 1e-9)
     rate = done / elapsed

@@ -9,7 +9,7 @@ hold no valid artifact may be set to expire (``FARM_FORGET_UNUSABLE_AFTER_S``).
 What is kept per key is only its record; the rest is shared or bounded:
 
 - ``rec:<key>`` holds the record. Listing walks these by SCAN, a batch at a time.
-- ``dests:<hash prefix>`` (65,536 small hashes) maps each destination to the key whose valid
+- ``dests:<hash prefix>`` (16,384 small hashes) maps each destination to the key whose valid
   record holds it, so a newer valid build of a destination marks the older one stale.
 - ``inflight`` (sorted set, score: when the key was claimed) holds every non-terminal key. A
   reconciliation walks it, so its cost grows with the work in flight, not with the registry.
@@ -104,8 +104,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) 
 return 1
 """
 # A builder's first word: the record, and whether it may build it. A key in flight is leased
-# to the caller (idempotent for its holder) and its attempt counted; a terminal or unknown
-# key, or one another holder has, is answered without a lease.
+# to the caller (idempotent for its holder), marked building (its header only: who builds and
+# since when go to its progress) and its attempt counted; a terminal or unknown key, or one
+# another holder has, is answered without a lease.
 _START = (
     LUA_STATUS
     + """
@@ -119,6 +120,11 @@ redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 local n = redis.call('INCR', KEYS[5])
 redis.call('EXPIRE', KEYS[5], 604800)
+if string.sub(cur, 1, 1) ~= '{' then
+  cur = 'b' .. string.sub(cur, 2)
+  redis.call('SET', KEYS[1], cur)
+end
+redis.call('SET', KEYS[6], ARGV[5], 'PX', ARGV[2])
 return {1, cur, n}
 """
 )
@@ -354,10 +360,11 @@ class Registry:
         return f"{self._p}leasetag:{key[:JOB_TAG_LEN]}"
 
     def _dest_slot(self, dest: str) -> tuple[str, str]:
-        """Where a destination's index entry lives: one of 65,536 small hashes, each packed
-        by Redis as a list (a fraction of a top-level key's memory per entry)."""
+        """Where a destination's index entry lives: one of 16,384 small hashes. Up to about
+        2M destinations Redis packs each as a list (a fifth of a top-level key's memory per
+        entry); beyond, as a table, which still costs less than a key of its own."""
         digest = hashlib.blake2b(dest.encode(), digest_size=10).hexdigest()
-        return f"{self._p}dests:{digest[:4]}", digest[4:]
+        return f"{self._p}dests:{int(digest[:4], 16) >> 2:04x}", digest[4:]
 
     def _attempts(self, key: str) -> str:
         return f"{self._p}attempts:{key}"
@@ -465,16 +472,32 @@ class Registry:
     @_redis_errors
     def get_many_raw(self, keys: list[str]) -> list[tuple[dict | None, dict | None]]:
         """Records and their builds' progress as plain JSON, in one round trip: what a light
-        reader (``farm status``) shows, with no pydantic to load."""
+        reader (``farm status``) shows, with no pydantic to load. A building record is shown
+        with who builds it and since when, from its progress (the builder does not rewrite
+        the record to say so: see ``_START``)."""
         if not keys:
             return []
         pipe = self._r.pipeline(transaction=False)
         pipe.mget([self._rec(k) for k in keys])
         pipe.mget([self._progress(k) for k in keys])
         records, progress = pipe.execute()
+        out: list[tuple[dict | None, dict | None]] = []
+        for key, raw, raw_figures in zip(keys, records, progress, strict=True):
+            row = None if raw is None else stored.decode(key, raw)
+            figures = None if raw_figures is None else json.loads(raw_figures)
+            if row is not None and figures and row["status"] == "building":
+                row["worker"] = row.get("worker") or figures.get("worker")
+                row["started_at"] = row.get("started_at") or figures.get("started_at")
+            out.append((row, figures))
+        return out
+
+    def shown(self, keys: list[str]) -> list[ArtifactRecord | None]:
+        """Records as a reader is shown them (see :meth:`get_many_raw`)."""
+        from farm.records import ArtifactRecord
+
         return [
-            (None if r is None else stored.decode(k, r), None if p is None else json.loads(p))
-            for k, r, p in zip(keys, records, progress, strict=True)
+            None if row is None else ArtifactRecord.model_validate(row)
+            for row, _ in self.get_many_raw(keys)
         ]
 
     @_redis_errors
@@ -719,9 +742,12 @@ class Registry:
 
     # -- leases ------------------------------------------------------------------------------
     @_redis_errors
-    def start(self, key: str, holder: str, ttl_s: float) -> Start:
-        """Read ``key`` and, if it is in flight and free, lease it and count the attempt: a
-        builder's first round trip. The key is then due when the lease would run out."""
+    def start(self, key: str, holder: str, ttl_s: float, *, worker: str = "") -> Start:
+        """Read ``key`` and, if it is in flight and free, lease it, mark it building and count
+        the attempt: a builder's first round trip. The key is then due when the lease would
+        run out. The record itself is not rewritten: ``worker`` and the start time are in the
+        key's progress (what ``farm status`` shows for a building key)."""
+        now = time.time()
         leased, raw, attempt = self._start(
             keys=[
                 self._rec(key),
@@ -729,8 +755,15 @@ class Registry:
                 self._due,
                 self._lease_tag(key),
                 self._attempts(key),
+                self._progress(key),
             ],
-            args=[holder, int(ttl_s * 1000), time.time() + ttl_s, key],
+            args=[
+                holder,
+                int(ttl_s * 1000),
+                now + ttl_s,
+                key,
+                json.dumps({"worker": worker or holder, "started_at": now}),
+            ],
         )
         return Start(bool(leased), None if raw is None else _record(key, raw), int(attempt))
 

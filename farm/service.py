@@ -30,7 +30,7 @@ from farm.progress import RegistryProgress
 from farm.publish import Owner
 from farm.records import ArtifactRecord, Status
 from farm.registry import Registry
-from farm.requests import BuildRequest, check_destination, describe, request_key
+from farm.requests import BuildRequest, check_destination, describe
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def ensure(
     """
     registry, settings = ctx.registry, ctx.settings
     holder = f"{ctx.worker}/{uuid.uuid4().hex[:8]}"
-    start = registry.start(key, holder, settings.lease_ttl_s)
+    start = registry.start(key, holder, settings.lease_ttl_s, worker=ctx.worker)
     record = start.record
     if record is None or not start.leased:
         return record
@@ -93,7 +93,6 @@ def ensure(
         try:
             request = kinds.parse_request(record.request)
             check_destination(request, settings.roots)  # never trust a record's destination
-            current_key, sources = request_key(request)
         except ValidationError as e:
             sentence = (
                 f"The record of {key} holds no valid request ({describe(e)}); nothing was "
@@ -102,15 +101,6 @@ def ensure(
             return _fail(ctx, record, sentence, holder, lease)
         except FarmError as e:
             return _fail(ctx, record, str(e), holder, lease)
-        except OSError as e:
-            sentence = f"Cannot read a source of {record.dest}: {e}."
-            return _fail(ctx, record, sentence, holder, lease)
-        if current_key != key:
-            sentence = (
-                f"A source of {request.destination()} changed after the request was "
-                "submitted; submit it again to build from the current files."
-            )
-            return _fail(ctx, record, sentence, holder, lease)
         if start.attempt > settings.max_attempts:
             sentence = (
                 f"The build of {request.destination()} was interrupted {start.attempt - 1} "
@@ -121,15 +111,16 @@ def ensure(
         started = time.time()
         building = record.evolve(
             status=Status.BUILDING, started_at=started, worker=ctx.worker, error=None
-        )
-        registry.put(building)
+        )  # what start() marked in the registry, with who builds and since when
         try:
             with ctx.interruptible():
                 built = kinds.ensure(
                     request,
                     Owner.current(job=key),
                     force=record.rebuild,
-                    expected=sources,
+                    # The builder fingerprints each source as it stamps it, and refuses one
+                    # that is not what the key was derived from (changed since submission).
+                    expected=record.sources,
                     root=containing_root(request.destination(), settings.roots),
                     progress=RegistryProgress(
                         registry.impatient(),
@@ -137,6 +128,7 @@ def ensure(
                         claim=claim_id(building),
                         what=str(request.destination()),
                         ttl_s=settings.lease_ttl_s,
+                        worker=ctx.worker,
                     ),
                 )
         except (StopRequested, SystemExit):
@@ -160,7 +152,6 @@ def ensure(
             status=Status.VALID,
             rebuild=False,
             error=None,
-            sources=sources,
             finished_at=finished,
             build_seconds=round(finished - started, 6),
             size_bytes=built.size_bytes,

@@ -114,7 +114,7 @@ class Watchdog:
                 self.registry.set_due(key, now + self.settings.lease_ttl_s / 3)
             elif record.status is Status.BUILDING:
                 changes.append((raw, _requeued(record)))
-                report.why[key] = f"its builder {record.worker} stopped renewing its lease"
+                report.why[key] = "its builder stopped renewing its lease"
             else:
                 to_send.append(key)
                 report.why[key] = f"its claim was not confirmed sent ({record.action or 'new'})"

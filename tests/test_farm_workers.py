@@ -92,7 +92,7 @@ def test_a_batch_of_1000_distinct_requests_completes(
 def _wait_for_status(farm: Farm, key: str, status: Status, timeout: float = 60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        record = farm.registry.get(key)
+        (record,) = farm.status([key])
         if record is not None and record.status is status:
             return record
         time.sleep(0.05)
@@ -155,11 +155,11 @@ def test_a_build_longer_than_the_visibility_timeout_runs_once_and_can_be_followe
     fasta = genomes / LAMBDA
     with connect(farm_settings, redis_url) as farm:
         key = farm.submit(CacheRequest(fasta=fasta)).key
-        building = _wait_for_status(farm, key, Status.BUILDING)
+        builder = _wait_for_status(farm, key, Status.BUILDING).worker
         assert farm.submit(CacheRequest(fasta=fasta)).key == key  # a second submitter
         (record,) = farm.wait([key], timeout_s=60)
     assert record.status is Status.VALID
-    assert record.worker == building.worker
+    assert record.worker == builder
     logdir = tmp_path / "worker-logs"
     assert deliveries(logdir) >= 2, "the broker did redeliver the running message"
     assert build_starts(logdir) == 1
@@ -189,3 +189,43 @@ def test_a_message_that_kills_its_worker_fails_after_max_attempts(
     assert len(orphans) == 2  # one staging dir per killed build, each found by gc
     remove_orphans(orphans)
     assert not list(genomes.glob("*.farmtmp.*"))
+
+
+def test_a_build_over_its_soft_time_limit_fails_with_a_sentence_and_the_worker_goes_on(
+    genomes: Path, farm_settings: Settings, redis_url: str, start_workers
+):
+    start_workers(1, app=SLOW_APP, test_build_seconds=30, soft_time_limit_s=1, time_limit_s=20)
+    fasta = genomes / LAMBDA
+    with connect(farm_settings, redis_url) as farm:
+        started = time.monotonic()
+        key = farm.submit(CacheRequest(fasta=fasta)).key
+        (record,) = farm.wait([key], timeout_s=60)
+        assert time.monotonic() - started < 15
+    assert record.status is Status.FAILED
+    assert "exceeded the time limit of 1 s" in record.error
+    assert not gvlfa.default_dest(fasta).exists() and not list(genomes.glob("*.farmtmp.*"))
+
+
+def test_a_build_that_ignores_its_soft_limit_is_killed_at_the_hard_one(
+    genomes: Path, farm_settings: Settings, redis_url: str, start_workers, tmp_path: Path
+):
+    """Stuck past the soft limit (in C code, or swallowing it): the hard limit kills the
+    building process, and the key ends failed within FARM_MAX_ATTEMPTS deliveries."""
+    start_workers(
+        1,
+        app=SLOW_APP,
+        test_build_seconds=30,
+        test_ignore_soft_limit=1,
+        soft_time_limit_s=0.5,
+        time_limit_s=1.5,
+        max_attempts=1,
+        lease_ttl_s=1,
+    )
+    fasta = genomes / LAMBDA
+    with connect(farm_settings, redis_url) as farm:
+        key = farm.submit(CacheRequest(fasta=fasta)).key
+        (record,) = farm.wait([key], timeout_s=60)
+    assert record.status is Status.FAILED
+    assert "interrupted 1 times" in record.error
+    logs = "".join(p.read_text() for p in (tmp_path / "worker-logs").iterdir())
+    assert "SOFT-LIMIT-IGNORED" in logs, "the build did get past its soft limit"

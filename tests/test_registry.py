@@ -138,7 +138,10 @@ def test_a_builder_starts_only_keys_in_flight_and_one_holder_at_a_time(registry:
     assert registry.lease_holder("done") is None
     claim(registry, record("k"))
     first = registry.start("k", "a", 5)
-    assert first.leased and first.attempt == 1 and first.record.status is Status.QUEUED
+    assert first.leased and first.attempt == 1 and first.record.status is Status.BUILDING
+    assert registry.get("k").status is Status.BUILDING
+    ((_, progress),) = registry.get_many_raw(["k"])
+    assert progress["worker"] == "a"  # who builds, in the progress (the record is not rewritten)
     assert registry.start("k", "a", 5).leased, "a retried start by the holder succeeds"
     assert not registry.start("k", "b", 5).leased
     assert registry.lease_holder("k") == "a"

@@ -79,11 +79,14 @@ def test_a_source_changed_after_submission_fails_and_builds_nothing(
     genomes, registry, farm_settings
 ):
     request, key = _prepared(genomes, farm_settings)
-    with open(genomes / LAMBDA, "ab") as f:
+    registry.claim_many(
+        [service.queued_record(request, key, request_key(request)[1])], send_grace_s=60
+    )  # submitted ...
+    with open(genomes / LAMBDA, "ab") as f:  # ... then edited before a worker took it
         f.write(b"ACGT\n")
     record = _ensure(request, key, service.Context(registry, farm_settings, "w"))
     assert record.status is Status.FAILED
-    assert "changed after the request was submitted" in record.error
+    assert f"{genomes / LAMBDA} changed after its cache was requested" in record.error
     assert not request.destination().exists()
 
 
@@ -96,7 +99,7 @@ def test_a_duplicate_frees_its_slot_at_once_instead_of_waiting_for_the_holder(
     record = _ensure(request, key, service.Context(registry, farm_settings, "duplicate"))
     # It returned while the holder still has the key (a follower that waited would only come
     # back with a terminal record, after the holder or the lease's TTL).
-    assert record.status is Status.QUEUED
+    assert record.status is Status.BUILDING
     assert not request.destination().exists()
     assert registry.lease_holder(key) == "someone-else"
 

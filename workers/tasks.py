@@ -14,6 +14,7 @@ from farm.config import BUILD_TASK
 from farm.errors import BrokerError, StopRequested
 from workers.app import app, registry, settings
 from workers.stopping import interruptible
+from workers.time_limits import time_limited
 
 log = logging.getLogger(__name__)
 _KEY = re.compile(r"[0-9a-f]{64}")
@@ -35,7 +36,8 @@ def build(self: Task, message: Any = None) -> dict[str, Any]:
         return {"key": None, "status": "rejected"}
     ctx = service.Context(registry, settings, self.request.hostname, interruptible)
     try:
-        record = service.ensure(key, ctx, interrupts=(SoftTimeLimitExceeded,))
+        with time_limited(settings.soft_time_limit_s, settings.time_limit_s):
+            record = service.ensure(key, ctx, interrupts=(SoftTimeLimitExceeded,))
     except StopRequested as e:
         # The worker is stopping: the key is queued again; put the message back for another.
         raise Reject("worker stopping; key handed back", requeue=True) from e

@@ -38,7 +38,7 @@ def test_a_stopped_worker_hands_a_long_build_back_at_once(cluster: Cluster, targ
     else:
         os.killpg(stopping.proc.pid, signal.SIGTERM)  # honcho and terminals signal the group
     stopping.proc.wait(30)
-    after = cluster.registry().get(key)
+    (after,) = cluster.registry().shown([key])
     # Nothing stays building by the stopped worker: handed back, and maybe already taken on.
     assert not (after.status is Status.BUILDING and after.worker.startswith(stopping.name + "@"))
     assert "key handed back" in stopping.log.read_text()
