@@ -35,3 +35,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_frontdoor.py
 	$(BIN)/python bench/bench_bigwig.py
 	$(BIN)/python bench/bench_registry.py
+	$(BIN)/python bench/bench_throughput.py
