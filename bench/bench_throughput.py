@@ -101,6 +101,8 @@ def main() -> None:
     print(f"{'through the farm':<34} {farm_rate:8,.0f} builds/s")
     print(f"{'plain Celery, same builder':<34} {celery_rate:8,.0f} builds/s")
     print(f"{'ratio (farm / plain Celery)':<34} {farm_rate / celery_rate:8.2f}x")
+    each = ", ".join(f"{f / c:.2f}" for f, c in zip(farm_rates, celery_rates, strict=True))
+    print(f"{'ratio in each round':<34} {each}")
     print(
         f"{'task body, as Celery logs it':<34} {task_ms['farm-worker.log']:8.2f} ms farm, "
         f"{task_ms['celery-worker.log']:.2f} ms plain"

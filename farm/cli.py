@@ -748,7 +748,11 @@ def verify(
 
     with _farm() as farm:
         full = _full_keys(farm.registry, keys) if keys else None
-        unknown = [k for k, r in zip(full or [], farm.status(full or []), strict=True) if not r]
+        unknown = []
+        for i in range(0, len(full or []), _BATCH):
+            chunk = (full or [])[i : i + _BATCH]
+            statuses = farm.registry.statuses(chunk)
+            unknown += [k for k, st in zip(chunk, statuses, strict=True) if st is None]
         total = len(full) if full else None  # all: counted as they stream
         invalid = 0
         with terminal.counter("verifying", total) as update:

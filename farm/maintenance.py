@@ -51,13 +51,20 @@ def verify_record(record: ArtifactRecord) -> ArtifactRecord:
 def verify(registry: Registry, keys: list[str] | None = None) -> Iterator[ArtifactRecord]:
     """Verify recorded artifacts (all terminal ones by default) and store the verdicts, one
     by one as they are checked."""
-    records = registry.get_many(keys) if keys else registry.records()
+    records = _in_batches(registry, keys) if keys else registry.records()
     for record in records:
         if record is None or not record.status.terminal or record.status is Status.FAILED:
             continue
         verdict = verify_record(record)
         registry.put(verdict)
         yield verdict
+
+
+def _in_batches(
+    registry: Registry, keys: list[str], batch: int = 500
+) -> Iterator[ArtifactRecord | None]:
+    for i in range(0, len(keys), batch):
+        yield from registry.get_many(keys[i : i + batch])
 
 
 def find_artifacts(root: Path) -> Iterator[Path]:

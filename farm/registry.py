@@ -67,6 +67,15 @@ def _redis_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+# The hot scripts (a builder's first and last word) name their keys from the prefix and the
+# key (ARGV[1], ARGV[2]) rather than taking a dozen names: a single Redis, not a cluster.
+_LUA_KEY_NAMES = f"""
+local P, KEY = ARGV[1], ARGV[2]
+local REC, LEASE, PROGRESS = P .. 'rec:' .. KEY, P .. 'lease:' .. KEY, P .. 'progress:' .. KEY
+local TAG = P .. 'leasetag:' .. string.sub(KEY, 1, {JOB_TAG_LEN})
+local ATTEMPTS = P .. 'attempts:' .. KEY
+local INFLIGHT, DUE, DONE = P .. 'inflight', P .. 'due', P .. 'done'
+"""
 # Claim a key for building, atomically: only the first submitter of a request enqueues it.
 # A key in flight is followed (the watchdog, not the client, heals a lost message). A valid
 # record is answered as is: whether its artifact vanished is for the client to check after
@@ -109,22 +118,25 @@ return 1
 # another holder has, is answered without a lease.
 _START = (
     LUA_STATUS
+    + _LUA_KEY_NAMES
     + """
-local cur = redis.call('GET', KEYS[1])
+local holder, ttl, deadline, worker, now = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local cur = redis.call('GET', REC)
 if not cur then return {0, false, 0} end
 if not in_flight(cur) then return {0, cur, 0} end
-local h = redis.call('GET', KEYS[2])
-if h and h ~= ARGV[1] then return {0, cur, 0} end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-local n = redis.call('INCR', KEYS[5])
-redis.call('EXPIRE', KEYS[5], 604800)
+local h = redis.call('GET', LEASE)
+if h and h ~= holder then return {0, cur, 0} end
+redis.call('SET', LEASE, holder, 'PX', ttl)
+redis.call('SET', TAG, holder, 'PX', ttl)
+redis.call('ZADD', DUE, deadline, KEY)
+local n = redis.call('INCR', ATTEMPTS)
+redis.call('EXPIRE', ATTEMPTS, 604800)
 if string.sub(cur, 1, 1) ~= '{' then
   cur = 'b' .. string.sub(cur, 2)
-  redis.call('SET', KEYS[1], cur)
+  redis.call('SET', REC, cur)
 end
-redis.call('SET', KEYS[6], ARGV[5], 'PX', ARGV[2])
+redis.call('SET', PROGRESS, '{"worker":' .. cjson.encode(worker) .. ',"started_at":' .. now .. '}',
+           'PX', ttl)
 return {1, cur, n}
 """
 )
@@ -170,28 +182,30 @@ _INDEX = _LUA_INDEX + "return index(KEYS[1], ARGV[1], ARGV[2], ARGV[3] == 'v')"
 _FINISH = (
     LUA_STATUS
     + _LUA_INDEX
+    + _LUA_KEY_NAMES
     + """
-local h = redis.call('GET', KEYS[2])
-local cur = redis.call('GET', KEYS[1])
-if h ~= ARGV[2] then
+local raw, holder, bucket, field, ttl, kept = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local h = redis.call('GET', LEASE)
+local cur = redis.call('GET', REC)
+if h ~= holder then
   if h then return {0, cur, false} end
   if cur and not in_flight(cur) then return {0, cur, false} end
 end
-if tonumber(ARGV[6]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[6])
+if tonumber(ttl) > 0 then
+  redis.call('SET', REC, raw, 'PX', ttl)
 else
-  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', REC, raw)
 end
-redis.call('ZREM', KEYS[3], ARGV[3])
-redis.call('ZREM', KEYS[4], ARGV[3])
-if h == ARGV[2] then redis.call('DEL', KEYS[2]) end
-if redis.call('GET', KEYS[5]) == ARGV[2] then redis.call('DEL', KEYS[5]) end
-redis.call('DEL', KEYS[6])
-local status = status_of(ARGV[1])
+redis.call('ZREM', INFLIGHT, KEY)
+redis.call('ZREM', DUE, KEY)
+if h == holder then redis.call('DEL', LEASE) end
+if redis.call('GET', TAG) == holder then redis.call('DEL', TAG) end
+redis.call('DEL', ATTEMPTS)
+local status = status_of(raw)
 local old = false
-if ARGV[5] ~= '' then old = index(KEYS[7], ARGV[5], ARGV[3], status == 'valid') end
-redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[7], '*', 'k', ARGV[3], 's', status)
-return {1, ARGV[1], old}
+if field ~= '' then old = index(bucket, field, KEY, status == 'valid') end
+redis.call('XADD', DONE, 'MAXLEN', '~', kept, '*', 'k', KEY, 's', status)
+return {1, raw, old}
 """
 )
 # Forget one record and everything kept for its key, and its destination's index entry if it
@@ -548,21 +562,12 @@ class Registry:
         status = str(record.status)
         bucket, field = self._dest_slot(record.dest) if record.dest else ("", "")
         written, raw, old = self._finish(
-            keys=[
-                self._rec(record.key),
-                self._lease(record.key),
-                self._inflight,
-                self._due,
-                self._lease_tag(record.key),
-                self._attempts(record.key),
-                bucket or self._rec(record.key),  # any key: the script does not touch it
-                self._done,
-            ],
             args=[
+                self._p,
+                record.key,
                 _stored(record),
                 holder,
-                record.key,
-                status,
+                bucket,
                 field,
                 self._ttl_ms(status),
                 COMPLETIONS_KEPT,
@@ -749,21 +754,7 @@ class Registry:
         key's progress (what ``farm status`` shows for a building key)."""
         now = time.time()
         leased, raw, attempt = self._start(
-            keys=[
-                self._rec(key),
-                self._lease(key),
-                self._due,
-                self._lease_tag(key),
-                self._attempts(key),
-                self._progress(key),
-            ],
-            args=[
-                holder,
-                int(ttl_s * 1000),
-                now + ttl_s,
-                key,
-                json.dumps({"worker": worker or holder, "started_at": now}),
-            ],
+            args=[self._p, key, holder, int(ttl_s * 1000), now + ttl_s, worker or holder, now]
         )
         return Start(bool(leased), None if raw is None else _record(key, raw), int(attempt))
 

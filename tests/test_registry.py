@@ -317,22 +317,6 @@ def test_a_record_in_the_older_plain_json_form_is_still_read_and_claimed(registr
     assert taken.enqueue and taken.record.rebuild
 
 
-def test_redis_holds_at_most_600_bytes_per_valid_record(registry: Registry):
-    """What a labs-wide registry costs: measured as Redis counts it, index included."""
-    n = 5_000
-    before = int(registry._r.info("memory")["used_memory"])
-    for start in range(0, n, 500):
-        registry.claim_many(
-            [realistic(f"{i:064x}", Status.QUEUED, i) for i in range(start, start + 500)],
-            send_grace_s=60,
-        )
-        for i in range(start, start + 500):
-            registry.finish(realistic(f"{i:064x}", Status.VALID, i), holder="")
-    registry._r.delete("farm:done")  # bounded, whatever the registry's size
-    per_record = (int(registry._r.info("memory")["used_memory"]) - before) / n
-    assert per_record <= 600, f"{per_record:.0f} B per valid record"
-
-
 def test_unusable_records_expire_when_asked_and_the_index_names_only_valid_ones(
     registry: Registry,
 ):
