@@ -748,11 +748,8 @@ def verify(
 
     with _farm() as farm:
         full = _full_keys(farm.registry, keys) if keys else None
-        unknown = []
-        for i in range(0, len(full or []), _BATCH):
-            chunk = (full or [])[i : i + _BATCH]
-            statuses = farm.registry.statuses(chunk)
-            unknown += [k for k, st in zip(chunk, statuses, strict=True) if st is None]
+        statuses = farm.registry.statuses(full or [])
+        unknown = [k for k, st in zip(full or [], statuses, strict=True) if st is None]
         total = len(full) if full else None  # all: counted as they stream
         invalid = 0
         with terminal.counter("verifying", total) as update:

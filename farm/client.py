@@ -33,7 +33,6 @@ NO_WORKER = (
 
 CANCEL_TTL_S = 3600.0  # a cancellation outlives any wait for a builder's next report
 SETTLE_EVERY_S = 10.0  # a waiter re-reads every pending key this often, at the least
-SETTLE_BATCH = 1000
 COMPLETIONS_READ = 5000  # completions a waiter reads at once
 GATHER_ABOVE, GATHER_S = 100, 0.05  # with more keys pending, a waiter reads 20 times a second
 _IN_FLIGHT = ("queued", "building")
@@ -192,7 +191,7 @@ class Farm:
         """
         keys = list(keys)
         self.follow(keys, timeout_s=timeout_s, on_progress=on_progress)
-        return self._records(keys)
+        return self.registry.get_many(keys)
 
     def follow(
         self,
@@ -267,31 +266,19 @@ class Farm:
         submitted whose record is gone (a Redis restart without persistence)."""
         lost = []
         batch = list(pending)
-        for i in range(0, len(batch), SETTLE_BATCH):
-            chunk = batch[i : i + SETTLE_BATCH]
-            for key, status in zip(chunk, self.registry.statuses(chunk), strict=True):
-                if status is None and key in self._submitted:
-                    lost.append(self._submitted[key])
-                elif status not in _IN_FLIGHT:
-                    pending.discard(key)
+        for key, status in zip(batch, self.registry.statuses(batch), strict=True):
+            if status is None and key in self._submitted:
+                lost.append(self._submitted[key])
+            elif status not in _IN_FLIGHT:
+                pending.discard(key)
         if lost:
             self.submit_many(lost)
 
     def _still_in_flight(self, keys: list[str]) -> set[str]:
         """The keys in flight again, read when all seemed done: the wait ends on terminal
         records, even if a key was claimed again after it finished."""
-        in_flight = set()
-        for i in range(0, len(keys), SETTLE_BATCH):
-            chunk = keys[i : i + SETTLE_BATCH]
-            statuses = self.registry.statuses(chunk)
-            in_flight.update(k for k, s in zip(chunk, statuses, strict=True) if s in _IN_FLIGHT)
-        return in_flight
-
-    def _records(self, keys: list[str]) -> list[ArtifactRecord | None]:
-        out: list[ArtifactRecord | None] = []
-        for i in range(0, len(keys), SETTLE_BATCH):
-            out.extend(self.registry.get_many(keys[i : i + SETTLE_BATCH]))
-        return out
+        statuses = self.registry.statuses(keys)
+        return {k for k, s in zip(keys, statuses, strict=True) if s in _IN_FLIGHT}
 
 
 def _published(dest: Path) -> bool:

@@ -109,10 +109,9 @@ class _Renewer:
                 now = time.monotonic()
                 due = [lease for lease in self._leases if lease.renew_at <= now]
                 if not due:
-                    if self._wake_at <= now or not self._leases:
-                        self._wake_at = math.inf
+                    # The next renewal, or none until a lease is added (which then notifies).
                     self._wake_at = min(
-                        (lease.renew_at for lease in self._leases), default=self._wake_at
+                        (lease.renew_at for lease in self._leases), default=math.inf
                     )
                     timeout = None if self._wake_at == math.inf else self._wake_at - now
                     self._changed.wait(timeout)

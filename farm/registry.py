@@ -463,25 +463,21 @@ class Registry:
         return None if raw is None else _record(key, raw)
 
     @_redis_errors
-    def get_raw(self, key: str) -> tuple[ArtifactRecord, bytes] | None:
-        """A record and its stored bytes, for a later :meth:`replace_if_unchanged`."""
-        raw = self._r.get(self._rec(key))
-        return None if raw is None else (_record(key, raw), raw)
-
-    @_redis_errors
     def get_many(self, keys: list[str]) -> list[ArtifactRecord | None]:
-        if not keys:
-            return []
-        raws = self._r.mget([self._rec(k) for k in keys])
-        return [None if raw is None else _record(k, raw) for k, raw in zip(keys, raws, strict=True)]
+        """Records in order, a thousand keys a round trip (no call blocks Redis long)."""
+        return [
+            None if raw is None else _record(key, raw)
+            for key, raw in zip(keys, self._mget_records(keys), strict=True)
+        ]
 
     @_redis_errors
     def statuses(self, keys: list[str]) -> list[str | None]:
         """Each key's status alone (None: unknown), read from the records' headers."""
-        if not keys:
-            return []
-        raws = self._r.mget([self._rec(k) for k in keys])
-        return [None if raw is None else stored.status_of(raw) for raw in raws]
+        return [None if raw is None else stored.status_of(raw) for raw in self._mget_records(keys)]
+
+    def _mget_records(self, keys: list[str], batch: int = 1000) -> Iterator[bytes | None]:
+        for i in range(0, len(keys), batch):
+            yield from self._r.mget([self._rec(k) for k in keys[i : i + batch]])
 
     @_redis_errors
     def get_many_raw(self, keys: list[str]) -> list[tuple[dict | None, dict | None]]:

@@ -67,7 +67,7 @@ def test_a_wait_sees_keys_finished_before_it_started_and_ends_on_its_timeout(
     registry.finish(record(done, Status.FAILED, dest=f"/d/{done}"), holder="")
     started = time.monotonic()
     first, second = farm.wait([done, pending], timeout_s=0.5)
-    assert 0.5 <= time.monotonic() - started < 5
+    assert time.monotonic() - started >= 0.5, "it returned before its timeout"
     assert first.status is Status.FAILED and second.status is Status.QUEUED
     assert farm.wait(["f" * 64], timeout_s=5) == [None], "an unknown key is not waited for"
 

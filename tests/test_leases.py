@@ -14,16 +14,16 @@ def test_leases_live_while_their_holders_build_and_go_when_they_stop(registry: R
     keys = [f"k{i}" for i in range(3)]
     for key in keys:
         claim(registry, record(key))
-        assert registry.start(key, f"holder-{key}", 0.3).leased
+        assert registry.start(key, f"holder-{key}", 0.6).leased
     threads_before = threading.active_count()
-    leases = [Lease(registry, key, f"holder-{key}", 0.3) for key in keys]
+    leases = [Lease(registry, key, f"holder-{key}", 0.6) for key in keys]
     with leases[0].heartbeat(), leases[1].heartbeat():
-        time.sleep(0.2)
+        time.sleep(0.3)
         with leases[2].heartbeat():
-            time.sleep(0.7)  # more than twice the TTL: only renewals keep them
+            time.sleep(1.5)  # more than twice the TTL: only renewals keep them
             assert [registry.lease_holder(k) for k in keys] == [f"holder-{k}" for k in keys]
         assert registry.lease_holder(keys[2]) is None, "released when its block ended"
-        time.sleep(0.4)
+        time.sleep(0.8)
         assert registry.lease_holder(keys[0]) == "holder-k0"
     assert [registry.lease_holder(k) for k in keys] == [None] * 3
     assert threading.active_count() <= threads_before + 1, "one renewer, not one per lease"
