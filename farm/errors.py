@@ -41,3 +41,16 @@ class StopRequested(BaseException):
 
 class BuildCancelled(FarmError):
     """Somebody cancelled the build (``farm cancel``); it stops at its next progress report."""
+
+
+class FencedOut(BaseException):
+    """This builder's grant is no longer the newest: another builder took its key over, or
+    a newer request took its destination. Whatever it built is discarded unpublished.
+
+    A BaseException, like :class:`StopRequested`, so no ``except Exception`` in a builder
+    swallows it; the staging directory is still removed on the way out.
+    """
+
+    def __init__(self, message: str, newer_key: str | None = None) -> None:
+        super().__init__(message)
+        self.newer_key = newer_key  # a newer request for the same destination, if that is why

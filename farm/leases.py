@@ -1,10 +1,11 @@
 """Leases on keys, renewed by one thread per process while their holders build.
 
-The lease only saves work: it stops a duplicate message, a second submission or a second
-machine from building what is already being built. Correctness never depends on it (the
-atomic rename does), so a lease that is lost mid-build is logged, not fatal. Its expiry is
-also how the farm learns that a builder died: the watchdog requeues a key in flight whose
-lease ran out.
+The lease saves work: it stops a duplicate message, a second submission or a second machine
+from building what is already being built, and its expiry is how the farm learns that a
+builder died (the watchdog requeues a key in flight whose lease ran out). Correctness rests
+on the grant's generation instead (fencing, see :mod:`farm.registry`): a builder whose
+renewal is refused was replaced, so it stops at its next progress report or publish, and
+whatever it sends later is refused.
 
 A lease is taken by :meth:`Registry.start`, with the builder's first read; this module only
 keeps it alive. One renewer thread serves every lease of its process, so a build that takes
@@ -28,10 +29,13 @@ log = logging.getLogger(__name__)
 
 
 class Lease:
-    def __init__(self, registry: Registry, key: str, holder: str, ttl_s: float) -> None:
+    def __init__(
+        self, registry: Registry, key: str, holder: str, generation: int, ttl_s: float
+    ) -> None:
         self.registry = registry
         self.key = key
         self.holder = holder
+        self.generation = generation
         self.ttl_s = ttl_s
         self.lost = False
         self.ended = False  # the holder's last word (finish, hand back) released it
@@ -68,9 +72,13 @@ class Lease:
 
     def renew(self) -> None:
         try:
-            if not self.registry.renew_lease(self.key, self.holder, self.ttl_s):
+            if not self.registry.renew_lease(self.key, self.holder, self.generation, self.ttl_s):
                 self.lost = True
-                log.warning("lease on %s was lost; building on regardless", self.key)
+                log.warning(
+                    "lease on %s was lost (generation %d is no longer the newest); stopping",
+                    self.key,
+                    self.generation,
+                )
         except BrokerError as e:
             log.warning("cannot renew lease on %s: %s", self.key, e)
         except Exception:

@@ -3,17 +3,19 @@
 Builders take a :class:`Progress` and call :meth:`~Progress.start` once and
 :meth:`~Progress.advance` as work gets done (from any thread); the default reports nowhere, so
 they stay plain functions. A worker passes a :class:`RegistryProgress`, which stores the figures
-for ``farm status`` and ``farm wait`` and is also how a build learns that it was cancelled:
-the cancellation is raised in the builder, at its next report.
+for ``farm status`` and ``farm wait`` and is also how a build learns that it was cancelled,
+or that its grant was lost to another builder: either is raised in the builder, at its next
+report, so a builder that lost its key stops within a second and removes its staging.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from farm.errors import BrokerError, BuildCancelled
+from farm.errors import BrokerError, BuildCancelled, FencedOut
 
 if TYPE_CHECKING:
     from farm.registry import Registry
@@ -33,14 +35,19 @@ NO_PROGRESS = Progress()
 
 
 class RegistryProgress(Progress):
-    """Stores progress in the registry at most every ``every_s``; raises
-    :class:`BuildCancelled` at a report once the key's current claim was cancelled."""
+    """Stores progress in the registry at most every ``every_s``, under the builder's grant
+    (``holder``, ``generation``); raises :class:`BuildCancelled` at a report once the key's
+    current claim was cancelled, and :class:`FencedOut` once the grant is lost (``lost``: the
+    lease renewer found it so)."""
 
     def __init__(
         self,
         registry: Registry,
         key: str,
         *,
+        holder: str,
+        generation: int,
+        lost: Callable[[], bool] = lambda: False,
         claim: str,
         what: str,
         ttl_s: float,
@@ -49,6 +56,9 @@ class RegistryProgress(Progress):
     ) -> None:
         self._registry = registry
         self._key = key
+        self._holder = holder
+        self._generation = generation
+        self._lost = lost
         self._claim = claim  # which claim of the key this build serves
         self._what = what  # the destination, for the sentence
         self._ttl_s = ttl_s
@@ -73,8 +83,16 @@ class RegistryProgress(Progress):
         with self._lock:
             self._done += n
             due = time.monotonic() - self._reported >= self._every_s
+        if self._lost():
+            self._fenced()
         if due:
             self._report()
+
+    def _fenced(self) -> None:
+        raise FencedOut(
+            f"The build of {self._what} lost its grant (generation {self._generation}): "
+            "another builder took it over; this one stopped."
+        )
 
     def _report(self) -> None:
         with self._lock:
@@ -88,9 +106,13 @@ class RegistryProgress(Progress):
                 "worker": self._worker,
             }
         try:
-            cancelled = self._registry.report_progress(self._key, figures, self._ttl_s)
+            granted, cancelled = self._registry.report_progress(
+                self._key, self._holder, self._generation, figures, self._ttl_s
+            )
         except BrokerError:
             return  # progress is for people; the build goes on without Redis
+        if not granted:
+            self._fenced()
         if cancelled == self._claim:
             raise BuildCancelled(
                 f"The build of {self._what} was cancelled (`farm cancel`, or Ctrl-C on the "

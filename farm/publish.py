@@ -7,7 +7,12 @@ Improves on GenVarLoader's ``atomic_dir`` where it has gaps:
   :func:`find_orphans` can remove those of dead builders and never a live one's;
 - replacing uses ``renameat2(RENAME_EXCHANGE)`` where the kernel has it: the destination is
   never missing, not even between two renames;
-- the loser of a first-writer-wins race is told it lost (:attr:`Outcome.LOST`).
+- the loser of a first-writer-wins race is told it lost (:attr:`Outcome.LOST`);
+- a build that runs under a grant (:class:`Fence`) publishes only while its grant is the
+  newest, and replaces by compare-and-swap: it swaps out only the artifact it saw when it
+  checked its grant, else it swaps back and looks again. A grant found gone just after the
+  rename (the one gap no filesystem can fence) undoes the publish at once; if the builder
+  freezes inside that gap, the watchdog finds and repairs what it left.
 """
 
 from __future__ import annotations
@@ -22,15 +27,15 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psutil
 
 from farm.confine import ConfinedParent, fd_path, resolve_root
-from farm.errors import DestinationError
+from farm.errors import DestinationError, FencedOut
 from farm.limits import JOB_TAG_LEN
 
 STAGING_MARK = ".farmtmp."
@@ -51,17 +56,34 @@ class SkipPublish(Exception):  # control flow, not an error
 
 
 @dataclass(frozen=True)
+class Fence:
+    """The grant a build runs under: checked by the registry just before and just after the
+    rename that publishes, and recorded in the artifact (:meth:`token`)."""
+
+    key: str
+    generation: int
+    may_publish: Callable[[], None]  # raises FencedOut unless the grant may publish now
+    still_granted: Callable[[], bool]  # asked just after the rename
+    lock_wait_s: float = 600.0  # a lock held by a frozen peer must not outlast the lease
+
+    def token(self) -> dict[str, Any]:
+        """What the artifact records of the grant that built it."""
+        return {"key": self.key, "generation": self.generation}
+
+
+@dataclass(frozen=True)
 class Owner:
     """Who is building: enough to tell, later, whether that builder is still alive."""
 
     job: str
     pid: int
     host: str
+    fence: Fence | None = field(default=None, compare=False)
 
     @classmethod
-    def current(cls, job: str = "local") -> Owner:
+    def current(cls, job: str = "local", fence: Fence | None = None) -> Owner:
         job = _TAG_UNSAFE.sub("_", job)[:JOB_TAG_LEN] or "local"
-        return cls(job=job, pid=os.getpid(), host=_host())
+        return cls(job=job, pid=os.getpid(), host=_host(), fence=fence)
 
     def tag(self) -> str:
         return f"{self.job}.{self.pid}.{secrets.token_hex(4)}.{self.host}"
@@ -127,48 +149,129 @@ def _exchange(parent: ConfinedParent, a: str, b: str) -> bool:
     raise OSError(err, os.strerror(err), str(parent.dest))
 
 
+# How often a publish looks again when the destination changed between its look and its swap.
+_CAS_ROUNDS = 8
+Identity = tuple[int, int]  # (st_dev, st_ino) of what stands at a name
+
+
 def publish(
     parent: ConfinedParent, staged: str, staged_fd: int, *, replace: bool, owner: Owner
 ) -> Outcome:
     """Move the fully built directory ``staged`` (open as ``staged_fd``) to the destination.
 
     With ``replace=False`` the first writer wins and a later one gets :attr:`Outcome.LOST`;
-    with ``replace=True`` an existing destination is swapped out and removed.
+    with ``replace=True`` an existing destination is swapped out and removed. A fenced build
+    (``owner.fence``) always replaces: holding the newest grant, whatever stands there is
+    older than what it built. It checks its grant just before each swap and swaps out only
+    what it saw then (compare-and-swap); see the module's docstring.
     """
     fsync_tree(fd_path(staged_fd))
     dest = parent.name
-    if replace and parent.exists(dest):
-        if _exchange(parent, staged, dest):
-            _check_published(parent, staged_fd)
-            parent.fsync()
-            parent.remove(staged)  # now holds the old artifact
-            return Outcome.REPLACED
-        aside = aside_path(parent.dest, owner).name
-        try:
-            parent.rename(dest, aside)
-        except FileNotFoundError:
-            pass  # someone else moved it meanwhile: fall through to a plain rename
-        else:
+    fence = owner.fence
+    replace = replace or fence is not None
+    ours = _fd_identity(staged_fd)
+    for _ in range(_CAS_ROUNDS):
+        seen = _identity(parent, dest)
+        if fence is not None:
+            fence.may_publish()
+        if seen is None:
             try:
                 parent.rename(staged, dest)
-            except OSError:
-                # Put the old artifact back rather than leave the destination empty.
-                with contextlib.suppress(OSError):
-                    parent.rename(aside, dest)
-                raise
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise
+                if not replace:
+                    return Outcome.LOST
+                continue  # something was published since we looked: look again
             _check_published(parent, staged_fd)
             parent.fsync()
-            parent.remove(aside)
-            return Outcome.REPLACED
+            _confirm_or_undo(parent, staged, None, ours, fence)
+            return Outcome.PUBLISHED
+        if not replace:
+            return Outcome.LOST
+        swapped = _swap(parent, staged, dest, seen, ours, owner)
+        if swapped is None:
+            continue
+        _check_published(parent, staged_fd)
+        parent.fsync()
+        _confirm_or_undo(parent, staged, swapped, ours, fence)
+        parent.remove(swapped)  # now holds the old artifact
+        return Outcome.REPLACED
+    raise DestinationError(
+        f"Cannot publish {parent.dest}: other builders kept replacing it while this one tried "
+        f"{_CAS_ROUNDS} times; build it again."
+    )
+
+
+def _swap(
+    parent: ConfinedParent, staged: str, dest: str, seen: Identity, ours: Identity, owner: Owner
+) -> str | None:
+    """Put ``staged`` at ``dest`` if ``dest`` still holds ``seen``; return the name that now
+    holds what was swapped out, or None (nothing changed) when ``dest`` held something else.
+
+    ``renameat2(RENAME_EXCHANGE)`` where the filesystem has it: ``dest`` is never missing.
+    Elsewhere (NFS, Lustre, CephFS refuse the flag) the old artifact is renamed aside first.
+    """
+    if _exchange(parent, staged, dest):
+        if _identity(parent, staged) == seen:
+            return staged
+        # Not what we meant to replace (someone published in between): swap it back.
+        if _identity(parent, dest) == ours:
+            _exchange(parent, staged, dest)
+        return None
+    aside = aside_path(parent.dest, owner).name
+    try:
+        parent.rename(dest, aside)
+    except FileNotFoundError:
+        return None  # someone else moved it meanwhile: look again
+    if _identity(parent, aside) != seen:
+        with contextlib.suppress(OSError):
+            parent.rename(aside, dest)
+        return None
     try:
         parent.rename(staged, dest)
-    except OSError as e:
-        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-            return Outcome.LOST
+    except OSError:
+        # Put the old artifact back rather than leave the destination empty.
+        with contextlib.suppress(OSError):
+            parent.rename(aside, dest)
         raise
-    _check_published(parent, staged_fd)
-    parent.fsync()
-    return Outcome.PUBLISHED
+    return aside
+
+
+def _confirm_or_undo(
+    parent: ConfinedParent, staged: str, old: str | None, ours: Identity, fence: Fence | None
+) -> None:
+    """After the rename: if the grant was lost while it ran, put back what stood before (the
+    artifact held under ``old``, or nothing), our artifact back under ``staged``, and raise
+    :class:`FencedOut`. If ours was already replaced, there is nothing to undo."""
+    if fence is None or fence.still_granted():
+        return
+    dest = parent.name
+    if _identity(parent, dest) == ours:
+        if old == staged:
+            _exchange(parent, staged, dest)
+        else:
+            parent.rename(dest, staged)
+            if old is not None:
+                parent.rename(old, dest)
+        parent.fsync()
+    raise FencedOut(
+        f"The build of {parent.dest} lost its grant while publishing (another builder took "
+        "it over); its artifact was taken back out."
+    )
+
+
+def _identity(parent: ConfinedParent, name: str) -> Identity | None:
+    try:
+        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _fd_identity(fd: int) -> Identity:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 def _check_published(parent: ConfinedParent, staged_fd: int) -> None:

@@ -54,6 +54,9 @@ class ArtifactRecord(BaseModel):
     checksum: str | None = None
     worker: str | None = None
     action: str | None = None  # built, rebuilt, reused, migrated, reindexed, requeued...
+    # The grant that published the artifact now at ``dest``, as the artifact records it: the
+    # watchdog and ``farm verify`` compare the two to find a late builder's publish.
+    generation: int | None = None
 
     def evolve(self, **changes: Any) -> ArtifactRecord:
         changes.setdefault("updated_at", time.time())

@@ -75,8 +75,36 @@ local REC, LEASE, PROGRESS = P .. 'rec:' .. KEY, P .. 'lease:' .. KEY, P .. 'pro
 local TAG = P .. 'leasetag:' .. string.sub(KEY, 1, {JOB_TAG_LEN})
 local ATTEMPTS = P .. 'attempts:' .. KEY
 local INFLIGHT, DUE, DONE = P .. 'inflight', P .. 'due', P .. 'done'
+local GENS, GF = P .. 'gens:' .. string.sub(KEY, 1, 4), string.sub(KEY, 5, 20)
+local PUBWATCH = P .. 'pubwatch'
+"""
+# Fencing. Every grant of a key's lease gets the next generation of the key, kept in a small
+# hash entry that never expires (``gens:<4 hex>``, field: the next 16 hex of the key), with
+# its holder while the grant lasts: "<generation> <holder>". Whatever a builder sends after
+# it was granted (renew, progress, publish, finish, hand back) is taken only while that entry
+# still names its generation and holder, so a builder that was frozen or cut off past its
+# lease, and any command of its delivered late, changes nothing once another took over or
+# the key was finished. The lease key itself only says whether the holder is alive.
+_LUA_GRANT = """
+local function grant()
+  local v = redis.call('HGET', GENS, GF)
+  if not v then return 0, '' end
+  local sp = string.find(v, ' ', 1, true)
+  if not sp then return tonumber(v), '' end
+  return tonumber(string.sub(v, 1, sp - 1)), string.sub(v, sp + 1)
+end
+local function holds(gen, holder)
+  local g, h = grant()
+  return holder ~= '' and g == tonumber(gen) and h == holder
+end
+local function spend()
+  local g = grant()
+  if g > 0 then redis.call('HSET', GENS, GF, g) end
+end
 """
 # Claim a key for building, atomically: only the first submitter of a request enqueues it.
+# A taken claim is its destination's newest request (``<dest field>+`` in the destination's
+# index bucket): an older request still building for that destination may no longer publish.
 # A key in flight is followed (the watchdog, not the client, heals a lost message). A valid
 # record is answered as is: whether its artifact vanished is for the client to check after
 # reading it (see reclaim_vanished), never before, or a publish in between would be undone.
@@ -89,6 +117,7 @@ local function take(v)
   redis.call('SET', KEYS[1], v)
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[2])
+  if ARGV[5] ~= '' then redis.call('HSET', KEYS[5], ARGV[5] .. '+', ARGV[2]) end
   return {1, v}
 end
 if not cur then return take(ARGV[1]) end
@@ -99,12 +128,14 @@ return take(ARGV[1])
 """
 )
 # Replace a record only if it is still exactly what the caller read, and no lease is held.
+# A new claim (not a requeue) also becomes its destination's newest request (ARGV[6]).
 _TAKE_IF_UNCHANGED = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[5], ARGV[6] .. '+', ARGV[3]) end
 return 1
 """
 # A message is out: stop watching the claim, unless a builder already set its own deadline.
@@ -113,19 +144,25 @@ if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) 
 return 1
 """
 # A builder's first word: the record, and whether it may build it. A key in flight is leased
-# to the caller (idempotent for its holder), marked building (its header only: who builds and
-# since when go to its progress) and its attempt counted; a terminal or unknown key, or one
-# another holder has, is answered without a lease.
+# to the caller under a new generation (idempotent for its holder), marked building (its
+# header only: who builds and since when go to its progress) and its attempt counted; a
+# terminal or unknown key, or one another live holder has, is answered without a lease.
 _START = (
     LUA_STATUS
     + _LUA_KEY_NAMES
+    + _LUA_GRANT
     + """
 local holder, ttl, deadline, worker, now = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local cur = redis.call('GET', REC)
-if not cur then return {0, false, 0} end
-if not in_flight(cur) then return {0, cur, 0} end
+if not cur then return {0, false, 0, 0} end
+if not in_flight(cur) then return {0, cur, 0, 0} end
 local h = redis.call('GET', LEASE)
-if h and h ~= holder then return {0, cur, 0} end
+if h and h ~= holder then return {0, cur, 0, 0} end
+local g, gh = grant()
+if gh ~= holder then
+  g = g + 1
+  redis.call('HSET', GENS, GF, g .. ' ' .. holder)
+end
 redis.call('SET', LEASE, holder, 'PX', ttl)
 redis.call('SET', TAG, holder, 'PX', ttl)
 redis.call('ZADD', DUE, deadline, KEY)
@@ -137,20 +174,98 @@ if string.sub(cur, 1, 1) ~= '{' then
 end
 redis.call('SET', PROGRESS, '{"worker":' .. cjson.encode(worker) .. ',"started_at":' .. now .. '}',
            'PX', ttl)
-return {1, cur, n}
+return {1, cur, n, g}
 """
 )
-# Renew, or take back a lease that ran out while nobody else took it (a broker restart
-# longer than the TTL), so a healthy build is not duplicated.
-_RENEW = """
-local h = redis.call('GET', KEYS[1])
-if h == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2])
-elseif not h then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-else return 0 end
-redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+# Renew, or take back a lease that ran out while nobody else was granted the key (a broker
+# restart longer than the TTL), so a healthy build is not duplicated. Only for the newest
+# grant of a key still in flight: a late renewal never recreates a lease.
+_RENEW = (
+    LUA_STATUS
+    + _LUA_KEY_NAMES
+    + _LUA_GRANT
+    + """
+local holder, gen, ttl, deadline = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if not holds(gen, holder) then return 0 end
+local cur = redis.call('GET', REC)
+if not cur or not in_flight(cur) then return 0 end
+redis.call('SET', LEASE, holder, 'PX', ttl)
+redis.call('SET', TAG, holder, 'PX', ttl)
+redis.call('ZADD', DUE, deadline, KEY)
 return 1
 """
+)
+# A build's progress, stored only for the newest grant; returns the cancel request, if any.
+_PROGRESS = (
+    _LUA_KEY_NAMES
+    + _LUA_GRANT
+    + """
+if not holds(ARGV[4], ARGV[3]) then return {0, false} end
+redis.call('SET', PROGRESS, ARGV[5], 'PX', ARGV[6])
+return {1, redis.call('GET', P .. 'cancel:' .. KEY)}
+"""
+)
+# Just before a rename: may this grant publish at its destination? Only the newest grant of a
+# key in flight, and only for the destination's newest request: the newest claim, or, once
+# that finished valid (its entry is then dropped), the key the index names. A grant that may
+# publish is watched (``pubwatch``) until it finishes: if it dies or freezes between here and
+# its record, the watchdog checks that the destination holds what the registry says.
+_MAY_PUBLISH = (
+    LUA_STATUS
+    + _LUA_KEY_NAMES
+    + _LUA_GRANT
+    + """
+local holder, gen, bucket, field, watch_at = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+if not holds(gen, holder) then return {0, ''} end
+local cur = redis.call('GET', REC)
+if not cur or not in_flight(cur) then return {0, ''} end
+if field ~= '' then
+  local newest = redis.call('HGET', bucket, field .. '+')
+  if not newest then newest = redis.call('HGET', bucket, field) end
+  if newest and newest ~= KEY then return {2, newest} end
+end
+redis.call('ZADD', PUBWATCH, watch_at, KEY .. ' ' .. gen)
+return {1, ''}
+"""
+)
+# Just after a rename: was the grant still the newest when it landed? If not, the builder
+# swaps its artifact back out (see :mod:`farm.publish`).
+_STILL_GRANTED = (
+    LUA_STATUS
+    + _LUA_KEY_NAMES
+    + _LUA_GRANT
+    + """
+if not holds(ARGV[4], ARGV[3]) then return 0 end
+local cur = redis.call('GET', REC)
+if not cur or not in_flight(cur) then return 0 end
+return 1
+"""
+)
+# Seed a grant's generation above what its artifact on disk records (a Redis that lost its
+# counters: restarted without its append-only file, or with its last second lost).
+_SEED = (
+    _LUA_KEY_NAMES
+    + _LUA_GRANT
+    + """
+local holder, gen, floor = ARGV[3], ARGV[4], tonumber(ARGV[5])
+if not holds(gen, holder) then return 0 end
+if floor < tonumber(gen) then return tonumber(gen) end
+redis.call('HSET', GENS, GF, (floor + 1) .. ' ' .. holder)
+return floor + 1
+"""
+)
+# Raise a key's generation to at least what an artifact on disk records (reindex), unless a
+# grant is live (its holder would be fenced out by a number it never saw).
+_RAISE = (
+    _LUA_KEY_NAMES
+    + _LUA_GRANT
+    + """
+local g, h = grant()
+if h ~= '' or g >= tonumber(ARGV[3]) then return g end
+redis.call('HSET', GENS, GF, ARGV[3])
+return tonumber(ARGV[3])
+"""
+)
 # A lease and its tag go together; the tag only if still this holder's (keys sharing a tag).
 _RELEASE_LEASE = """
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
@@ -176,21 +291,28 @@ local function index(bucket, field, key, valid)
 end
 """
 _INDEX = _LUA_INDEX + "return index(KEYS[1], ARGV[1], ARGV[2], ARGV[3] == 'v')"
-# A builder's last word. Written when it holds the lease, or when nobody does and the key is
-# still in flight; a builder that lost its lease never overwrites another's verdict. It also
-# ends the key's lease, attempts and watch, indexes its destination and announces it.
+# A key's last word. A builder's is written only under the newest grant of a key in flight: a
+# builder that lost its grant never overwrites another's verdict. Any other verdict (holder
+# '': a cancellation, maintenance) only when no live builder holds the key and it is not
+# terminal. It spends the grant and ends the key's lease, attempts and watches, indexes its
+# destination and announces it.
 _FINISH = (
     LUA_STATUS
     + _LUA_INDEX
     + _LUA_KEY_NAMES
+    + _LUA_GRANT
     + """
-local raw, holder, bucket, field, ttl, kept = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local raw, holder, gen, bucket, field = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local ttl, kept = ARGV[8], ARGV[9]
 local h = redis.call('GET', LEASE)
 local cur = redis.call('GET', REC)
-if h ~= holder then
+if holder == '' then
   if h then return {0, cur, false} end
   if cur and not in_flight(cur) then return {0, cur, false} end
+elseif not (holds(gen, holder) and cur and in_flight(cur)) then
+  return {0, cur, false}
 end
+spend()
 if tonumber(ttl) > 0 then
   redis.call('SET', REC, raw, 'PX', ttl)
 else
@@ -198,12 +320,19 @@ else
 end
 redis.call('ZREM', INFLIGHT, KEY)
 redis.call('ZREM', DUE, KEY)
-if h == holder then redis.call('DEL', LEASE) end
-if redis.call('GET', TAG) == holder then redis.call('DEL', TAG) end
+if h then redis.call('DEL', LEASE) end
+if holder ~= '' and redis.call('GET', TAG) == holder then redis.call('DEL', TAG) end
 redis.call('DEL', ATTEMPTS)
+redis.call('ZREM', PUBWATCH, KEY .. ' ' .. gen)
 local status = status_of(raw)
 local old = false
-if field ~= '' then old = index(bucket, field, KEY, status == 'valid') end
+if field ~= '' then
+  old = index(bucket, field, KEY, status == 'valid')
+  -- The newest request, now valid, is what the index names: its entry has done its work.
+  if status == 'valid' and redis.call('HGET', bucket, field .. '+') == KEY then
+    redis.call('HDEL', bucket, field .. '+')
+  end
+end
 redis.call('XADD', DONE, 'MAXLEN', '~', kept, '*', 'k', KEY, 's', status)
 return {1, raw, old}
 """
@@ -220,6 +349,9 @@ end
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[8], ARGV[2]) == ARGV[1] then
   redis.call('HDEL', KEYS[8], ARGV[2])
 end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[8], ARGV[2] .. '+') == ARGV[1] then
+  redis.call('HDEL', KEYS[8], ARGV[2] .. '+')
+end
 redis.call('DEL', KEYS[1], KEYS[4], KEYS[5], KEYS[6])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
@@ -229,16 +361,25 @@ return 0
 )
 # A stopping worker gives the key back: queued again, due at once, lease released, and the
 # interrupted attempt not counted against the key.
-_HAND_BACK = """
-if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2])
-if redis.call('GET', KEYS[5]) == ARGV[2] then redis.call('DEL', KEYS[5]) end
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
-local n = tonumber(redis.call('GET', KEYS[4]) or '0')
-if n > 0 then redis.call('DECR', KEYS[4]) end
+_HAND_BACK = (
+    LUA_STATUS
+    + _LUA_KEY_NAMES
+    + _LUA_GRANT
+    + """
+local raw, holder, gen, now = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if not holds(gen, holder) then return 0 end
+local cur = redis.call('GET', REC)
+if not cur or not in_flight(cur) then return 0 end
+spend()
+redis.call('SET', REC, raw)
+redis.call('DEL', LEASE)
+if redis.call('GET', TAG) == holder then redis.call('DEL', TAG) end
+redis.call('ZADD', DUE, now, KEY)
+local n = tonumber(redis.call('GET', ATTEMPTS) or '0')
+if n > 0 then redis.call('DECR', ATTEMPTS) end
 return 1
 """
+)
 
 
 @dataclass(frozen=True)
@@ -255,6 +396,15 @@ class Start:
     leased: bool  # the caller holds the lease and must finish or hand back the key
     record: ArtifactRecord | None  # None: the key is not (or no longer) recorded
     attempt: int  # the caller's attempt at the key, counting those killed mid-way
+    generation: int = 0  # the grant's fencing number (0: no grant)
+
+
+@dataclass(frozen=True)
+class PublishVerdict:
+    """Whether a grant may publish (see ``_MAY_PUBLISH``)."""
+
+    allowed: bool
+    newer_key: str | None = None  # set when a newer request holds the destination
 
 
 def _record(key: str, raw: bytes) -> ArtifactRecord:
@@ -322,6 +472,11 @@ class Registry:
         self._hand_back = client.register_script(_HAND_BACK)
         self._forget = client.register_script(_FORGET)
         self._release_lease = client.register_script(_RELEASE_LEASE)
+        self._report = client.register_script(_PROGRESS)
+        self._may_publish = client.register_script(_MAY_PUBLISH)
+        self._still_granted = client.register_script(_STILL_GRANTED)
+        self._seed = client.register_script(_SEED)
+        self._raise = client.register_script(_RAISE)
 
     @classmethod
     def from_url(
@@ -399,6 +554,10 @@ class Registry:
     def _workers(self) -> str:
         return f"{self._p}workers"
 
+    @property
+    def _pubwatch(self) -> str:
+        return f"{self._p}pubwatch"
+
     def _ttl_ms(self, status: str) -> int:
         return self._expire_ms if _is_unusable(status) else 0
 
@@ -422,9 +581,16 @@ class Registry:
         now = time.time()
         pipe = self._r.pipeline(transaction=False)
         for record in records:
+            bucket, field = self._dest_slot(record.dest) if record.dest else ("", "")
             self._claim(
-                keys=[self._rec(record.key), self._lease(record.key), self._inflight, self._due],
-                args=[_stored(record), record.key, now, now + send_grace_s],
+                keys=[
+                    self._rec(record.key),
+                    self._lease(record.key),
+                    self._inflight,
+                    self._due,
+                    bucket or self._inflight,
+                ],
+                args=[_stored(record), record.key, now, now + send_grace_s, field],
                 client=pipe,
             )
         return [
@@ -434,18 +600,31 @@ class Registry:
 
     @_redis_errors
     def replace_if_unchanged(
-        self, changes: list[tuple[bytes, ArtifactRecord]], *, send_grace_s: float
+        self,
+        changes: list[tuple[bytes, ArtifactRecord]],
+        *,
+        send_grace_s: float,
+        new_claim: bool = False,
     ) -> list[bool]:
         """Put each new record in flight, due after ``send_grace_s``, only if the stored one
         is still byte for byte what the caller read and nobody holds its lease: a valid
         record whose artifact vanished, or a key whose builder died or whose message was lost.
+        ``new_claim``: a submission (not a requeue), which makes each its destination's
+        newest request.
         """
         now = time.time()
         pipe = self._r.pipeline(transaction=False)
         for seen_raw, new in changes:
+            bucket, field = self._dest_slot(new.dest) if new_claim and new.dest else ("", "")
             self._take_if_unchanged(
-                keys=[self._rec(new.key), self._lease(new.key), self._inflight, self._due],
-                args=[seen_raw, _stored(new), new.key, now, now + send_grace_s],
+                keys=[
+                    self._rec(new.key),
+                    self._lease(new.key),
+                    self._inflight,
+                    self._due,
+                    bucket or self._inflight,
+                ],
+                args=[seen_raw, _stored(new), new.key, now, now + send_grace_s, field],
                 client=pipe,
             )
         return [bool(flag) for flag in pipe.execute()]
@@ -511,14 +690,16 @@ class Registry:
         ]
 
     @_redis_errors
-    def report_progress(self, key: str, progress: dict, ttl_s: float) -> str | None:
-        """Store a build's progress; return the cancel request on its key, if any (one round
-        trip: a builder learns of a cancellation when it reports)."""
-        pipe = self._r.pipeline(transaction=False)
-        pipe.set(self._progress(key), json.dumps(progress), px=int(ttl_s * 1000))
-        pipe.get(self._cancel(key))
-        _, cancel = pipe.execute()
-        return None if cancel is None else cancel.decode()
+    def report_progress(
+        self, key: str, holder: str, generation: int, progress: dict, ttl_s: float
+    ) -> tuple[bool, str | None]:
+        """Store a build's progress under its grant; return whether the grant is still the
+        newest, and the cancel request on its key, if any (one round trip: a builder learns
+        that it was cancelled or fenced out when it reports)."""
+        ok, cancel = self._report(
+            args=[self._p, key, holder, generation, json.dumps(progress), int(ttl_s * 1000)]
+        )
+        return bool(ok), None if cancel is None else _text(cancel)
 
     @_redis_errors
     def request_cancel(self, key: str, claim: str, ttl_s: float) -> None:
@@ -552,9 +733,12 @@ class Registry:
         pipe.xadd(self._done, {"k": key, "s": status}, maxlen=COMPLETIONS_KEPT, approximate=True)
 
     @_redis_errors
-    def finish(self, record: ArtifactRecord, holder: str) -> ArtifactRecord:
-        """A builder's terminal record, written only if it still has the right to (see
-        ``_FINISH``); returns the record that stands."""
+    def finish(
+        self, record: ArtifactRecord, holder: str, generation: int = 0
+    ) -> ArtifactRecord | None:
+        """A terminal record, written only if the caller still has the right to (see
+        ``_FINISH``: a builder under its grant's ``generation``; ``holder`` '' for anyone
+        else); returns the record that stands (None: it was forgotten meanwhile)."""
         status = str(record.status)
         bucket, field = self._dest_slot(record.dest) if record.dest else ("", "")
         written, raw, old = self._finish(
@@ -563,6 +747,7 @@ class Registry:
                 record.key,
                 _stored(record),
                 holder,
+                generation,
                 bucket,
                 field,
                 self._ttl_ms(status),
@@ -570,7 +755,7 @@ class Registry:
             ],
         )
         if not written:
-            return _record(record.key, raw)
+            return None if raw is None else _record(record.key, raw)
         self._supersede(old, record)
         return record
 
@@ -592,20 +777,13 @@ class Registry:
             )
 
     @_redis_errors
-    def hand_back(self, record: ArtifactRecord, holder: str) -> bool:
-        """Give an interrupted build's key back (see ``_HAND_BACK``); False when the lease
+    def hand_back(self, record: ArtifactRecord, holder: str, generation: int) -> bool:
+        """Give an interrupted build's key back (see ``_HAND_BACK``); False when the grant
         was no longer ours (then the key is someone else's to finish)."""
         queued = record.evolve(status=_status("queued"), worker=None, action="handed back")
         return bool(
             self._hand_back(
-                keys=[
-                    self._rec(record.key),
-                    self._lease(record.key),
-                    self._due,
-                    self._attempts(record.key),
-                    self._lease_tag(record.key),
-                ],
-                args=[_stored(queued), holder, record.key, time.time()],
+                args=[self._p, record.key, _stored(queued), holder, generation, time.time()]
             )
         )
 
@@ -749,19 +927,77 @@ class Registry:
         run out. The record itself is not rewritten: ``worker`` and the start time are in the
         key's progress (what ``farm status`` shows for a building key)."""
         now = time.time()
-        leased, raw, attempt = self._start(
+        leased, raw, attempt, generation = self._start(
             args=[self._p, key, holder, int(ttl_s * 1000), now + ttl_s, worker or holder, now]
         )
-        return Start(bool(leased), None if raw is None else _record(key, raw), int(attempt))
+        record = None if raw is None else _record(key, raw)
+        return Start(bool(leased), record, int(attempt), int(generation))
 
     @_redis_errors
-    def renew_lease(self, key: str, holder: str, ttl_s: float) -> bool:
+    def renew_lease(self, key: str, holder: str, generation: int, ttl_s: float) -> bool:
+        """Keep the grant's lease alive; False once the grant is no longer the newest."""
         return bool(
             self._renew(
-                keys=[self._lease(key), self._due, self._lease_tag(key)],
-                args=[holder, int(ttl_s * 1000), time.time() + ttl_s, key],
+                args=[self._p, key, holder, generation, int(ttl_s * 1000), time.time() + ttl_s]
             )
         )
+
+    # -- fencing ------------------------------------------------------------------------------
+    @_redis_errors
+    def may_publish(
+        self, key: str, holder: str, generation: int, dest: str, *, watch_s: float
+    ) -> PublishVerdict:
+        """Asked just before a rename (see ``_MAY_PUBLISH``); an allowed grant is watched
+        from ``watch_s`` on until it finishes."""
+        bucket, field = self._dest_slot(dest)
+        verdict, newer = self._may_publish(
+            args=[self._p, key, holder, generation, bucket, field, time.time() + watch_s]
+        )
+        if int(verdict) == 2:
+            return PublishVerdict(False, _text(newer))
+        return PublishVerdict(bool(verdict))
+
+    @_redis_errors
+    def still_granted(self, key: str, holder: str, generation: int) -> bool:
+        """Asked just after a rename: whether the grant was still the newest when it landed."""
+        return bool(self._still_granted(args=[self._p, key, holder, generation]))
+
+    @_redis_errors
+    def seed_generation(self, key: str, holder: str, generation: int, floor: int) -> int:
+        """The grant's generation, raised above ``floor`` (what the key's artifact on disk
+        records) if Redis lost count; 0 when the grant is no longer ours."""
+        return int(self._seed(args=[self._p, key, holder, generation, floor]))
+
+    @_redis_errors
+    def raise_generation(self, key: str, floor: int) -> int:
+        """Make the key's next grant newer than ``floor`` (reindex), unless one is live."""
+        return int(self._raise(args=[self._p, key, floor]))
+
+    @_redis_errors
+    def generation(self, key: str) -> int:
+        """The key's newest grant (0: never granted, or Redis lost count)."""
+        raw = self._r.hget(f"{self._p}gens:{key[:4]}", key[4:20])
+        return int(_text(raw).split(" ", 1)[0]) if raw else 0
+
+    @_redis_errors
+    def publish_watches(self, now: float, limit: int = 100) -> list[tuple[str, int]]:
+        """Grants that were allowed to publish before ``now - watch`` and have not finished:
+        (key, generation), for the watchdog to check their destinations."""
+        out = []
+        for member in self._r.zrangebyscore(self._pubwatch, "-inf", now, 0, limit):
+            key, _, gen = _text(member).partition(" ")
+            out.append((key, int(gen or 0)))
+        return out
+
+    @_redis_errors
+    def watch_publish(self, key: str, generation: int, at: float) -> None:
+        """Check (again) at ``at`` what the grant published; also how a builder that learns
+        it published late asks for the check at once."""
+        self._r.zadd(self._pubwatch, {f"{key} {generation}": at})
+
+    @_redis_errors
+    def unwatch_publish(self, key: str, generation: int) -> None:
+        self._r.zrem(self._pubwatch, f"{key} {generation}")
 
     @_redis_errors
     def release_lease(self, key: str, holder: str) -> None:

@@ -17,17 +17,18 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from farm import kinds
 from farm.config import Settings
 from farm.confine import containing_root
-from farm.errors import FarmError, StopRequested
+from farm.errors import FarmError, FencedOut, StopRequested
 from farm.fingerprint import Fingerprint
 from farm.leases import Lease
 from farm.progress import RegistryProgress
-from farm.publish import Owner
+from farm.publish import Fence, Owner
 from farm.records import ArtifactRecord, Status
 from farm.registry import Registry
 from farm.requests import BuildRequest, check_destination, describe
@@ -88,7 +89,7 @@ def ensure(
     record = start.record
     if record is None or not start.leased:
         return record
-    lease = Lease(registry, key, holder, settings.lease_ttl_s)
+    lease = Lease(registry, key, holder, start.generation, settings.lease_ttl_s)
     with lease.heartbeat():
         try:
             request = kinds.parse_request(record.request)
@@ -98,55 +99,72 @@ def ensure(
                 f"The record of {key} holds no valid request ({describe(e)}); nothing was "
                 "built. Submit the request again with the farm's client."
             )
-            return _fail(ctx, record, sentence, holder, lease)
+            return _fail(ctx, record, sentence, lease)
         except FarmError as e:
-            return _fail(ctx, record, str(e), holder, lease)
+            return _fail(ctx, record, str(e), lease)
         if start.attempt > settings.max_attempts:
             sentence = (
                 f"The build of {request.destination()} was interrupted {start.attempt - 1} "
                 "times (its worker was killed or lost, e.g. out of memory); see the worker "
                 "logs, then submit it again."
             )
-            return _fail(ctx, record, sentence, holder, lease)
+            return _fail(ctx, record, sentence, lease)
+        if not _seed_generation(registry, lease, request):
+            lease.end()
+            return registry.get(key)  # taken over already: the newer grant finishes it
         started = time.time()
         building = record.evolve(
             status=Status.BUILDING, started_at=started, worker=ctx.worker, error=None
         )  # what start() marked in the registry, with who builds and since when
+        dest = request.destination()
         try:
             with ctx.interruptible():
                 built = kinds.ensure(
                     request,
-                    Owner.current(job=key),
+                    Owner.current(job=key, fence=_fence(registry, lease, dest, settings)),
                     force=record.rebuild,
                     # The builder fingerprints each source as it stamps it, and refuses one
                     # that is not what the key was derived from (changed since submission).
                     expected=record.sources,
-                    root=containing_root(request.destination(), settings.roots),
+                    root=containing_root(dest, settings.roots),
                     progress=RegistryProgress(
                         registry.impatient(),
                         key,
+                        holder=holder,
+                        generation=lease.generation,
+                        lost=lambda: lease.lost,
                         claim=claim_id(building),
-                        what=str(request.destination()),
+                        what=str(dest),
                         ttl_s=settings.lease_ttl_s,
                         worker=ctx.worker,
                     ),
                 )
+        except FencedOut as e:
+            lease.end()
+            if e.newer_key is None:
+                log.warning("%s: %s", key, e)
+                return registry.get(key)  # the newer grant writes its record
+            sentence = (
+                f"The build of {dest} was superseded by a newer request for the same "
+                f"destination ({e.newer_key}); nothing was published."
+            )
+            return _fail(ctx, building, sentence, lease)
         except (StopRequested, SystemExit):
             lease.end()
-            registry.hand_back(building, holder)
+            registry.hand_back(building, holder, lease.generation)
             raise
         except KeyboardInterrupt:
             sentence = (
                 f"The build of {request.destination()} was cancelled (the user interrupted "
                 "it); submit it again to build it."
             )
-            _fail(ctx, building, sentence, holder, lease)
+            _fail(ctx, building, sentence, lease)
             raise
         except BaseException as e:
             sentence = _failure_sentence(e, request, settings, interrupts)
             if sentence is None:
                 raise
-            return _fail(ctx, building, sentence, holder, lease)
+            return _fail(ctx, building, sentence, lease)
         finished = time.time()
         done = building.evolve(
             status=Status.VALID,
@@ -157,9 +175,60 @@ def ensure(
             size_bytes=built.size_bytes,
             checksum=built.checksum,
             action=built.action,
+            generation=_published_generation(key, dest),
         )
         lease.end()
-        return registry.finish(done, holder)
+        stands = registry.finish(done, holder, lease.generation)
+        if stands != done:
+            # Published, then found fenced out at its last word: the one gap no filesystem
+            # fences. The watchdog checks the destination at once and repairs it.
+            log.warning("%s: published %s but lost the grant before its record", key, dest)
+            registry.watch_publish(key, lease.generation, time.time())
+        return stands
+
+
+def _fence(registry: Registry, lease: Lease, dest: Path, settings: Settings) -> Fence:
+    """The checks the publish step makes, for this grant (see :mod:`farm.publish`)."""
+
+    def may_publish() -> None:
+        verdict = registry.may_publish(
+            lease.key, lease.holder, lease.generation, str(dest), watch_s=settings.lease_ttl_s
+        )
+        if not verdict.allowed:
+            lease.lost = True
+            raise FencedOut(
+                f"The build of {dest} lost its grant (generation {lease.generation}) before "
+                "publishing; another builder took it over.",
+                verdict.newer_key,
+            )
+
+    return Fence(
+        key=lease.key,
+        generation=lease.generation,
+        may_publish=may_publish,
+        still_granted=lambda: registry.still_granted(lease.key, lease.holder, lease.generation),
+        # A lock held by a frozen peer may not keep this key building past its lease.
+        lock_wait_s=settings.lease_ttl_s / 3,
+    )
+
+
+def _seed_generation(registry: Registry, lease: Lease, request: BuildRequest) -> bool:
+    """Make the grant newer than what the key's artifact on disk records (a Redis that lost
+    count); False when the grant is gone already."""
+    token = kinds.fence_of(request.destination())
+    if token is None or token.key != lease.key or token.generation < lease.generation:
+        return True
+    seeded = registry.seed_generation(lease.key, lease.holder, lease.generation, token.generation)
+    if seeded == 0:
+        return False
+    lease.generation = seeded
+    return True
+
+
+def _published_generation(key: str, dest: Path) -> int | None:
+    """The generation the artifact now at ``dest`` records, if it is this key's."""
+    token = kinds.fence_of(dest)
+    return token.generation if token is not None and token.key == key else None
 
 
 def claim_id(record: ArtifactRecord) -> str:
@@ -212,11 +281,9 @@ def _failure_sentence(
     return None  # KeyboardInterrupt, SystemExit: the process is going away
 
 
-def _fail(
-    ctx: Context, record: ArtifactRecord, error: str, holder: str, lease: Lease
-) -> ArtifactRecord:
+def _fail(ctx: Context, record: ArtifactRecord, error: str, lease: Lease) -> ArtifactRecord | None:
     lease.end()
     failed = record.evolve(
         status=Status.FAILED, error=error, finished_at=time.time(), worker=ctx.worker
     )
-    return ctx.registry.finish(failed, holder)
+    return ctx.registry.finish(failed, lease.holder, lease.generation)

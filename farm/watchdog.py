@@ -8,7 +8,12 @@ time. A sweep costs one round trip when nothing is due, so it runs every second.
 - a key handed back by a stopping worker (due at once);
 - a message lost with the broker or in a dying worker's hands: after a Redis restart, a
   worker falling silent, or every ``reconcile_interval_s``, the keys in flight are compared
-  with the messages in the broker, and those with neither a message nor a lease are sent.
+  with the messages in the broker, and those with neither a message nor a lease are sent;
+- a publish by a builder that lost its grant inside the one gap no filesystem fences (between
+  its last check and its rename, frozen there): each grant allowed to publish is watched
+  until it finishes, and once its key is terminal the destination must hold the artifact the
+  registry names (its key and generation, as the artifact records them), or that key is
+  rebuilt (see :mod:`farm.publish`).
 
 Messages held by a dead worker are redelivered by the broker after the visibility timeout,
 which is set a little above the lease TTL. Duplicates this may create are harmless: a delivery
@@ -21,7 +26,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from farm import kinds
 from farm.config import Settings
 from farm.records import ArtifactRecord, Status
 from farm.registry import Registry
@@ -42,6 +49,7 @@ class SweepReport:
     why: dict[str, str] = field(default_factory=dict)  # key: why it was sent
     dropped: int = 0  # bookkeeping of keys that turned terminal or vanished
     reconciled: bool = False
+    repaired: list[str] = field(default_factory=list)  # destinations a late publish reached
 
 
 class Watchdog:
@@ -75,6 +83,7 @@ class Watchdog:
         try:
             self._notice_losses()
             self._handle_due(report)
+            self._check_publishes(report)
             if self._reconcile_pending or time.monotonic() >= self._next_reconcile:
                 self.reconcile(report)
         finally:
@@ -121,6 +130,53 @@ class Watchdog:
         self._requeue(changes, to_send, report)
         self.registry.drop_inflight(finished)
         report.dropped += len(finished)
+
+    def _check_publishes(self, report: SweepReport) -> None:
+        """Destinations of grants that were allowed to publish and never finished."""
+        now = time.time()
+        for key, generation in self.registry.publish_watches(now):
+            record = self.registry.get(key)
+            if record is not None and not record.status.terminal:
+                # Still building (that grant or a newer one, which replaces by compare-and-
+                # swap): look again once it is done.
+                self.registry.watch_publish(key, generation, now + 1.0)
+                continue
+            if record is not None and record.dest:
+                self._repair(Path(record.dest), report)
+            self.registry.unwatch_publish(key, generation)
+
+    def _repair(self, dest: Path, report: SweepReport) -> None:
+        """Rebuild the destination's valid key if the artifact there is not the one its record
+        names (a late builder's): the rebuild replaces it by compare-and-swap."""
+        valid_key = self.registry.key_for_dest(str(dest))
+        if valid_key is None:
+            return
+        found = self.registry.progress([valid_key])[0][0]
+        if found is None or found[0].status is not Status.VALID:
+            return
+        record, raw = found
+        token = kinds.fence_of(dest)
+        if token is None and record.generation is None:
+            return
+        if (
+            token is not None
+            and token.key == valid_key
+            and (record.generation is None or token.generation == record.generation)
+        ):
+            return
+        held = (
+            "nothing the farm built"
+            if token is None
+            else (f"{token.key[:16]} generation {token.generation}")
+        )
+        log.warning(
+            "watchdog: %s holds %s, not %s generation %s: rebuilding it",
+            dest, held, valid_key[:16], record.generation,
+        )  # fmt: skip
+        repair = record.evolve(status=Status.QUEUED, rebuild=True, action="repaired")
+        report.why[valid_key] = f"{dest} held {held} (a late builder's publish)"
+        report.repaired.append(str(dest))
+        self._requeue([(raw, repair)], [], report)
 
     def reconcile(self, report: SweepReport | None = None) -> SweepReport:
         """Send every key in flight that has neither a lease nor a message in the broker."""

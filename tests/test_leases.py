@@ -12,11 +12,12 @@ from tests.test_registry import claim, record
 
 def test_leases_live_while_their_holders_build_and_go_when_they_stop(registry: Registry):
     keys = [f"k{i}" for i in range(3)]
+    gens = {}
     for key in keys:
         claim(registry, record(key))
-        assert registry.start(key, f"holder-{key}", 0.6).leased
+        gens[key] = registry.start(key, f"holder-{key}", 0.6).generation
     threads_before = threading.active_count()
-    leases = [Lease(registry, key, f"holder-{key}", 0.6) for key in keys]
+    leases = [Lease(registry, key, f"holder-{key}", gens[key], 0.6) for key in keys]
     with leases[0].heartbeat(), leases[1].heartbeat():
         time.sleep(0.3)
         with leases[2].heartbeat():
@@ -33,8 +34,8 @@ def test_an_ended_lease_is_not_renewed_after_its_holders_last_word(registry: Reg
     """A renewal after the finish script released the lease would take it back (a lease
     that ran out is retaken by its holder), holding the key for nobody."""
     claim(registry, record("k"))
-    assert registry.start("k", "a", 0.3).leased
-    lease = Lease(registry, "k", "a", 0.3)
+    gen = registry.start("k", "a", 0.3).generation
+    lease = Lease(registry, "k", "a", gen, 0.3)
     with lease.heartbeat():
         lease.end()
         registry.release_lease("k", "a")  # as the finish script does

@@ -16,13 +16,28 @@ from farm.progress import RegistryProgress
 from farm.records import Status
 from farm.registry import Registry
 from tests.support.processes import PROJECT, farm_env
+from tests.test_registry import claim as claim_key
 from tests.test_registry import record
 
 YEAST = "yeast_S288C_chrI_SGD2005.fa"
 
 
 def reporter(registry: Registry, key: str, claim: str = "c1") -> RegistryProgress:
-    return RegistryProgress(registry, key, claim=claim, what="the cache", ttl_s=30, every_s=0)
+    """A builder's reporter under a real grant of ``key`` (claimed first if need be)."""
+    if registry.get(key) is None:
+        claim_key(registry, record(key))
+    started = registry.start(key, "builder", 30)
+    assert started.leased
+    return RegistryProgress(
+        registry,
+        key,
+        holder="builder",
+        generation=started.generation,
+        claim=claim,
+        what="the cache",
+        ttl_s=30,
+        every_s=0,
+    )
 
 
 def test_a_builder_reports_its_progress_in_the_registry(registry: Registry, genomes: Path):
@@ -58,8 +73,9 @@ def test_cancel_fails_a_queued_key_and_status_shows_a_builds_progress(
     queued, building = "ab" * 32, "cd" * 32
     registry.put(record(queued))
     registry.put(record(building, Status.BUILDING))
+    gen = registry.start(building, "builder", 60).generation
     figures = {"done": 25, "total": 100, "unit": "regions", "started_at": 0.0, "updated_at": 5.0}
-    registry.report_progress(building, figures, ttl_s=60)
+    assert registry.report_progress(building, "builder", gen, figures, ttl_s=60) == (True, None)
     env = farm_env(redis_url, tmp_path)
 
     def farm(*args: str) -> subprocess.CompletedProcess:

@@ -237,3 +237,85 @@ def test_a_reused_pid_does_not_keep_an_orphan_alive(tmp_path: Path) -> None:
     staged.mkdir()
     os.utime(staged, (1_000_000_000, 1_000_000_000))
     assert [o.path for o in find_orphans(tmp_path)] == [staged]
+
+
+def _fenced_owner(
+    may_publish=lambda: None, still_granted=lambda: True, job: str = "job-f"
+) -> Owner:
+    fence = pub.Fence("k", 1, may_publish=may_publish, still_granted=still_granted)
+    return Owner.current(job, fence=fence)
+
+
+def _inode(path: Path) -> int:
+    return path.stat().st_ino
+
+
+@pytest.mark.parametrize("kernel_exchange", [True, False])
+def test_a_fenced_replace_swaps_out_only_what_it_saw_when_it_checked_its_grant(
+    tmp_path: Path, owner: Owner, monkeypatch: pytest.MonkeyPatch, kernel_exchange: bool
+) -> None:
+    """A late publisher lands between our look and our swap: we swap it back out, look
+    again, check our grant again, and replace what is there then. Ours ends in place, no
+    reader ever saw the destination missing (exchange) and nothing is left over."""
+    dest = tmp_path / "art"
+    build_and_publish(dest, _writer(b"v0"), owner=owner, replace=False)
+    if not kernel_exchange:
+        monkeypatch.setattr(pub, "_exchange", lambda _parent, _a, _b: False)
+    checks: list[int] = []
+
+    def may_publish() -> None:
+        checks.append(_inode(dest))
+        if len(checks) == 1:  # right after our look: a frozen builder resumes and publishes
+            late = tmp_path / "late"
+            late.mkdir()
+            (late / "data.bin").write_bytes(b"late")
+            if kernel_exchange:
+                assert pub._exchange(pub.ConfinedParent(dest, tmp_path), "late", "art")
+            else:
+                os.rename(dest, tmp_path / "gone")
+                os.rename(late, dest)
+
+    fenced = _fenced_owner(may_publish)
+    outcome, result = build_and_publish(dest, _writer(b"ours"), owner=fenced, replace=True)
+    assert (outcome, result) == (Outcome.REPLACED, "ours")
+    assert (dest / "data.bin").read_bytes() == b"ours"
+    assert len(checks) == 2, "the grant is checked again before the second swap"
+    assert _leftovers(dest) == []
+
+
+@pytest.mark.parametrize("kernel_exchange", [True, False])
+def test_a_grant_lost_during_the_rename_puts_back_what_stood_before(
+    tmp_path: Path, owner: Owner, monkeypatch: pytest.MonkeyPatch, kernel_exchange: bool
+) -> None:
+    dest = tmp_path / "art"
+    build_and_publish(dest, _writer(b"newer"), owner=owner, replace=False)
+    before = _inode(dest)
+    if not kernel_exchange:
+        monkeypatch.setattr(pub, "_exchange", lambda _parent, _a, _b: False)
+    late = _fenced_owner(still_granted=lambda: False)
+    with pytest.raises(pub.FencedOut):
+        build_and_publish(dest, _writer(b"late"), owner=late, replace=True)
+    assert _inode(dest) == before and (dest / "data.bin").read_bytes() == b"newer"
+    assert _leftovers(dest) == []
+    # Where nothing stood, nothing stands again.
+    empty = tmp_path / "fresh"
+    with pytest.raises(pub.FencedOut):
+        build_and_publish(empty, _writer(b"late"), owner=late, replace=False)
+    assert not empty.exists() and _leftovers(empty) == []
+
+
+def test_a_refused_grant_publishes_nothing_and_a_fenced_build_always_replaces(
+    tmp_path: Path, owner: Owner
+) -> None:
+    dest = tmp_path / "art"
+    build_and_publish(dest, _writer(b"v0"), owner=owner, replace=False)
+
+    def refused() -> None:
+        raise pub.FencedOut("taken over")
+
+    with pytest.raises(pub.FencedOut):
+        build_and_publish(dest, _writer(b"late"), owner=_fenced_owner(refused), replace=True)
+    assert (dest / "data.bin").read_bytes() == b"v0" and _leftovers(dest) == []
+    # Holding the newest grant, what stands is older: replaced even without replace=True.
+    outcome, _ = build_and_publish(dest, _writer(b"v1"), owner=_fenced_owner(), replace=False)
+    assert outcome is Outcome.REPLACED and (dest / "data.bin").read_bytes() == b"v1"

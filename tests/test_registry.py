@@ -29,11 +29,12 @@ def claim(registry: Registry, rec: ArtifactRecord, grace: float = 60.0):
     return registry.claim_many([rec], send_grace_s=grace)[0]
 
 
-def lease(registry: Registry, key: str, holder: str, ttl_s: float) -> bool:
-    """Take the lease on ``key`` as a builder does, claiming the key first if need be."""
+def lease(registry: Registry, key: str, holder: str, ttl_s: float) -> int:
+    """Take the lease on ``key`` as a builder does, claiming the key first if need be; the
+    grant's generation (0: not leased)."""
     if registry.get(key) is None:
         claim(registry, record(key))
-    return registry.start(key, holder, ttl_s).leased
+    return registry.start(key, holder, ttl_s).generation
 
 
 def test_only_the_first_claim_of_a_key_enqueues(registry: Registry):
@@ -103,10 +104,11 @@ def test_a_builder_that_lost_its_lease_never_overwrites_another_verdict(registry
     late = record("k", Status.FAILED).evolve(error="boom")
     assert registry.finish(late, "zombie").status is Status.VALID
     registry.put(record("k", Status.BUILDING))
-    assert lease(registry, "k", "b", 5)
-    assert registry.finish(late, "zombie").status is Status.BUILDING  # b still builds
+    gen = lease(registry, "k", "b", 5)
+    assert gen
+    assert registry.finish(late, "zombie", gen).status is Status.BUILDING  # b still builds
     done = record("k", Status.VALID)
-    assert registry.finish(done, "b") == done
+    assert registry.finish(done, "b", gen) == done
     assert registry.lease_holder("k") is None
     assert registry.inflight_keys(time.time(), 0, 10) == []
 
@@ -114,9 +116,10 @@ def test_a_builder_that_lost_its_lease_never_overwrites_another_verdict(registry
 def test_a_handed_back_key_is_queued_due_now_and_its_attempt_not_counted(registry: Registry):
     building = record("k", Status.BUILDING)
     registry.put(building)
-    assert registry.start("k", "a", 30).attempt == 1
-    assert not registry.hand_back(building, "b")
-    assert registry.hand_back(building, "a")
+    started = registry.start("k", "a", 30)
+    assert started.attempt == 1
+    assert not registry.hand_back(building, "b", started.generation)
+    assert registry.hand_back(building, "a", started.generation)
     assert registry.get("k").status is Status.QUEUED
     assert registry.lease_holder("k") is None
     assert registry.due_keys(time.time()) == ["k"]
@@ -131,7 +134,7 @@ def test_terminal_records_leave_the_bookkeeping_of_keys_in_flight(registry: Regi
 
 
 def test_a_builder_starts_only_keys_in_flight_and_one_holder_at_a_time(registry: Registry):
-    assert registry.start("unknown", "a", 5) == Start(False, None, 0)
+    assert registry.start("unknown", "a", 5) == Start(False, None, 0, 0)
     registry.put(record("done", Status.VALID))
     started = registry.start("done", "a", 5)
     assert not started.leased and started.record.status is Status.VALID
@@ -148,10 +151,11 @@ def test_a_builder_starts_only_keys_in_flight_and_one_holder_at_a_time(registry:
 
 
 def test_leases_are_exclusive_renewable_and_released_only_by_their_holder(registry: Registry):
-    assert lease(registry, "k", "a", 0.5)
+    gen = lease(registry, "k", "a", 0.5)
+    assert gen
     assert not lease(registry, "k", "b", 0.5)
-    assert not registry.renew_lease("k", "b", 5)
-    assert registry.renew_lease("k", "a", 5)
+    assert not registry.renew_lease("k", "b", gen, 5)
+    assert registry.renew_lease("k", "a", gen, 5)
     registry.release_lease("k", "b")
     assert registry.lease_holder("k") == "a"
     assert registry.live_lease_for_job("k")
@@ -181,7 +185,7 @@ def test_a_new_valid_key_for_a_destination_supersedes_the_old_one(registry: Regi
 def test_attempts_count_until_the_key_finishes(registry: Registry):
     claim(registry, record("k"))
     assert [registry.start("k", "a", 5).attempt for _ in range(3)] == [1, 2, 3]
-    registry.finish(record("k", Status.FAILED), "a")
+    registry.finish(record("k", Status.FAILED), "a", registry.generation("k"))
     claim(registry, record("k"))
     assert registry.start("k", "a", 5).attempt == 1
 
@@ -195,21 +199,24 @@ def test_workers_are_live_while_they_heartbeat(registry: Registry):
 
 def test_a_lease_runs_out_within_its_ttl_unless_renewed(registry: Registry):
     assert registry.lease_remaining_s("k") == 0
-    assert lease(registry, "k", "a", 2.0)
+    gen = lease(registry, "k", "a", 2.0)
+    assert gen
     assert 0 < registry.lease_remaining_s("k") <= 2.0
-    assert registry.renew_lease("k", "a", 30.0)
+    assert registry.renew_lease("k", "a", gen, 30.0)
     assert 2.0 < registry.lease_remaining_s("k") <= 30.0
 
 
 def test_a_lease_that_ran_out_unclaimed_is_taken_back_by_its_holder(registry: Registry):
-    assert lease(registry, "k", "a", 0.1)
+    gen = lease(registry, "k", "a", 0.1)
     time.sleep(0.2)
-    assert registry.renew_lease("k", "a", 5.0)
+    assert registry.renew_lease("k", "a", gen, 5.0)
     assert registry.lease_holder("k") == "a"
-    assert lease(registry, "j", "a", 0.1)
+    gen_a = lease(registry, "j", "a", 0.1)
     time.sleep(0.2)
-    assert lease(registry, "j", "b", 5.0)
-    assert not registry.renew_lease("j", "a", 5.0), "taken by another meanwhile: lost"
+    gen_b = lease(registry, "j", "b", 5.0)
+    assert gen_b == gen_a + 1
+    assert not registry.renew_lease("j", "a", gen_a, 5.0), "taken by another meanwhile: lost"
+    assert registry.lease_holder("j") == "b"
 
 
 def test_silent_workers_are_reaped_once(registry: Registry):
@@ -240,7 +247,7 @@ def test_forget_keeps_keys_in_flight_and_the_index_of_another_key(registry: Regi
     registry.put(record("busy", Status.BUILDING, dest="/d/b"))
     registry.put(record("old", Status.VALID, dest="/d/c"))
     registry.put(record("new", Status.VALID, dest="/d/c"))  # the index of /d/c names "new"
-    registry.report_progress("done", {"done": 1}, ttl_s=60)
+    registry._r.set("farm:progress:done", "{}")
     assert registry.key_for_dest("/d/a") == "done"
     assert sorted(registry.forget(["done", "busy", "old", "missing"])) == ["done", "old"]
     assert registry.get("done") is None and registry.get_many_raw(["done"]) == [(None, None)]
@@ -259,18 +266,18 @@ def test_the_job_tag_of_a_lease_lives_and_dies_with_it(registry: Registry):
     job = key[:24]
     rec = record(key, Status.BUILDING)
     registry.put(rec)
-    assert lease(registry, key, "w1", 5)
+    gen = lease(registry, key, "w1", 5)
     assert registry.live_lease_for_job(job) and not registry.live_lease_for_job("e" * 24)
-    registry.finish(rec.evolve(status=Status.VALID), "w1")
+    registry.finish(rec.evolve(status=Status.VALID), "w1", gen)
     assert not registry.live_lease_for_job(job)
 
     registry.put(rec)
-    assert lease(registry, key, "w2", 5)
-    assert registry.hand_back(rec, "w2")
+    gen = lease(registry, key, "w2", 5)
+    assert registry.hand_back(rec, "w2", gen)
     assert not registry.live_lease_for_job(job)
 
-    assert lease(registry, key, "w3", 0.2)
-    assert registry.renew_lease(key, "w3", 0.3)
+    gen = lease(registry, key, "w3", 0.2)
+    assert registry.renew_lease(key, "w3", gen, 0.3)
     assert registry.live_lease_for_job(job)
     time.sleep(0.45)
     assert not registry.live_lease_for_job(job)
@@ -351,3 +358,95 @@ def test_completions_announce_each_key_that_turns_terminal(registry: Registry):
     assert not registry.completions_lost_after(cursor)
     registry._r.xtrim("farm:done", maxlen=1, approximate=False)  # trimmed before it read them
     assert registry.completions_lost_after(cursor)
+
+
+# -- fencing ---------------------------------------------------------------------------------
+def test_a_takeover_fences_every_word_of_the_builder_it_replaced(registry: Registry):
+    """A builder frozen or cut off past its lease comes back after another took its key over:
+    nothing it sends (renew, progress, publish, finish, hand back) is taken any more."""
+    claim(registry, record("k"))
+    gen_a = registry.start("k", "a", 0.1).generation
+    time.sleep(0.15)  # a's lease runs out while it is frozen
+    gen_b = registry.start("k", "b", 5).generation
+    assert gen_b == gen_a + 1
+    assert not registry.renew_lease("k", "a", gen_a, 5)
+    assert registry.lease_holder("k") == "b", "a late renewal never recreates a lease"
+    assert registry.report_progress("k", "a", gen_a, {"done": 1}, 5) == (False, None)
+    assert not registry.may_publish("k", "a", gen_a, "/d/x.gvlfa", watch_s=5).allowed
+    assert not registry.still_granted("k", "a", gen_a)
+    building = record("k", Status.BUILDING)
+    assert not registry.hand_back(building, "a", gen_a)
+    late = record("k", Status.VALID).evolve(worker="a")
+    assert registry.finish(late, "a", gen_a).status is Status.BUILDING
+    assert registry.may_publish("k", "b", gen_b, "/d/x.gvlfa", watch_s=5).allowed
+    verdict = record("k", Status.FAILED).evolve(error="source changed", worker="b")
+    assert registry.finish(verdict, "b", gen_b) == verdict
+    # Replayed after the heal, in any order: the verdict stands and no lease comes back.
+    assert not registry.renew_lease("k", "a", gen_a, 5)
+    assert not registry.renew_lease("k", "b", gen_b, 5), "a finished grant is spent"
+    assert registry.finish(late, "a", gen_a).error == "source changed"
+    assert registry.finish(record("k", Status.VALID), "b", gen_b).error == "source changed"
+    assert registry.lease_holder("k") is None and not registry.hand_back(building, "b", gen_b)
+
+
+def test_a_lease_run_out_with_nobody_granted_since_is_still_its_builders(registry: Registry):
+    """A Redis outage longer than the TTL: no new grant, so the builder takes its lease back
+    and finishes; the generation is what fences, not the lease."""
+    claim(registry, record("k"))
+    gen = registry.start("k", "a", 0.1).generation
+    time.sleep(0.15)
+    assert registry.may_publish("k", "a", gen, "/d/x.gvlfa", watch_s=5).allowed
+    assert registry.renew_lease("k", "a", gen, 5) and registry.lease_holder("k") == "a"
+    done = record("k", Status.VALID)
+    assert registry.finish(done, "a", gen) == done
+
+
+def test_an_older_request_never_takes_a_destination_from_a_newer_one(registry: Registry):
+    dest = "/d/shared.gvlfa"
+    claim(registry, record("k1", dest=dest))
+    gen1 = registry.start("k1", "a", 5).generation
+    claim(registry, record("k2", dest=dest))  # the source changed: a newer request
+    gen2 = registry.start("k2", "b", 5).generation
+    refused = registry.may_publish("k1", "a", gen1, dest, watch_s=5)
+    assert not refused.allowed and refused.newer_key == "k2"
+    assert registry.may_publish("k2", "b", gen2, dest, watch_s=5).allowed
+    registry.finish(record("k2", Status.VALID, dest=dest), "b", gen2)
+    assert registry.may_publish("k1", "a", gen1, dest, watch_s=5).newer_key == "k2"
+    # Asked for again, k1 is the newest request: it may publish.
+    registry.finish(record("k1", Status.FAILED, dest=dest), "a", gen1)
+    assert claim(registry, record("k1", dest=dest)).enqueue
+    gen1 = registry.start("k1", "c", 5).generation
+    assert registry.may_publish("k1", "c", gen1, dest, watch_s=5).allowed
+
+
+def test_generations_only_grow_and_outlive_their_records(registry: Registry):
+    claim(registry, record("k"))
+    gen = registry.start("k", "a", 5).generation
+    registry.finish(record("k", Status.VALID), "a", gen)
+    assert registry.forget(["k"]) == ["k"]
+    assert registry.generation("k") == gen, "forgetting a record keeps its counter"
+    claim(registry, record("k"))
+    assert registry.start("k", "b", 5).generation == gen + 1
+
+
+def test_generations_are_seeded_from_what_artifacts_record(registry: Registry):
+    """A Redis that lost its counters must not hand out a number an artifact already has."""
+    assert registry.raise_generation("k", 7) == 7
+    assert registry.raise_generation("k", 3) == 7, "never lowered"
+    claim(registry, record("k"))
+    gen = registry.start("k", "a", 5).generation
+    assert gen == 8
+    assert registry.raise_generation("k", 20) == 8, "a live grant is not moved under its holder"
+    assert registry.seed_generation("k", "a", gen, 11) == 12
+    assert registry.generation("k") == 12
+    assert registry.seed_generation("k", "a", gen, 30) == 0, "the old number is no grant"
+    assert registry.renew_lease("k", "a", 12, 5)
+
+
+def test_a_grant_allowed_to_publish_is_watched_until_it_finishes(registry: Registry):
+    claim(registry, record("k"))
+    gen = registry.start("k", "a", 5).generation
+    assert registry.may_publish("k", "a", gen, "/d/x.gvlfa", watch_s=0).allowed
+    assert registry.publish_watches(time.time()) == [("k", gen)]
+    registry.finish(record("k", Status.VALID), "a", gen)
+    assert registry.publish_watches(time.time() + 3600) == []

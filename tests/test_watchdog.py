@@ -99,10 +99,10 @@ def test_a_renewed_lease_keeps_the_key_off_the_watchdogs_hands(
 ):
     registry.claim_many([record("k")], send_grace_s=0.2)
     registry.confirm_sent(["k"])
-    assert registry.start("k", "builder", 0.2).leased
+    gen = registry.start("k", "builder", 0.2).generation
     for _ in range(5):
         time.sleep(0.1)
-        assert registry.renew_lease("k", "builder", 0.2)
+        assert registry.renew_lease("k", "builder", gen, 0.2)
         assert watchdog.sweep().sent == []
 
 
@@ -161,12 +161,12 @@ def test_after_a_redis_restart_builders_get_a_lease_period_to_renew(
     them dead at once would start a duplicate build of everything in flight."""
     registry.claim_many([record("k")], send_grace_s=0.2)
     registry.confirm_sent(["k"])
-    assert registry.start("k", "builder", 0.1).leased
+    gen = registry.start("k", "builder", 0.1).generation
     registry.put(registry.get("k").evolve(status=Status.BUILDING, worker="w9"))
     time.sleep(0.15)  # the lease ran out while Redis was away
     monkeypatch.setattr(registry, "server_run_id", lambda: "restarted")
     broker.held.add("k")  # its message is still unacknowledged in the broker
     assert watchdog.sweep().sent == [], "not yet: its builder may take the lease back"
-    assert registry.renew_lease("k", "builder", 5.0)  # ... and it does
+    assert registry.renew_lease("k", "builder", gen, 5.0)  # ... and it does
     time.sleep(0.25)
     assert watchdog.sweep().sent == []

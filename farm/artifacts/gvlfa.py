@@ -20,7 +20,7 @@ import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -82,6 +82,7 @@ class CacheMetadata(BaseModel):
     fingerprint: Fingerprint
     farm_version: str | None = None
     sequence_checksum: str | None = None
+    farm_fence: dict[str, Any] | None = None  # the grant that built it (farm.publish.Fence)
 
     @property
     def total_length(self) -> int:
@@ -186,6 +187,7 @@ def write_cache(
     *,
     expected: Fingerprint | None = None,
     progress: Progress = NO_PROGRESS,
+    fence_token: dict[str, Any] | None = None,
 ) -> CacheMetadata:
     """Write ``sequence.bin`` and ``metadata.json`` for ``fasta`` into ``out_dir``.
 
@@ -206,7 +208,9 @@ def write_cache(
             f"FASTA file {fasta} holds no sequence (only headers, or nothing a FASTA reader "
             "takes); point at a FASTA with at least one non-empty contig."
         )
-    return _write_metadata(out_dir, fasta, dest, contigs, stamp.fingerprint, digest)
+    return _write_metadata(
+        out_dir, fasta, dest, contigs, stamp.fingerprint, digest, fence_token=fence_token
+    )
 
 
 def _write_metadata(
@@ -216,6 +220,8 @@ def _write_metadata(
     contigs: dict[str, int],
     source_fingerprint: Fingerprint,
     sequence_checksum: str,
+    *,
+    fence_token: dict[str, Any] | None = None,
 ) -> CacheMetadata:
     meta = CacheMetadata(
         format_version=FORMAT_VERSION,
@@ -225,6 +231,7 @@ def _write_metadata(
         fingerprint=source_fingerprint,
         farm_version=farm.__version__,
         sequence_checksum=sequence_checksum,
+        farm_fence=fence_token,
     )
     (out_dir / METADATA_FILE).write_text(meta.model_dump_json())
     return meta
@@ -437,7 +444,14 @@ def _build(
 ) -> EnsureResult:
     outcome, meta = build_and_publish(
         dest,
-        lambda staged: write_cache(fasta, staged, dest, expected=expected, progress=progress),
+        lambda staged: write_cache(
+            fasta,
+            staged,
+            dest,
+            expected=expected,
+            progress=progress,
+            fence_token=owner.fence.token() if owner.fence is not None else None,
+        ),
         owner=owner,
         replace=replace,
         root=root,
@@ -495,10 +509,13 @@ def _migrate_legacy(
             shutil.copyfile(legacy, data)
         checksum = chunk_crc_checksum(data)
         _check_unchanged(stamp)  # the lengths and fingerprint recorded are still the file's
-        return _write_metadata(staged, fasta, dest, lengths, stamp.fingerprint, checksum)
+        token = owner.fence.token() if owner.fence is not None else None
+        return _write_metadata(
+            staged, fasta, dest, lengths, stamp.fingerprint, checksum, fence_token=token
+        )
 
     outcome, meta = build_and_publish(dest, write, owner=owner, replace=False, root=root)
-    if outcome in (Outcome.PUBLISHED, Outcome.LOST):
+    if outcome in (Outcome.PUBLISHED, Outcome.REPLACED, Outcome.LOST):
         with ConfinedParent(dest, root) as parent:  # the legacy file lies beside the cache
             parent.remove(legacy.name)
     found = _usable_or_raise(dest, fasta, expected)

@@ -10,7 +10,7 @@ from pydantic import Field, TypeAdapter
 
 from farm.artifacts.base import Classification
 from farm.fingerprint import Fingerprint
-from farm.kinds.base import Built, Kind, dir_size
+from farm.kinds.base import Built, FenceToken, Kind, dir_size
 from farm.kinds.cache import CACHE, CacheRequest
 from farm.kinds.dataset import DATASET, DatasetRequest
 from farm.progress import NO_PROGRESS, Progress
@@ -22,10 +22,12 @@ __all__ = [
     "Built",
     "CacheRequest",
     "DatasetRequest",
+    "FenceToken",
     "Kind",
     "classify",
     "dir_size",
     "ensure",
+    "fence_of",
     "is_artifact_dir",
     "parse_request",
     "recorded_request",
@@ -92,6 +94,15 @@ def recorded_request(dest: Path) -> tuple[BuildRequest, dict[str, Fingerprint]] 
     it was built from; None when ``dest`` is no artifact the farm knows."""
     for kind in KINDS.values():
         found = kind.recorded_request(dest)
+        if found is not None:
+            return found
+    return None
+
+
+def fence_of(dest: Path) -> FenceToken | None:
+    """The grant the artifact at ``dest`` records it was built under, whatever its kind."""
+    for kind in KINDS.values():
+        found = kind.fence_of(dest)
         if found is not None:
             return found
     return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -25,6 +25,23 @@ class Built:
     action: str  # built, rebuilt, reused, migrated
     size_bytes: int
     checksum: str | None
+
+
+@dataclass(frozen=True)
+class FenceToken:
+    """The grant an artifact on disk records it was built under (see farm.publish.Fence)."""
+
+    key: str
+    generation: int
+
+    @classmethod
+    def parse(cls, raw: Any) -> FenceToken | None:
+        if not isinstance(raw, dict):
+            return None
+        key, generation = raw.get("key"), raw.get("generation")
+        if not isinstance(key, str) or type(generation) is not int:
+            return None
+        return cls(key, generation)
 
 
 RequestT = TypeVar("RequestT", contravariant=True)
@@ -58,6 +75,11 @@ class Kind(Protocol[RequestT]):
     def recorded_request(self, dest: Path) -> tuple[BuildRequest, dict[str, Fingerprint]] | None:
         """The request that built ``dest`` and its sources' fingerprints, read from the
         artifact's own files; None when ``dest`` is not an artifact of this kind."""
+        ...
+
+    def fence_of(self, dest: Path) -> FenceToken | None:
+        """The grant the artifact at ``dest`` records it was built under; None when it is
+        not an artifact of this kind or records none (built outside a worker, or before)."""
         ...
 
 

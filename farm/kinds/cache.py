@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from farm.artifacts import gvlfa
 from farm.artifacts.base import Classification, State
 from farm.fingerprint import Fingerprint, fingerprint
-from farm.kinds.base import Built, dir_size
+from farm.kinds.base import Built, FenceToken, dir_size
 from farm.progress import Progress
 from farm.publish import Owner
 from farm.requests import BoundedPath, absolute_path
@@ -70,6 +70,7 @@ class CacheKind:
             expected=expected.get("fasta") if expected is not None else None,
             root=root,
             progress=progress,
+            lock_timeout=owner.fence.lock_wait_s if owner.fence else gvlfa.LOCK_TIMEOUT_S,
         )
         return Built(
             action=result.action,
@@ -86,6 +87,12 @@ class CacheKind:
             # Fresh for its own source, but that is another FASTA than this request's.
             return Classification(State.STALE, f"{dest} holds the cache of another FASTA")
         return found
+
+    def fence_of(self, dest: Path) -> FenceToken | None:
+        try:
+            return FenceToken.parse(gvlfa.read_metadata(dest).farm_fence)
+        except (OSError, ValueError):
+            return None
 
     def recorded_request(self, dest: Path) -> tuple[CacheRequest, dict[str, Fingerprint]] | None:
         if not (dest.name.endswith(gvlfa.SUFFIX) or (dest / gvlfa.DATA_FILE).exists()):

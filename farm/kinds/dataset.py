@@ -15,7 +15,7 @@ from farm.artifacts.dataset.validate import read_record
 from farm.artifacts.dataset.writer import FARM_RECORD
 from farm.errors import ArtifactInvalidError, FarmError, InputError, TooNewError
 from farm.fingerprint import Fingerprint, checksum
-from farm.kinds.base import Built, dir_size
+from farm.kinds.base import Built, FenceToken, dir_size
 from farm.limits import MAX_JITTER, MAX_TRACKS
 from farm.progress import Progress
 from farm.publish import Outcome, Owner
@@ -175,6 +175,13 @@ class DatasetKind:
             except ArtifactInvalidError as e:
                 return Classification(State.CORRUPT, str(e))
         return found
+
+    def fence_of(self, dest: Path) -> FenceToken | None:
+        try:
+            record = read_record(dest)
+        except (OSError, ArtifactInvalidError):
+            return None
+        return FenceToken.parse(record.get("fence")) if record is not None else None
 
     def recorded_request(self, dest: Path) -> tuple[DatasetRequest, dict[str, Fingerprint]] | None:
         try:

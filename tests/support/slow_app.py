@@ -103,10 +103,12 @@ def _paused_start(self: Registry, key: str, holder: str, ttl_s: float, **kwargs:
     return _start(self, key, holder, ttl_s, **kwargs)
 
 
-def _paused_finish(self: Registry, record: ArtifactRecord, holder: str) -> ArtifactRecord:
+def _paused_finish(
+    self: Registry, record: ArtifactRecord, holder: str, generation: int = 0
+) -> ArtifactRecord | None:
     if record.status is Status.VALID:
         _phase("published", record.key)
-    return _finish(self, record, holder)
+    return _finish(self, record, holder, generation)
 
 
 gvlfa.write_cache = _slow_write_cache

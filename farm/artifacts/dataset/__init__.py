@@ -44,7 +44,14 @@ def build_dataset(
     params.check()
     return build_and_publish(
         dest,
-        lambda d: write_dataset(params, d, expected=expected, progress=progress, dest=dest),
+        lambda d: write_dataset(
+            params,
+            d,
+            expected=expected,
+            progress=progress,
+            dest=dest,
+            fence_token=owner.fence.token() if owner.fence is not None else None,
+        ),
         owner=owner,
         replace=replace,
         root=root,

@@ -60,10 +60,11 @@ def write_dataset(
     expected: dict[str, Fingerprint] | None = None,
     progress: Progress = NO_PROGRESS,
     dest: Path | None = None,
+    fence_token: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the dataset into the existing empty ``out_dir``; return its metadata.json content.
     ``dest``: where it will be published (default ``out_dir``), which a SparseVar source's link
-    is relative to.
+    is relative to. ``fence_token``: the grant building it, recorded in ``farm.json``.
 
     Every source file is stamped before anything is read and checked after the last read
     (:class:`SourceStamp`), so a source that changes under the build fails it. ``expected``
@@ -138,6 +139,8 @@ def write_dataset(
         "sources": {str(s.path): s.fingerprint.model_dump() for s in stamps},
         "checksums": dict(sorted(sums.items())),
     }
+    if fence_token is not None:
+        record["fence"] = fence_token
     (out_dir / FARM_RECORD).write_text(json.dumps(record, indent=1))
     return metadata
 
