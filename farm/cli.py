@@ -777,10 +777,10 @@ def reindex(
 
     if not root.is_dir():
         raise InputError(f"{root} is not a directory; name the directory to scan.")
-    with _farm() as farm, terminal.counter("reindexing") as update:
-        terminal.print_rows(
-            _counted(maintenance.reindex(farm.registry, root), update), as_json=as_json
-        )
+    settings = _settings()
+    with _farm(settings) as farm, terminal.counter("reindexing") as update:
+        found = maintenance.reindex(farm.registry, root, allowed=settings.roots)
+        terminal.print_rows(_counted(found, update), as_json=as_json)
 
 
 @app.command("gc")

@@ -99,6 +99,9 @@ class CopyKind:
         request = CopyRequest(source=Path(record["source"]), dest=dest).absolute()
         return request, {"source": Fingerprint.model_validate(record["fp"])}
 
+    def checksum(self, dest: Path) -> str | None:
+        return checksum(dest / "copy")
+
 
 @pytest.fixture
 def copy_kind() -> Iterator[None]:
@@ -133,7 +136,7 @@ def test_a_registered_kind_is_parsed_built_recorded_verified_and_reindexed(
 
     registry.forget([key])
     assert registry.get(key) is None
-    [found] = maintenance.reindex(registry, tmp_path / "out")
+    [found] = maintenance.reindex(registry, tmp_path / "out", allowed=[tmp_path])
     assert found.key == key and found.kind == "copy"
 
 

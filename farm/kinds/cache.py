@@ -98,5 +98,8 @@ class CacheKind:
         request = CacheRequest(fasta=source, dest=dest).absolute()
         return request, {"fasta": meta.fingerprint}
 
+    def checksum(self, dest: Path) -> str | None:
+        return gvlfa.read_metadata(dest).sequence_checksum
+
 
 CACHE = CacheKind()

@@ -199,6 +199,9 @@ class DatasetKind:
             return None
         return request, {role: by_path[path] for role, path in roles.items()}
 
+    def checksum(self, dest: Path) -> str | None:
+        return checksum(dest / FARM_RECORD)
+
 
 def _built_from(dest: Path, expected: dict[str, Fingerprint] | None) -> bool:
     """Whether the dataset at ``dest`` was built from the expected source contents (a fresh
