@@ -3,6 +3,7 @@ it knew of its artifact (on a real Redis, from the shipped genomes)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from farm.artifacts import gvlfa
 from farm.errors import InputError
 from farm.records import Status
 from farm.registry import Registry
-from farm.requests import request_key
+from farm.requests import prepare, request_key
 from tests.support.processes import farm_env
 from tests.test_cli import farm
 from tests.test_service import LAMBDA, _ensure, _prepared
@@ -104,3 +105,74 @@ def test_reindex_leaves_a_key_in_flight_to_its_builder(
     (seen,) = maintenance.reindex(registry, genomes, allowed=farm_settings.roots)
     assert seen.key == key and seen.status is Status.QUEUED
     assert registry.get(key).status is Status.QUEUED
+
+
+# --- farm verify: a damaged farm.json is invalid, a changed source stale -----------------------
+
+
+def _digit_flipped(text: str, at: int) -> str:
+    """``text`` with the hex digit at ``at`` replaced by another: same size, still JSON."""
+    return text[:at] + ("0" if text[at] != "0" else "1") + text[at + 1 :]
+
+
+def _damages(text: str) -> dict[str, str]:
+    record = json.loads(text)
+    source = next(iter(record["sources"].values()))
+    checksum = next(iter(record["checksums"].values()))
+    return {
+        "a source's digest": _digit_flipped(text, text.index(source["digest"]) + 7),
+        "a source's size": text.replace(
+            f'"size_bytes": {source["size_bytes"]}', f'"size_bytes": {source["size_bytes"] + 1}', 1
+        ),
+        "the request": text.replace('"max_jitter": 0', '"max_jitter": 5', 1),
+        "a file's checksum": _digit_flipped(text, text.index(checksum) + 12),
+        "the seal's name": text.replace('"seal"', '"sea1"', 1),
+        "the seal": _digit_flipped(text, text.index('"seal"') + 20),
+    }
+
+
+def test_verify_tells_a_damaged_farm_json_from_a_changed_source(
+    tmp_path: Path, registry: Registry, farm_settings
+) -> None:
+    from farm.kinds import DatasetRequest
+    from tests.support.dataset_data import DATA, SIRPB2, SIRPB2_STRAND_COLUMN, VCF
+
+    inputs = tmp_path / "chr20"
+    shutil.copytree(DATA, inputs)
+    request = prepare(
+        DatasetRequest(
+            variants=inputs / VCF,
+            regions=inputs / SIRPB2,
+            dest=tmp_path / "ds.gvl",
+            strand_column=SIRPB2_STRAND_COLUMN,
+        ),
+        farm_settings.roots,
+    )
+    key = request_key(request)[0]
+    built = _ensure(request, key, service.Context(registry, farm_settings, "w"))
+    assert built.status is Status.VALID
+    record_file = Path(built.dest) / "farm.json"
+    pristine = record_file.read_text()
+    assert (maintenance.verify_record(built)).status is Status.VALID
+
+    for what, damaged in _damages(pristine).items():
+        assert damaged != pristine, what
+        record_file.write_text(damaged)
+        verdict = maintenance.verify_record(built)
+        assert verdict.status is Status.INVALID and verdict.rebuild, (what, verdict.error)
+        assert "farm.json" in verdict.error, (what, verdict.error)
+        record_file.write_text(pristine)
+
+    # Reindex does not record a dataset from a damaged farm.json under any key.
+    record_file.write_text(_damages(pristine)["the request"])
+    registry.forget([key])
+    assert list(maintenance.reindex(registry, tmp_path, allowed=farm_settings.roots)) == []
+    record_file.write_text(pristine)
+
+    # A source that really changed is stale, with farm.json intact or not.
+    with open(inputs / SIRPB2, "a") as f:
+        f.write("20\t1500000\t1500100\textra\t0\t+\t+\n")
+    for text in (pristine, _damages(pristine)["a source's digest"]):
+        record_file.write_text(text)
+        verdict = maintenance.verify_record(built)
+        assert verdict.status is Status.STALE and "changed" in verdict.error, verdict.error
