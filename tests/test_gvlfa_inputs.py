@@ -302,6 +302,54 @@ def test_a_legacy_cache_of_the_wrong_size_is_left_alone(
     gvlfa.verify(result.dest)
 
 
+def _last_byte_changed(good: bytes) -> bytes:
+    return good[:-1] + (b"A" if good[-1:] != b"A" else b"C")
+
+
+# Legacy files a size check passes (or, without a .fai, never makes), none the source's bytes.
+LEGACY_DAMAGE = {
+    "one byte in the middle": lambda good: good[:1000] + bytes([good[1000] ^ 0x02]) + good[1001:],
+    "the last byte": _last_byte_changed,
+    "soft-masking kept": lambda good: good[:500] + good[500:600].lower() + good[600:],
+    "one byte short": lambda good: good[:-1],
+    "one byte over": lambda good: good + b"N",
+}
+
+
+@pytest.mark.parametrize("with_fai", [True, False])
+@pytest.mark.parametrize("damage", sorted(LEGACY_DAMAGE))
+def test_a_legacy_cache_that_is_not_the_source_is_left_alone(
+    real_genomes: dict[str, Path], tmp_path: Path, damage: str, with_fai: bool
+) -> None:
+    fasta = real_genomes["yeast"]
+    if not with_fai:
+        fasta.with_name(fasta.name + ".fai").unlink()
+    legacy = _legacy_from_build(fasta, tmp_path)
+    good = legacy.read_bytes()
+    bad = LEGACY_DAMAGE[damage](good)
+    assert bad != good
+    legacy.write_bytes(bad)
+    result = gvlfa.ensure_cache(fasta)
+    assert result.action == "built"
+    assert (result.dest / gvlfa.DATA_FILE).read_bytes() == good
+    assert legacy.read_bytes() == bad
+    gvlfa.verify(result.dest)
+    assert not [p for p in fasta.parent.iterdir() if STAGING_MARK in p.name]
+
+
+@pytest.mark.parametrize("genome", ["lambda.bgz", "tricky"])
+def test_a_legacy_cache_of_a_gzipped_or_tricky_fasta_is_checked_and_migrated(
+    real_genomes: dict[str, Path], tricky_fasta: Path, tmp_path: Path, genome: str
+) -> None:
+    fasta = tricky_fasta if genome == "tricky" else real_genomes[genome]
+    legacy = _legacy_from_build(fasta, tmp_path)
+    legacy_bytes = legacy.read_bytes()
+    result = gvlfa.ensure_cache(fasta)
+    assert result.action == "migrated" and not legacy.exists()
+    assert (result.dest / gvlfa.DATA_FILE).read_bytes() == legacy_bytes
+    gvlfa.verify(result.dest)
+
+
 @pytest.mark.parametrize("index", [True, False], ids=["fixed-width", "streaming"])
 def test_a_full_disk_during_a_rebuild_keeps_the_old_cache(
     real_genomes: dict[str, Path], monkeypatch: pytest.MonkeyPatch, index: bool
