@@ -885,8 +885,8 @@ def server_stop() -> None:
 def _show_warning(
     message: Warning | str, category: type[Warning], *_: object, **__: object
 ) -> None:
-    """Warnings the farm raises for API users are one yellow line on a terminal."""
-    terminal.say(str(message), warning=True)
+    """Warnings the farm raises for API users are one line, yellow on a terminal."""
+    terminal.say(f"warning: {message}", warning=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -38,8 +38,9 @@ class CacheRequest(BaseModel):
     def canonical_params(self) -> dict[str, Any]:
         return {}
 
-    def check_inputs(self) -> None:
+    def check_inputs(self) -> list[str]:
         gvlfa.check_fasta(self.fasta)
+        return []
 
     def absolute(self) -> CacheRequest:
         return self.model_copy(
