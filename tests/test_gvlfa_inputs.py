@@ -274,14 +274,22 @@ def _legacy_from_build(fasta: Path, tmp_path: Path) -> Path:
     return legacy
 
 
-@pytest.mark.parametrize("with_fai", [True, False])
-def test_a_legacy_cache_is_migrated_and_removed(
-    real_genomes: dict[str, Path], tmp_path: Path, with_fai: bool
-) -> None:
-    fasta = real_genomes["yeast"]
-    if not with_fai:
+def _legacy_of(
+    real_genomes: dict[str, Path], tricky_fasta: Path, tmp_path: Path, genome: str
+) -> tuple[Path, Path]:
+    """A genome and a legacy ``X.gvl`` of it with the right bytes (``-no-fai``: no index)."""
+    name = genome.removesuffix("-no-fai")
+    fasta = tricky_fasta if name == "tricky" else real_genomes[name]
+    if genome.endswith("-no-fai"):
         fasta.with_name(fasta.name + ".fai").unlink()
-    legacy = _legacy_from_build(fasta, tmp_path)
+    return fasta, _legacy_from_build(fasta, tmp_path)
+
+
+@pytest.mark.parametrize("genome", ["yeast", "yeast-no-fai", "lambda.bgz", "tricky"])
+def test_a_legacy_cache_is_checked_migrated_and_removed(
+    real_genomes: dict[str, Path], tricky_fasta: Path, tmp_path: Path, genome: str
+) -> None:
+    fasta, legacy = _legacy_of(real_genomes, tricky_fasta, tmp_path, genome)
     legacy_bytes = legacy.read_bytes()
     result = gvlfa.ensure_cache(fasta)
     assert result.action == "migrated"
@@ -316,15 +324,12 @@ LEGACY_DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("with_fai", [True, False])
+@pytest.mark.parametrize("genome", ["yeast", "yeast-no-fai"])
 @pytest.mark.parametrize("damage", sorted(LEGACY_DAMAGE))
 def test_a_legacy_cache_that_is_not_the_source_is_left_alone(
-    real_genomes: dict[str, Path], tmp_path: Path, damage: str, with_fai: bool
+    real_genomes: dict[str, Path], tricky_fasta: Path, tmp_path: Path, damage: str, genome: str
 ) -> None:
-    fasta = real_genomes["yeast"]
-    if not with_fai:
-        fasta.with_name(fasta.name + ".fai").unlink()
-    legacy = _legacy_from_build(fasta, tmp_path)
+    fasta, legacy = _legacy_of(real_genomes, tricky_fasta, tmp_path, genome)
     good = legacy.read_bytes()
     bad = LEGACY_DAMAGE[damage](good)
     assert bad != good
@@ -335,19 +340,6 @@ def test_a_legacy_cache_that_is_not_the_source_is_left_alone(
     assert legacy.read_bytes() == bad
     gvlfa.verify(result.dest)
     assert not [p for p in fasta.parent.iterdir() if STAGING_MARK in p.name]
-
-
-@pytest.mark.parametrize("genome", ["lambda.bgz", "tricky"])
-def test_a_legacy_cache_of_a_gzipped_or_tricky_fasta_is_checked_and_migrated(
-    real_genomes: dict[str, Path], tricky_fasta: Path, tmp_path: Path, genome: str
-) -> None:
-    fasta = tricky_fasta if genome == "tricky" else real_genomes[genome]
-    legacy = _legacy_from_build(fasta, tmp_path)
-    legacy_bytes = legacy.read_bytes()
-    result = gvlfa.ensure_cache(fasta)
-    assert result.action == "migrated" and not legacy.exists()
-    assert (result.dest / gvlfa.DATA_FILE).read_bytes() == legacy_bytes
-    gvlfa.verify(result.dest)
 
 
 @pytest.mark.parametrize("index", [True, False], ids=["fixed-width", "streaming"])

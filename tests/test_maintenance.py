@@ -134,20 +134,11 @@ def _damages(text: str) -> dict[str, str]:
 def test_verify_tells_a_damaged_farm_json_from_a_changed_source(
     tmp_path: Path, registry: Registry, farm_settings
 ) -> None:
-    from farm.kinds import DatasetRequest
-    from tests.support.dataset_data import DATA, SIRPB2, SIRPB2_STRAND_COLUMN, VCF
+    from tests.support.dataset_data import DATA, SIRPB2, sirpb2_request
 
     inputs = tmp_path / "chr20"
     shutil.copytree(DATA, inputs)
-    request = prepare(
-        DatasetRequest(
-            variants=inputs / VCF,
-            regions=inputs / SIRPB2,
-            dest=tmp_path / "ds.gvl",
-            strand_column=SIRPB2_STRAND_COLUMN,
-        ),
-        farm_settings.roots,
-    )
+    request = prepare(sirpb2_request(inputs, tmp_path / "ds.gvl"), farm_settings.roots)
     key = request_key(request)[0]
     built = _ensure(request, key, service.Context(registry, farm_settings, "w"))
     assert built.status is Status.VALID
