@@ -777,10 +777,10 @@ def reindex(
 
     if not root.is_dir():
         raise InputError(f"{root} is not a directory; name the directory to scan.")
-    with _farm() as farm, terminal.counter("reindexing") as update:
-        terminal.print_rows(
-            _counted(maintenance.reindex(farm.registry, root), update), as_json=as_json
-        )
+    settings = _settings()
+    with _farm(settings) as farm, terminal.counter("reindexing") as update:
+        found = maintenance.reindex(farm.registry, root, allowed=settings.roots)
+        terminal.print_rows(_counted(found, update), as_json=as_json)
 
 
 @app.command("gc")
@@ -885,8 +885,8 @@ def server_stop() -> None:
 def _show_warning(
     message: Warning | str, category: type[Warning], *_: object, **__: object
 ) -> None:
-    """Warnings the farm raises for API users are one yellow line on a terminal."""
-    terminal.say(str(message), warning=True)
+    """Warnings the farm raises for API users are one line, yellow on a terminal."""
+    terminal.say(f"warning: {message}", warning=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -31,6 +31,11 @@ class BrokerError(FarmError, ConnectionError):
     """The registry or broker cannot be reached; the request is safe to retry."""
 
 
+class InputWarning(UserWarning):
+    """A request builds, as GenVarLoader's own writer would build it, but perhaps not as its
+    submitter expects (regions outside the variants' contigs); the message says how."""
+
+
 class StopRequested(BaseException):
     """The worker is stopping and its grace period ran out: give the key back.
 

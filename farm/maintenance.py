@@ -77,36 +77,70 @@ def find_artifacts(root: Path) -> Iterator[Path]:
         dirnames[:] = [d for d in dirnames if Owner.parse(d) is None]
 
 
-def reindex(registry: Registry, root: Path) -> Iterator[ArtifactRecord]:
+def reindex(registry: Registry, root: Path, *, allowed: list[Path]) -> Iterator[ArtifactRecord]:
     """Rebuild records from the artifacts below ``root`` (they describe themselves), one by
-    one as they are found."""
-    for dest in find_artifacts(root.resolve()):
+    one as they are found. ``root`` must lie within the ``allowed`` roots (checked at the
+    call): a sweep of someone else's tree would record their artifacts as the farm's.
+
+    A key already recorded keeps what its record knew of the artifact (when it was built, by
+    whom, in how long, its checksum) as long as the artifact on disk is still the one it
+    describes; a key in flight is left to its builder."""
+    resolved = _within_allowed(root, allowed, "reindex")
+    return _reindexed(registry, resolved)
+
+
+def _reindexed(registry: Registry, root: Path) -> Iterator[ArtifactRecord]:
+    for dest in find_artifacts(root):
         described = kinds.recorded_request(dest)
         if described is None:
             continue
         request, sources = described
         key = derive_key(request, sources)
         known = registry.get(key)
+        if known is not None and not known.status.terminal:
+            yield known  # queued or building: its builder writes the record
+            continue
         # Validity is earned: an artifact its record calls invalid passes only a deep check.
         distrusted = known is not None and known.status is Status.INVALID
         found = kinds.classify(request, deep=distrusted)
-        now = time.time()
         status = _STATUS_OF.get(found.state, Status.INVALID)
-        record = ArtifactRecord(
-            key=key,
-            kind=request.kind,
-            dest=str(request.destination()),
-            request=request.model_dump(mode="json"),
-            sources=sources,
-            status=status,
-            error=None if status is Status.VALID else f"{found.reason or found.state}.",
-            created_at=now,
-            updated_at=now,
-            size_bytes=kinds.dir_size(dest),
-            action="reindexed",
-        )
+        verdict = {
+            "status": status,
+            "error": None if status is Status.VALID else f"{found.reason or found.state}.",
+            "rebuild": status is not Status.VALID,
+            "size_bytes": kinds.dir_size(dest),
+            "action": "reindexed",
+        }
+        checksum = kinds.checksum(request)
+        if known is not None and known.status is not Status.FAILED and known.checksum == checksum:
+            record = known.evolve(**verdict)  # the very artifact its record describes
+        else:
+            now = time.time()
+            record = ArtifactRecord(
+                key=key,
+                kind=request.kind,
+                dest=str(request.destination()),
+                request=request.model_dump(mode="json"),
+                sources=sources,
+                created_at=now,
+                updated_at=now,
+                checksum=checksum,
+                **verdict,
+            )
         registry.put(record)
         yield record
+
+
+def _within_allowed(root: Path, allowed: list[Path], command: str) -> Path:
+    """``root`` resolved, or one sentence refusing it when it lies outside the allowed roots."""
+    resolved = root.resolve()
+    if not any(resolved == a or resolved.is_relative_to(a) for a in allowed):
+        listed = os.pathsep.join(str(a) for a in allowed)
+        raise InputError(
+            f"{root} is outside the allowed roots ({listed}), the only places {command} "
+            "sweeps; name a directory below one of them."
+        )
+    return resolved
 
 
 def gc(
@@ -116,13 +150,7 @@ def gc(
     lie within the ``allowed`` roots: gc never walks, let alone removes, anything else.
     The roots are checked at the call; the orphans come as the walk finds them."""
     for root in roots:
-        resolved = root.resolve()
-        if not any(resolved == a or resolved.is_relative_to(a) for a in allowed):
-            listed = os.pathsep.join(str(a) for a in allowed)
-            raise InputError(
-                f"{root} is outside the allowed roots ({listed}); gc only sweeps inside them. "
-                "Name a directory below one, or add its root to FARM_ALLOWED_ROOTS."
-            )
+        _within_allowed(root, allowed, "gc")
 
     def live(job: str) -> bool:
         if registry is None:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Protocol, Self
 
 from pydantic import AfterValidator, ValidationError
 
 from farm.confine import containing_root
-from farm.errors import DestinationError
+from farm.errors import DestinationError, InputWarning
 from farm.fingerprint import Fingerprint, fingerprint
 from farm.limits import (
     MAX_DEST_NAME_BYTES,
@@ -118,8 +119,9 @@ class BuildRequest(Protocol):
         """The build parameters in canonical form (no paths: those enter by content)."""
         ...
 
-    def check_inputs(self) -> None:
-        """Raise :class:`InputError` with one sentence for inputs that cannot build."""
+    def check_inputs(self) -> list[str] | None:
+        """Raise :class:`InputError` with one sentence for inputs that cannot build; return a
+        sentence for each thing that builds but not as the submitter may expect."""
         ...
 
     def absolute(self) -> Self:
@@ -138,11 +140,15 @@ def prepare(request: BuildRequest, roots: list[Path]) -> BuildRequest:
     """Validate a request at submission and return it with absolute paths.
 
     Raises :class:`InputError` or :class:`DestinationError` with one sentence; nothing is
-    queued for a request that fails here.
+    queued for a request that fails here. What builds, but perhaps not as the submitter
+    expects, is said to the submitter here, once, as an :class:`InputWarning` per sentence
+    (the CLI prints each as one line on stderr).
     """
     request = request.absolute()
-    request.check_inputs()
+    said = request.check_inputs() or []
     check_destination(request, roots)
+    for sentence in said:
+        warnings.warn(sentence, InputWarning, stacklevel=2)
     return request
 
 

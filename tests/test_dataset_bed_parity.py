@@ -1,6 +1,7 @@
 """Every BED-like file gvl.write reads (BED3-12 and wider, narrowPeak, broadPeak, gzip and BGZF,
-track lines, zero-length rows, contigs without variants) gives a farm dataset whose regions
-table, regions and haplotypes equal gvl.write's, from the very same file."""
+track lines, zero-length rows, contigs without variants, regions past a contig's end) gives a
+farm dataset whose regions table, regions and haplotypes equal gvl.write's, from the very same
+file."""
 
 from __future__ import annotations
 
@@ -77,12 +78,22 @@ def bed_with_a_contig_without_variants(d: Path) -> Path:
     return path
 
 
+def bed_past_the_contig_end(d: Path) -> Path:
+    """Regions that run past contig 20's end (2,000,000 bp), or start beyond it."""
+    path = d / "past_end.bed"
+    lines = [f"20\t{s}\t{e}\tin{i}\t0\t+" for i, (s, e) in enumerate(_rows(3))]
+    lines += ["20\t1999990\t2000010\tacross\t0\t-", "20\t2000500\t2000520\tbeyond\t0\t+"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 BEDS: dict[str, Callable[[Path], Path]] = {
     "bed12 plus two extra columns": bed12,
     "narrowPeak.gz with '.' and -1": narrow_peak_gz,
     "broadPeak with browser and track lines": broad_peak,
     "bgzf bed with zero-length rows": bgzf_bed_with_zero_length_rows,
     "a contig without variants": bed_with_a_contig_without_variants,
+    "regions past the contig's end": bed_past_the_contig_end,
 }
 
 

@@ -228,7 +228,7 @@ def test_a_track_dataset_is_reindexed_to_its_key(inputs, tmp_path: Path, registr
     ).absolute()
     key, _ = request_key(request)
     assert kinds.ensure(request, Owner.current("t")).action == "built"
-    [found] = maintenance.reindex(registry, tmp_path / "out")
+    [found] = maintenance.reindex(registry, tmp_path / "out", allowed=[tmp_path])
     assert found.key == key and found.status == "valid"
     [verdict] = maintenance.verify(registry, [key])
     assert verdict.status == "valid"

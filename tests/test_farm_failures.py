@@ -62,7 +62,7 @@ def test_a_broker_lost_mid_build_loses_no_artifact(genomes: Path, tmp_path: Path
     with redis_server(tmp_path / "new-redis") as url:
         registry = Registry.from_url(url)
         settings = Settings(redis_url=url, allowed_roots=str(tmp_path))
-        (record,) = maintenance.reindex(registry, genomes)
+        (record,) = maintenance.reindex(registry, genomes, allowed=settings.roots)
         assert record.key == key and record.status is Status.VALID
         with Farm(settings, registry, Sender(settings, url)) as farm:
             again = farm.submit(request)

@@ -102,9 +102,10 @@ def test_a_forced_build_never_reuses(chr20: Path, tmp_path: Path) -> None:
     _nothing_left(dest)
 
 
-def test_a_forced_build_skips_the_legacy_migration(chr20: Path, tmp_path: Path) -> None:
-    """A legacy ``X.gvl`` is adopted on its size alone, and its checksum is computed from
-    the bytes adopted, so even a deep check passes a corrupt one: only force avoids it."""
+def test_a_corrupt_legacy_cache_is_never_adopted(chr20: Path, tmp_path: Path) -> None:
+    """A legacy ``X.gvl`` is adopted only once its bytes equal the source's sequence: a
+    same-size corruption, which its size and a checksum computed from it would both pass, is
+    left alone and the cache is built from the source. A forced build never looks at it."""
     good = (
         gvlfa.ensure_cache(chr20, tmp_path / "scratch.gvlfa").dest / gvlfa.DATA_FILE
     ).read_bytes()
@@ -119,13 +120,12 @@ def test_a_forced_build_skips_the_legacy_migration(chr20: Path, tmp_path: Path) 
     assert legacy.read_bytes() == bad  # not consumed
 
     shutil.rmtree(forced.dest)
-    migrated = gvlfa.ensure_cache(chr20)  # today's shortcut: the corrupt bytes, "valid"
-    assert migrated.action == "migrated"
-    assert (migrated.dest / gvlfa.DATA_FILE).read_bytes() == bad
-    assert gvlfa.classify(migrated.dest, deep=True).state is State.FRESH
-
-    assert gvlfa.ensure_cache(chr20, force=True).action == "rebuilt"
-    assert (migrated.dest / gvlfa.DATA_FILE).read_bytes() == good
+    plain = gvlfa.ensure_cache(chr20)
+    assert (plain.action, plain.outcome) == ("built", Outcome.PUBLISHED)
+    assert (plain.dest / gvlfa.DATA_FILE).read_bytes() == good
+    assert gvlfa.classify(plain.dest, deep=True).state is State.FRESH
+    assert legacy.read_bytes() == bad  # left alone, as a legacy file of the wrong size is
+    _nothing_left(plain.dest)
 
 
 def test_force_does_not_overwrite_what_is_not_a_cache(chr20: Path, tmp_path: Path) -> None:

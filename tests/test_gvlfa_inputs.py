@@ -274,14 +274,22 @@ def _legacy_from_build(fasta: Path, tmp_path: Path) -> Path:
     return legacy
 
 
-@pytest.mark.parametrize("with_fai", [True, False])
-def test_a_legacy_cache_is_migrated_and_removed(
-    real_genomes: dict[str, Path], tmp_path: Path, with_fai: bool
-) -> None:
-    fasta = real_genomes["yeast"]
-    if not with_fai:
+def _legacy_of(
+    real_genomes: dict[str, Path], tricky_fasta: Path, tmp_path: Path, genome: str
+) -> tuple[Path, Path]:
+    """A genome and a legacy ``X.gvl`` of it with the right bytes (``-no-fai``: no index)."""
+    name = genome.removesuffix("-no-fai")
+    fasta = tricky_fasta if name == "tricky" else real_genomes[name]
+    if genome.endswith("-no-fai"):
         fasta.with_name(fasta.name + ".fai").unlink()
-    legacy = _legacy_from_build(fasta, tmp_path)
+    return fasta, _legacy_from_build(fasta, tmp_path)
+
+
+@pytest.mark.parametrize("genome", ["yeast", "yeast-no-fai", "lambda.bgz", "tricky"])
+def test_a_legacy_cache_is_checked_migrated_and_removed(
+    real_genomes: dict[str, Path], tricky_fasta: Path, tmp_path: Path, genome: str
+) -> None:
+    fasta, legacy = _legacy_of(real_genomes, tricky_fasta, tmp_path, genome)
     legacy_bytes = legacy.read_bytes()
     result = gvlfa.ensure_cache(fasta)
     assert result.action == "migrated"
@@ -300,6 +308,38 @@ def test_a_legacy_cache_of_the_wrong_size_is_left_alone(
     assert result.action == "built"
     assert legacy.read_bytes() == b"ACGT" * 10
     gvlfa.verify(result.dest)
+
+
+def _last_byte_changed(good: bytes) -> bytes:
+    return good[:-1] + (b"A" if good[-1:] != b"A" else b"C")
+
+
+# Legacy files a size check passes (or, without a .fai, never makes), none the source's bytes.
+LEGACY_DAMAGE = {
+    "one byte in the middle": lambda good: good[:1000] + bytes([good[1000] ^ 0x02]) + good[1001:],
+    "the last byte": _last_byte_changed,
+    "soft-masking kept": lambda good: good[:500] + good[500:600].lower() + good[600:],
+    "one byte short": lambda good: good[:-1],
+    "one byte over": lambda good: good + b"N",
+}
+
+
+@pytest.mark.parametrize("genome", ["yeast", "yeast-no-fai"])
+@pytest.mark.parametrize("damage", sorted(LEGACY_DAMAGE))
+def test_a_legacy_cache_that_is_not_the_source_is_left_alone(
+    real_genomes: dict[str, Path], tricky_fasta: Path, tmp_path: Path, damage: str, genome: str
+) -> None:
+    fasta, legacy = _legacy_of(real_genomes, tricky_fasta, tmp_path, genome)
+    good = legacy.read_bytes()
+    bad = LEGACY_DAMAGE[damage](good)
+    assert bad != good
+    legacy.write_bytes(bad)
+    result = gvlfa.ensure_cache(fasta)
+    assert result.action == "built"
+    assert (result.dest / gvlfa.DATA_FILE).read_bytes() == good
+    assert legacy.read_bytes() == bad
+    gvlfa.verify(result.dest)
+    assert not [p for p in fasta.parent.iterdir() if STAGING_MARK in p.name]
 
 
 @pytest.mark.parametrize("index", [True, False], ids=["fixed-width", "streaming"])

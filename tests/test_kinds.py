@@ -12,7 +12,8 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from farm import kinds, maintenance, service
+from farm import kinds
+from farm.kinds import FenceToken, maintenance, service
 from farm.artifacts.base import Classification, State
 from farm.config import Settings
 from farm.fingerprint import Fingerprint, checksum, fingerprint
@@ -99,6 +100,12 @@ class CopyKind:
         request = CopyRequest(source=Path(record["source"]), dest=dest).absolute()
         return request, {"source": Fingerprint.model_validate(record["fp"])}
 
+    def checksum(self, dest: Path) -> str | None:
+        return checksum(dest / "copy")
+
+    def fence_of(self, dest: Path) -> FenceToken | None:
+        return None  # built by its own publish, outside the fenced workers' tests
+
 
 @pytest.fixture
 def copy_kind() -> Iterator[None]:
@@ -133,7 +140,7 @@ def test_a_registered_kind_is_parsed_built_recorded_verified_and_reindexed(
 
     registry.forget([key])
     assert registry.get(key) is None
-    [found] = maintenance.reindex(registry, tmp_path / "out")
+    [found] = maintenance.reindex(registry, tmp_path / "out", allowed=[tmp_path])
     assert found.key == key and found.kind == "copy"
 
 

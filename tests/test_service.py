@@ -235,8 +235,7 @@ def test_a_destination_rebuilt_for_another_request_supersedes_the_old_record(
     import genvarloader as gvl
 
     from farm import maintenance
-    from farm.kinds import DatasetRequest
-    from tests.support.dataset_data import DATA, SIRPB2, SIRPB2_STRAND_COLUMN, VCF
+    from tests.support.dataset_data import DATA, sirpb2_request
 
     inputs = tmp_path / "chr20"
     shutil.copytree(DATA, inputs)
@@ -244,14 +243,7 @@ def test_a_destination_rebuilt_for_another_request_supersedes_the_old_record(
     records = []
     for samples in (("NA06989", "NA07000"), ("NA06994",)):
         request = prepare(
-            DatasetRequest(
-                variants=inputs / VCF,
-                regions=inputs / SIRPB2,
-                dest=tmp_path / "ds.gvl",
-                samples=samples,
-                strand_column=SIRPB2_STRAND_COLUMN,
-            ),
-            farm_settings.roots,
+            sirpb2_request(inputs, tmp_path / "ds.gvl", samples=samples), farm_settings.roots
         )
         records.append(_ensure(request, request_key(request)[0], ctx))
     first, second = records
@@ -295,7 +287,7 @@ def test_reindex_never_makes_an_invalid_artifact_valid_on_a_shallow_check(
     data.write_bytes(bytes(raw))
     (verdict,) = maintenance.verify(registry, [key])
     assert verdict.status is Status.INVALID and verdict.rebuild
-    (reindexed,) = maintenance.reindex(registry, genomes)
+    (reindexed,) = maintenance.reindex(registry, genomes, allowed=farm_settings.roots)
     assert reindexed.key == key and reindexed.status is Status.INVALID
     assert registry.get(key).status is Status.INVALID
 

@@ -41,7 +41,6 @@ from farm.fingerprint import (
     ChunkedCrc,
     Fingerprint,
     SourceStamp,
-    chunk_crc_checksum,
     chunk_crc_digest,
     content_matches,
     fingerprint,
@@ -397,7 +396,7 @@ def ensure_cache(
             and legacy.is_file()
             and dest == default_dest(fasta)
         ):
-            migrated = _migrate_legacy(fasta, legacy, dest, root, owner, expected)
+            migrated = _migrate_legacy(fasta, legacy, dest, root, owner, expected, progress)
             if migrated is not None:
                 return migrated
         replace = force or state is not State.MISSING
@@ -477,25 +476,27 @@ def _migrate_legacy(
     root: Path,
     owner: Owner,
     expected: Fingerprint | None,
+    progress: Progress = NO_PROGRESS,
 ) -> EnsureResult | None:
-    """Reuse the bytes of a legacy flat ``X.gvl`` when they fit the source; None to build.
+    """Reuse the bytes of a legacy flat ``X.gvl`` when they are the source's; None to build.
 
-    The source is stamped and its contig lengths read before the legacy file is touched, and
-    the stamp is checked before the publish. Racing migrators each hard-link the legacy bytes
-    (nobody moves them out from under another), the first rename wins, and the legacy file is
-    removed only after a publish.
+    A legacy file is validated by nothing but its mtime, so its bytes are adopted only once
+    they equal the source's upper-cased sequence, compared in one streaming pass over both
+    (flat memory) that also yields the contigs and the checksum recorded: a corrupt legacy
+    file is left alone and the cache is built fresh. The source is stamped before the legacy
+    file is touched and checked after the comparison, so a source that changes meanwhile
+    fails the migration rather than reading as a mismatch. Racing migrators each hard-link
+    the legacy bytes (nobody moves them out from under another), the first rename wins, and
+    the legacy file is removed only after a publish.
     """
     stamp = _stamp(fasta, expected)
     lengths = _fai_lengths(fasta)
-    if lengths is None:
-        # No trustworthy index: count the lengths in one read-only pass (no writes, so far
-        # cheaper than a build) rather than strand the legacy bytes forever.
-        lengths = stream_contigs(fasta, lambda _block: None)
     try:
-        if legacy.stat().st_size != sum(lengths.values()):
-            return None  # stale or truncated legacy bytes: leave them alone, build fresh
+        size = legacy.stat().st_size
     except FileNotFoundError:
         return None
+    if lengths is not None and size != sum(lengths.values()):
+        return None  # stale or truncated legacy bytes: leave them alone, build fresh
 
     def write(staged: Path) -> CacheMetadata:
         data = staged / DATA_FILE
@@ -507,14 +508,20 @@ def _migrate_legacy(
             if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise
             shutil.copyfile(legacy, data)
-        checksum = chunk_crc_checksum(data)
-        _check_unchanged(stamp)  # the lengths and fingerprint recorded are still the file's
+        progress.start(size, "bp")
+        try:
+            contigs, checksum = _source_sequence_is(fasta, data, progress)
+        finally:
+            _check_unchanged(stamp)  # the bytes compared, and the fingerprint, are the file's
         token = owner.fence.token() if owner.fence is not None else None
         return _write_metadata(
-            staged, fasta, dest, lengths, stamp.fingerprint, checksum, fence_token=token
+            staged, fasta, dest, contigs, stamp.fingerprint, checksum, fence_token=token
         )
 
-    outcome, meta = build_and_publish(dest, write, owner=owner, replace=False, root=root)
+    try:
+        outcome, meta = build_and_publish(dest, write, owner=owner, replace=False, root=root)
+    except _NotTheSource:
+        return None  # corrupt or of another source: leave it alone, build fresh
     if outcome in (Outcome.PUBLISHED, Outcome.REPLACED, Outcome.LOST):
         with ConfinedParent(dest, root) as parent:  # the legacy file lies beside the cache
             parent.remove(legacy.name)
@@ -523,6 +530,28 @@ def _migrate_legacy(
         return None
     action: Action = "migrated" if outcome is Outcome.PUBLISHED else "reused"
     return EnsureResult(dest, action, outcome, meta if meta is not None else found.metadata)
+
+
+class _NotTheSource(Exception):  # control flow: the legacy bytes are not the source's
+    pass
+
+
+def _source_sequence_is(fasta: Path, data: Path, progress: Progress) -> tuple[dict[str, int], str]:
+    """The contigs and content checksum of ``data`` when it holds exactly the sequence a
+    build of ``fasta`` writes; :class:`_NotTheSource` at the first byte that differs."""
+    running = ChunkedCrc()
+    with open(data, "rb") as held:
+
+        def compare(block: bytes) -> None:
+            if held.read(len(block)) != block:
+                raise _NotTheSource
+            running.update(block)
+            progress.advance(len(block))
+
+        contigs = stream_contigs(fasta, compare)
+        if held.read(1) or not any(contigs.values()):
+            raise _NotTheSource  # longer than the sequence, or no sequence to cache
+    return contigs, running.hexdigest()
 
 
 def _fai_lengths(fasta: Path) -> dict[str, int] | None:

@@ -24,6 +24,7 @@ __all__ = [
     "DatasetRequest",
     "FenceToken",
     "Kind",
+    "checksum",
     "classify",
     "dir_size",
     "ensure",
@@ -87,6 +88,14 @@ def ensure(
 
 def classify(request: BuildRequest, *, deep: bool = False) -> Classification:
     return KINDS[request.kind].classify(request, deep=deep)
+
+
+def checksum(request: BuildRequest) -> str | None:
+    """The checksum a build records for what is now at the request's destination."""
+    try:
+        return KINDS[request.kind].checksum(request.destination())
+    except (OSError, ValueError):
+        return None
 
 
 def recorded_request(dest: Path) -> tuple[BuildRequest, dict[str, Fingerprint]] | None:

@@ -82,6 +82,11 @@ class Kind(Protocol[RequestT]):
         not an artifact of this kind or records none (built outside a worker, or before)."""
         ...
 
+    def checksum(self, dest: Path) -> str | None:
+        """The checksum a build records for the artifact now at ``dest``, read cheaply from its
+        own files (None when it has none), so a record can tell whether it still describes it."""
+        ...
+
 
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -38,8 +38,9 @@ class CacheRequest(BaseModel):
     def canonical_params(self) -> dict[str, Any]:
         return {}
 
-    def check_inputs(self) -> None:
+    def check_inputs(self) -> list[str]:
         gvlfa.check_fasta(self.fasta)
+        return []
 
     def absolute(self) -> CacheRequest:
         return self.model_copy(
@@ -104,6 +105,9 @@ class CacheKind:
         source = gvlfa.resolve_source(dest, meta) or Path(meta.source.absolute_path)
         request = CacheRequest(fasta=source, dest=dest).absolute()
         return request, {"fasta": meta.fingerprint}
+
+    def checksum(self, dest: Path) -> str | None:
+        return gvlfa.read_metadata(dest).sequence_checksum
 
 
 CACHE = CacheKind()

@@ -92,8 +92,8 @@ class DatasetRequest(BaseModel):
         paths = ("variants", "regions", "tracks", "annot_tracks")
         return {k: v for k, v in canonical.items() if k not in paths}
 
-    def check_inputs(self) -> None:
-        self.params().check()
+    def check_inputs(self) -> list[str]:
+        return self.params().check()
 
     def absolute(self) -> DatasetRequest:
         """Absolute paths, and the strand column found from the BED when none was given, so
@@ -205,6 +205,9 @@ class DatasetKind:
         if set(roles.values()) != set(by_path):
             return None
         return request, {role: by_path[path] for role, path in roles.items()}
+
+    def checksum(self, dest: Path) -> str | None:
+        return checksum(dest / FARM_RECORD)
 
 
 def _built_from(dest: Path, expected: dict[str, Fingerprint] | None) -> bool:

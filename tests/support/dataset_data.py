@@ -5,9 +5,13 @@ from __future__ import annotations
 import gzip
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pysam
+
+if TYPE_CHECKING:
+    from farm.kinds import DatasetRequest
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "grch37_chr20"
 VCF = "1kgp_203samples_unphased.chr20_1000001-2000000.vcf.gz"
@@ -38,6 +42,19 @@ def copy_inputs(root: Path) -> dict[str, Path]:
         "tiles": tiles,
         "vcf_sorted": sample_sorted_vcf(root / VCF, root / "sample_sorted.vcf"),
     }
+
+
+def sirpb2_request(inputs: Path, dest: Path, **fields: Any) -> DatasetRequest:
+    """A dataset request of the SIRPB2 regions over the VCF copied into ``inputs``."""
+    from farm.kinds import DatasetRequest
+
+    return DatasetRequest(
+        variants=inputs / VCF,
+        regions=inputs / SIRPB2,
+        dest=dest,
+        strand_column=SIRPB2_STRAND_COLUMN,
+        **fields,
+    )
 
 
 def sample_sorted_vcf(src: Path, dst: Path) -> Path:

@@ -156,8 +156,10 @@ class DatasetParams(BaseModel):
             }
         return out
 
-    def check(self) -> None:
-        """Raise :class:`InputError` with one sentence for any input that cannot build.
+    def check(self) -> list[str]:
+        """Raise :class:`InputError` with one sentence for any input that cannot build;
+        return a sentence for each thing that builds, as gvl.write builds it, but not as its
+        submitter may expect (regions outside the variants' contigs).
 
         Cheap checks only (headers, indexes, the BED, the tracks' contigs); defects found only
         by reading every record (unsorted files, multi-allelic records, corrupt blocks) surface
@@ -173,6 +175,39 @@ class DatasetParams(BaseModel):
         # Contigs without variant records are fine: their haplotypes are the reference.
         regions = bed.read_bed(self.regions, self.strand_column)
         self.dataset_samples(regions.contigs)
+        return self.region_warnings(regions)
+
+    def region_warnings(self, regions: bed.Regions) -> list[str]:
+        """Regions on contigs the variant source does not name, or past a contig's end where
+        it gives the length (:func:`regions.outside_warnings`); none when it cannot tell."""
+        known = self.variant_contigs()
+        if self.variants is None or known is None:
+            return []
+        absent = {c for c in regions.contigs if match_contig(c, known) is None}
+        lengths = {}
+        for contig in regions.contigs:
+            found = match_contig(contig, known)
+            if found is not None and known[found] is not None:
+                lengths[contig] = known[found]
+        return bed.outside_warnings(
+            regions, self.regions, self.variants, absent, lengths, self.max_jitter
+        )
+
+    def variant_contigs(self) -> dict[str, int | None] | None:
+        """The contigs the variant source names, with their lengths where it gives them: a
+        VCF/BCF's header and index, a .pvar's ``##contig`` lines, a SparseVar's metadata.
+        None when that cannot be told without reading every record (a .pvar without them)."""
+        if self.variants is None:
+            return None
+        if self.kind == "svar":
+            from farm.artifacts.dataset.svar import svar_contigs
+
+            return dict.fromkeys(svar_contigs(self.variants))
+        if self.kind == "pgen":
+            from farm.artifacts.dataset.pgen import siblings
+
+            return _pvar_contigs(siblings(self.variants)[0]) or None
+        return _vcf_contigs(self.variants)
 
     def dataset_samples(self, contigs: list[str]) -> list[str]:
         """The dataset's samples, sorted: those asked for (default: every sample the variant
@@ -304,3 +339,42 @@ def _vcf_samples(path: Path) -> list[str]:
         return list(vcf.samples)
     finally:
         vcf.close()
+
+
+_CONTIG_LINE = re.compile(r"##contig=<(.*)>")
+
+
+def _header_contig(line: str) -> tuple[str, int | None] | None:
+    """``##contig=<ID=20,length=2000000,...>`` as its name and length."""
+    found = _CONTIG_LINE.match(line.strip())
+    if found is None:
+        return None
+    fields = dict(f.split("=", 1) for f in found.group(1).split(",") if "=" in f)
+    length = fields.get("length", "")
+    return (fields["ID"], int(length) if length.isdigit() else None) if "ID" in fields else None
+
+
+def _pvar_contigs(pvar: Path) -> dict[str, int | None]:
+    """The ``##contig`` lines of a .pvar's header (read up to its ``#CHROM`` line)."""
+    out: dict[str, int | None] = {}
+    with open(pvar, errors="replace") as f:
+        for line in f:
+            if not line.startswith("##"):
+                break
+            if (contig := _header_contig(line)) is not None:
+                out[contig[0]] = contig[1]
+    return out
+
+
+def _vcf_contigs(path: Path) -> dict[str, int | None] | None:
+    """A VCF/BCF's header contigs with their lengths, plus those its index lists."""
+    import pysam
+
+    try:
+        with pysam.VariantFile(str(path)) as vcf:
+            out = {c.name: c.length for c in vcf.header.contigs.values()}
+            for name in vcf.index or ():
+                out.setdefault(name, None)
+    except (OSError, ValueError):
+        return None  # the build says what is wrong with it
+    return out

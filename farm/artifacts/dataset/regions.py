@@ -309,3 +309,60 @@ def _minus_one_null(name: str, column: pa.Array) -> pa.Array:
     if name not in _MINUS_ONE_IS_NULL:
         return column
     return pc.if_else(pc.equal(column, -1), pa.scalar(None, column.type), column)
+
+
+# --- regions outside the variants' contigs ----------------------------------------------------
+
+
+def outside_warnings(
+    regions: Regions,
+    bed: Path,
+    variants: Path,
+    absent: set[str],
+    lengths: dict[str, int],
+    max_jitter: int = 0,
+) -> list[str]:
+    """Sentences about regions gvl.write keeps as given although they lie outside the variant
+    file's contigs: on ``absent`` contigs (the dataset then opens only with a reference that
+    has them), or with a window past the contig's end in ``lengths`` (read as N there).
+    Both name the file and the fix; the build is not refused, since gvl.write builds it too."""
+    said: list[str] = []
+    on_absent = [i for i, c in enumerate(regions.chrom) if c in absent]
+    if on_absent:
+        one, names = len(on_absent) == 1, sorted(absent, key=natural_key)
+        it = "it" if one else "them"
+        said.append(
+            f"{_counted(len(on_absent), 'region')} of {bed} {'names' if one else 'name'} "
+            f"{'a contig' if len(names) == 1 else 'contigs'} absent from {variants} "
+            f"({_listed(names)}): gvl.write keeps {it} with no variants, and GenVarLoader "
+            "opens the dataset only with a reference that has "
+            f"{'that contig' if len(names) == 1 else 'those contigs'}; drop {it} from {bed} "
+            "if yours does not."
+        )
+    past = [
+        i
+        for i, c in enumerate(regions.chrom)
+        if c in lengths and int(regions.ends[i]) + max_jitter > lengths[c]
+    ]
+    if past:
+        one, it = len(past) == 1, "it" if len(past) == 1 else "them"
+        shown = [f"{regions.chrom[i]}:{regions.starts[i]}-{regions.ends[i]}" for i in past]
+        ends = {regions.chrom[i]: lengths[regions.chrom[i]] for i in past}
+        sizes = ", ".join(f"{c} is {n:,} bp" for c, n in sorted(ends.items()))
+        jitter = f" with max_jitter {max_jitter}" if max_jitter else ""
+        said.append(
+            f"{_counted(len(past), 'region')} of {bed} {'runs' if one else 'run'} past the end "
+            f"of {'its' if one else 'their'} contig in {variants}{jitter} ({_listed(shown)}; "
+            f"{sizes}): gvl.write keeps {it} as given, and GenVarLoader reads N past the end; "
+            f"trim {it} in {bed} if that is not what you want."
+        )
+    return said
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
+def _listed(items: list[str], shown: int = 3) -> str:
+    more = len(items) - shown
+    return ", ".join(items[:shown]) + (f" and {more:,} more" if more > 0 else "")

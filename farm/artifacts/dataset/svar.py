@@ -71,6 +71,11 @@ def svar_samples(svar_dir: Path) -> list[str]:
     return list(_read_metadata(Path(svar_dir))["samples"])
 
 
+def svar_contigs(svar_dir: Path) -> list[str]:
+    """The contigs the SparseVar holds variants of."""
+    return [str(c) for c in _read_metadata(Path(svar_dir))["contigs"]]
+
+
 def svar_ploidy(svar_dir: Path) -> int:
     """The SparseVar's ploidy: a dataset built from it records this as its ``ploidy``."""
     return int(_read_metadata(Path(svar_dir))["ploidy"])

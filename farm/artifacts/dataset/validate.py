@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from farm.artifacts.base import Classification, State
+from farm.artifacts.dataset.seal import damage
 from farm.artifacts.dataset.svar import OFFSETS as SVAR_OFFSETS
 from farm.artifacts.dataset.svar import SVAR_META
 from farm.artifacts.dataset.tracks import FILES as TRACK_FILES
@@ -174,6 +175,8 @@ def read_record(dest: Path) -> dict[str, Any] | None:
         raise _invalid(dest, f"{FARM_RECORD} is not valid JSON") from e
     if not isinstance(record, dict) or not isinstance(record.get("checksums"), dict):
         raise _invalid(dest, f"{FARM_RECORD} has no checksums")
+    if (why := damage(record)) is not None:
+        raise _invalid(dest, f"{FARM_RECORD} {why}")
     return record
 
 

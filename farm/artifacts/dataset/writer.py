@@ -27,6 +27,7 @@ from farm.artifacts.dataset.params import DatasetParams, contig_aliases, match_c
 from farm.artifacts.dataset.pgen import PgenFile
 from farm.artifacts.dataset.rawfile import RawWriter
 from farm.artifacts.dataset.regions import Regions, read_bed
+from farm.artifacts.dataset.seal import sealed
 from farm.artifacts.dataset.select import ContigSites, select_region
 from farm.artifacts.dataset.sites import SiteTable
 from farm.artifacts.dataset.svar import svar_ploidy, write_svar_genotypes
@@ -141,7 +142,7 @@ def write_dataset(
     }
     if fence_token is not None:
         record["fence"] = fence_token
-    (out_dir / FARM_RECORD).write_text(json.dumps(record, indent=1))
+    (out_dir / FARM_RECORD).write_text(json.dumps(sealed(record), indent=1))
     return metadata
 
 
