@@ -119,8 +119,8 @@ def _keys(keys: Sequence[str]) -> list[str]:
 
 
 def _build(request: BuildRequest, *, timeout: float | None, inline: bool) -> None:
-    """On the embedded default with no worker that serves our roots, build here (its worker
-    starts afterwards, for the next build): the caller never waits for a worker to boot."""
+    """On the embedded default with no live worker, build here (its worker starts
+    afterwards, for the next build): the caller never waits for a worker to boot."""
     from farm import embedded
 
     settings = _settings()
@@ -786,7 +786,11 @@ def reindex(
 @app.command("gc")
 def collect_garbage(
     roots: Annotated[
-        list[Path] | None, typer.Argument(help="Directories to sweep (default: allowed roots).")
+        list[Path] | None,
+        typer.Argument(
+            help="Directories to sweep (default: the allowed roots; on the embedded default, "
+            "the current directory)."
+        ),
     ] = None,
     grace: Annotated[
         float, typer.Option(help="Seconds before another host's leaseless dir is an orphan.")
@@ -802,7 +806,7 @@ def collect_garbage(
     done = "would remove" if dry_run else "removed"
     with _farm(settings) as farm, terminal.counter("sweeping") as update:
         found = maintenance.gc(
-            farm.registry, roots or settings.roots, grace_s=grace, allowed=settings.roots
+            farm.registry, roots or _gc_roots(settings), grace_s=grace, allowed=settings.roots
         )
         for count, orphan in enumerate(found, 1):
             if not dry_run:
@@ -813,6 +817,16 @@ def collect_garbage(
                 terminal.line(json.dumps(row))
             else:
                 terminal.line(f"{done} {orphan.path} ({orphan.reason})")
+
+
+def _gc_roots(settings: Settings) -> list[Path]:
+    """What ``farm gc`` sweeps by default: the allowed roots, or the current directory when
+    they are the whole filesystem (the embedded default), which no one means to walk."""
+    from farm.env import EVERYWHERE
+
+    if settings.roots == [Path(EVERYWHERE)]:
+        return [Path.cwd()]
+    return settings.roots
 
 
 # --- processes -------------------------------------------------------------------------------
