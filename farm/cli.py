@@ -105,13 +105,32 @@ def _light_registry() -> Registry:
 
 
 def _keys(keys: Sequence[str]) -> list[str]:
-    """Keys as typed, with ``-`` standing for the keys on stdin (one a line)."""
+    """Keys as typed, with ``-`` standing for the keys on stdin (one a line). A key is
+    printable text: bytes that are not UTF-8 (a binary file piped in, kept by Python as lone
+    surrogates that no Redis call can send) are one sentence."""
     out: list[str] = []
     for key in keys:
-        if key == "-":
-            out.extend(k.strip() for k in sys.stdin if k.strip())
-        else:
+        if key != "-":
+            if not key.isprintable():
+                raise InputError(
+                    f"The key {key!r} is not printable UTF-8 text; give the keys `farm submit` "
+                    "printed, or unique prefixes of them."
+                )
             out.append(key)
+            continue
+        for number, raw in enumerate(sys.stdin.buffer, 1):
+            try:
+                text = raw.decode("utf-8").strip()
+                is_text = text.isprintable()
+            except UnicodeDecodeError:
+                is_text = False
+            if not is_text:
+                raise InputError(
+                    f"Line {number} of standard input is not a key (not printable UTF-8 "
+                    "text); pipe in the keys `farm submit` printed, one a line."
+                )
+            if text:
+                out.append(text)
     return out
 
 
@@ -448,18 +467,9 @@ def _read_manifest(path: Path) -> Iterator[BuildRequest]:
     from farm.kinds import parse_request
     from farm.requests import describe
 
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise InputError(f"Cannot read manifest {path} ({e.strerror}); check the path.") from e
-    for number, line in enumerate(lines, 1):
+    for number, line in _manifest_lines(path):
         if not line.strip():
             continue
-        if len(line) > MAX_MANIFEST_LINE:
-            raise InputError(
-                f"Manifest {path} line {number} is {len(line):,} characters long, over the "
-                f"limit of {MAX_MANIFEST_LINE:,}; one request a line. Nothing was submitted."
-            )
         if number > MAX_BATCH:
             raise InputError(
                 f"Manifest {path} holds more than {MAX_BATCH:,} lines; split it into batches. "
@@ -471,6 +481,64 @@ def _read_manifest(path: Path) -> Iterator[BuildRequest]:
             raise InputError(
                 f"Manifest {path} line {number}: {describe(e)}; nothing was submitted."
             ) from e
+
+
+_GZIP_MAGIC = b"\x1f\x8b"  # gzip and bgzip (a series of gzip members) alike
+_OTHER_COMPRESSION = {b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+_MANIFEST_LINE_BYTES = 4 * MAX_MANIFEST_LINE + 2  # UTF-8 takes up to 4 bytes a character
+
+
+def _manifest_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """A manifest's numbered lines, plain or gzip/bgzip-compressed, read as they are needed;
+    anything else a user may hand over (another compression, binary, a line too long, a
+    corrupt stream) is one sentence naming the file."""
+    import gzip
+    import zlib
+
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 -- closed below, once the lines are read
+    except OSError as e:
+        raise InputError(f"Cannot read manifest {path} ({e.strerror}); check the path.") from e
+    with raw:
+        try:
+            head = raw.peek(8)[:8]
+        except OSError as e:
+            raise InputError(f"Cannot read manifest {path} ({e.strerror}); check the path.") from e
+        for magic, name in _OTHER_COMPRESSION.items():
+            if head.startswith(magic):
+                raise InputError(
+                    f"Manifest {path} is {name}-compressed; give it plain or gzipped "
+                    "(bgzip or gzip). Nothing was submitted."
+                )
+        stream = gzip.GzipFile(fileobj=raw) if head.startswith(_GZIP_MAGIC) else raw
+        number = 0
+        try:
+            while line := stream.readline(_MANIFEST_LINE_BYTES):
+                number += 1
+                yield number, _manifest_line(path, number, line)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise InputError(
+                f"Manifest {path} is a truncated or corrupt gzip file ({e}); compress it "
+                "again or give it uncompressed. Nothing was submitted."
+            ) from e
+
+
+def _manifest_line(path: Path, number: int, raw: bytes) -> str:
+    too_long = len(raw) == _MANIFEST_LINE_BYTES and not raw.endswith(b"\n")
+    try:
+        line = raw.decode("utf-8").rstrip("\r\n") if not too_long else ""
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"Manifest {path} line {number} is not UTF-8 text (byte {e.start + 1}); a manifest "
+            "holds one JSON request a line, plain or gzipped. Nothing was submitted."
+        ) from None
+    if too_long or len(line) > MAX_MANIFEST_LINE:
+        length = f"{len(line):,} characters long" if line else "longer than that"
+        raise InputError(
+            f"Manifest {path} line {number} is {length}, over the limit of "
+            f"{MAX_MANIFEST_LINE:,} characters; one request a line. Nothing was submitted."
+        )
+    return line
 
 
 @submit_app.command("cache")
