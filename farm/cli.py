@@ -678,11 +678,18 @@ def cancel(keys: KeysArgument) -> None:
 
 StatusFilter = Annotated[
     list[str] | None,
-    typer.Option("--status", help="Only records of this status (repeat for several)."),
+    typer.Option(
+        "--status",
+        help="Only records of this status: queued, building, valid, stale, invalid, failed "
+        "(repeat, or separate with commas, for several).",
+    ),
 ]
 KindFilter = Annotated[str | None, typer.Option("--kind", help="Only this kind (cache, dataset).")]
 DestFilter = Annotated[
-    str | None, typer.Option("--dest", help="Only destinations below this path prefix.")
+    str | None,
+    typer.Option(
+        "--dest", help="Only destinations at or below this path (relative: to the current dir)."
+    ),
 ]
 OlderFilter = Annotated[
     str | None,
@@ -716,14 +723,16 @@ def _matcher(
     older_than: str | None,
     newer_than: str | None,
 ) -> Callable[[dict[str, Any]], bool] | None:
-    """A test on raw records for the filters given, or None when none is."""
+    """A test on raw records for the filters given, or None when none is. A value that no
+    record can have is refused: a typo must not look like an empty registry."""
     if not (status or kind or dest or older_than or newer_than):
         return None
     now = time.time()
     before = now - _age_s("--older-than", older_than) if older_than else None
     after = now - _age_s("--newer-than", newer_than) if newer_than else None
-    statuses = set(status or [])
-    prefix = dest.rstrip("/") + "/" if dest else None
+    statuses = _known_statuses(status or [])
+    kind = _known_kind(kind) if kind else None
+    prefix = os.path.realpath(os.path.expanduser(dest)).rstrip("/") + "/" if dest else None
 
     def matches(record: dict[str, Any]) -> bool:
         if statuses and record.get("status") not in statuses:
@@ -736,6 +745,33 @@ def _matcher(
         return (before is None or changed < before) and (after is None or changed >= after)
 
     return matches
+
+
+def _known_statuses(given: list[str]) -> set[str]:
+    from farm.stored import STATUS_CODE
+
+    wanted = {s.strip().lower() for value in given for s in value.split(",") if s.strip()}
+    unknown = sorted(wanted - STATUS_CODE.keys())
+    if unknown:
+        raise InputError(_unknown_value("--status", unknown[0], "statuses", list(STATUS_CODE)))
+    return wanted
+
+
+def _known_kind(given: str) -> str:
+    from farm.kinds import KINDS  # only when filtering by kind: it loads every builder
+
+    kind = given.strip().lower()
+    if kind not in KINDS:
+        raise InputError(_unknown_value("--kind", given, "kinds", list(KINDS)))
+    return kind
+
+
+def _unknown_value(option: str, value: str, what: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(value.lower(), known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{option} {value} is not one of the {what}{hint}; the {what} are {', '.join(known)}."
 
 
 @app.command("ls")
@@ -764,7 +800,9 @@ def forget(
     dest: DestFilter = None,
     older_than: OlderFilter = None,
     newer_than: NewerFilter = None,
-    dry_run: Annotated[bool, typer.Option(help="Show what would be forgotten.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="Show what would be forgotten, and forget nothing.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Remove records (never artifacts): the keys named, or every record the filters match.
@@ -777,27 +815,52 @@ def forget(
             "--newer-than); nothing was forgotten."
         )
     registry = _light_registry()
+    unknown: list[str] = []
     if keys:
         named = _full_keys(registry, keys)
-        chosen = (r for r, _ in registry.get_many_raw(named) if r is not None)
+        found = list(zip(named, registry.get_many_raw(named), strict=True))
+        unknown = [key for key, (row, _) in found if row is None]
+        chosen: Iterable[dict[str, Any]] = (row for _, (row, _) in found if row is not None)
     else:
         chosen = registry.raw_records()
     picked = filter(matches, chosen) if matches else chosen
-    terminal.print_rows(_forgotten(registry, picked, dry_run=dry_run), as_json=as_json)
+    tally = {"gone": 0, "kept": 0}
+    rows = _forgotten(registry, iter(picked), dry_run=dry_run, tally=tally)
+    terminal.print_rows(rows, as_json=as_json)
+    for key in unknown:
+        terminal.say(f"{key}: unknown key")
+    done = "Would forget" if dry_run else "Forgot"
+    kept = f"; {tally['kept']:,} queued or building kept" if tally["kept"] else ""
+    nothing = " (a dry run: nothing was forgotten)" if dry_run else ""
+    plural = "" if tally["gone"] == 1 else "s"
+    terminal.say(f"{done} {tally['gone']:,} record{plural}{kept}{nothing}.")
+    if unknown:
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _forgotten(
-    registry: Registry, records: Iterator[dict[str, Any]], *, dry_run: bool, batch: int = 500
+    registry: Registry,
+    records: Iterator[dict[str, Any]],
+    *,
+    dry_run: bool,
+    tally: dict[str, int],
+    batch: int = 500,
 ) -> Iterator[dict[str, Any]]:
-    """Forget ``records`` a batch at a time; yield each one that went (or would go)."""
+    """Forget ``records`` a batch at a time; yield each one that went (or would go), saying
+    which in its ``outcome``. ``tally`` counts those gone and those kept (in flight)."""
+    outcome = "would forget" if dry_run else "forgotten"
     while chunk := list(itertools.islice(records, batch)):
         settled = [r for r in chunk if r.get("status") not in ("queued", "building")]
+        tally["kept"] += len(chunk) - len(settled)
         gone = (
             {r["key"] for r in settled}
             if dry_run
             else set(registry.forget(r["key"] for r in settled))
         )
-        yield from (r for r in settled if r["key"] in gone)
+        for r in settled:
+            if r["key"] in gone:
+                tally["gone"] += 1
+                yield {**r, "outcome": outcome}
 
 
 # --- maintenance -----------------------------------------------------------------------------

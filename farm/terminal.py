@@ -96,6 +96,8 @@ def json_row(row: Row) -> str:
 
 
 def detail(row: Row) -> str:
+    if row.get("outcome"):  # what a command did to the record ("would forget")
+        return str(row["outcome"])
     if row["status"] == "unknown":
         return "no such key"
     if row.get("error"):

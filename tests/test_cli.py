@@ -476,10 +476,30 @@ def test_ls_filters_and_forget_removes_records_but_never_artifacts(env, registry
         "a", "b", "c"
     ]  # fmt: skip
     assert_one_sentence(farm(env, "ls", "--older-than", "soon"), "--older-than soon")
+    # Only known values, in any case; a typo is refused with the values that exist.
+    assert keys(farm(env, "ls", "--json", "--status", "FAILED")) == ["a", "d"]
+    assert keys(farm(env, "ls", "--json", "--status", "failed,building")) == ["a", "c", "d"]
+    for option, typo, known in [
+        ("--status", "fail", "did you mean failed?); the statuses are queued, building, valid"),
+        ("--kind", "caches", "did you mean cache?); the kinds are cache, dataset"),
+    ]:
+        for command in ("ls", "forget"):
+            refused = farm(env, command, option, typo)
+            assert_one_sentence(refused, f"{option} {typo} is not one of the", known)
+            assert refused.stdout == "" and refused.stderr.count("\n") == 1
+    # --dest takes a relative path from the current directory, like every other option.
+    relative = farm(env, "ls", "--json", "--dest", "sub", cwd=tmp_path)
+    assert keys(relative) == ["b", "c", "d"]
+    assert keys(farm(env, "ls", "--json", "--dest", "./sub/../sub/b", cwd=tmp_path)) == ["b"]
 
     assert_one_sentence(farm(env, "forget"), "needs keys or a filter")
     assert keys(farm(env, "forget", "--json", "--status", "failed", "--dry-run")) == ["a", "d"]
+    dry = farm(env, "forget", "--status", "failed", "--dry-run")
+    assert [line.split("\t")[-1] for line in dry.stdout.splitlines()] == ["would forget"] * 2
+    assert "Would forget 2 records (a dry run: nothing was forgotten)." in dry.stderr
     assert keys(farm(env, "ls", "--json", "--status", "failed")) == ["a", "d"]
+    unknown = farm(env, "forget", "f" * 64, "--dry-run")  # exits 1 like status, wait, cancel
+    assert unknown.returncode == 1 and f"{'f' * 64}: unknown key" in unknown.stderr
     assert keys(farm(env, "forget", "--json", "--dest", f"{tmp_path}/sub")) == ["b", "d"]
     assert keys(farm(env, "ls", "--json")) == ["a", "c"]  # the building key is kept
     assert (tmp_path / "sub" / "b").is_dir()  # records go, artifacts stay
@@ -488,6 +508,7 @@ def test_ls_filters_and_forget_removes_records_but_never_artifacts(env, registry
         input="a" * 8 + "\n", env=env, cwd=PROJECT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert piped.returncode == 0 and piped.stdout.startswith("a" * 64)
+    assert piped.stdout.rstrip().endswith("\tforgotten") and "Forgot 1 record." in piped.stderr
     assert keys(farm(env, "ls", "--json")) == ["c"]
 
 
