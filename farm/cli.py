@@ -49,6 +49,37 @@ app.add_typer(build_app, name="build")
 app.add_typer(submit_app, name="submit", invoke_without_command=True)
 app.add_typer(server_app, name="server")
 
+def _print_version(asked: bool) -> None:
+    """The package and the formats its artifacts are written in (loaded only when asked:
+    the formats live with their writers, which ``farm --help`` must not load)."""
+    if not asked:
+        return
+    import farm
+    from farm.artifacts.dataset.writer import FORMAT_VERSION as DATASET_FORMAT
+    from farm.artifacts.gvlfa import FORMAT_VERSION as CACHE_FORMAT
+
+    terminal.line(
+        f"gvl-farm {farm.__version__} (cache format {CACHE_FORMAT}, "
+        f"dataset format {DATASET_FORMAT})"
+    )
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and the cache and dataset format versions.",
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
@@ -1020,11 +1051,16 @@ def server_stop() -> None:
     from farm import embedded
 
     settings = _settings()
-    worker_stopped = embedded.stop_worker(
-        settings.state_dir, timeout_s=settings.stop_grace_s + 10.0
-    )
-    if not embedded.stop_server(settings.state_dir) and not worker_stopped:
-        terminal.say("The embedded Redis was not running.")
+    state = settings.state_dir
+    worker = embedded.stop_worker(state, timeout_s=settings.stop_grace_s + 10.0)
+    server = embedded.stop_server(state)
+    stopped = [f"the embedded worker (pid {worker})"] if worker else []
+    if server:
+        stopped.append(f"the embedded Redis (pid {server}, {embedded.socket_url(state)})")
+    if stopped:
+        terminal.say(f"Stopped {' and '.join(stopped)}.")
+    else:
+        terminal.say(f"Nothing to stop: the embedded Redis and worker of {state} were not running.")
 
 
 def _show_warning(

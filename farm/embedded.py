@@ -110,8 +110,8 @@ def ensure_server(state_dir: Path, *, timeout_s: float = 15.0) -> str:
     return url
 
 
-def stop_server(state_dir: Path, *, timeout_s: float = 10.0) -> bool:
-    """Stop the private server by its pid; False if none was running."""
+def stop_server(state_dir: Path, *, timeout_s: float = 10.0) -> int | None:
+    """Stop the private server by its pid; the pid stopped (None: none was running)."""
     return _stop_pid(state_dir / PIDFILE, timeout_s)
 
 
@@ -130,20 +130,21 @@ def _running_pid(pidfile: Path) -> int | None:
     return pid
 
 
-def _stop_pid(pidfile: Path, timeout_s: float) -> bool:
+def _stop_pid(pidfile: Path, timeout_s: float) -> int | None:
+    """Stop the process in ``pidfile``; its pid, for the user to be told (None: none ran)."""
     pid = _running_pid(pidfile)
     if pid is None:
-        return False
+        return None
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return True
+            return pid
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
-    return True
+    return pid
 
 
 # --- the embedded worker -------------------------------------------------------------------
@@ -212,8 +213,8 @@ def ensure_worker(settings: Settings, *, timeout_s: float = 60.0) -> None:
         (state_dir / WORKER_ROOTS).write_text(json.dumps([EVERYWHERE]))
 
 
-def stop_worker(state_dir: Path, *, timeout_s: float) -> bool:
-    """Stop the embedded worker (a running build is handed back); False if none ran."""
+def stop_worker(state_dir: Path, *, timeout_s: float) -> int | None:
+    """Stop the embedded worker (a running build is handed back); its pid (None: none ran)."""
     return _stop_pid(state_dir / WORKER_PIDFILE, timeout_s)
 
 

@@ -83,10 +83,29 @@ def test_embedded_default_builds_at_once_then_keeps_a_worker(tmp_path, genomes):
         assert record["worker"].startswith("embedded-"), record  # through the queue this time
     finally:
         pid = int((state / "redis.pid").read_text())
-        assert farm(env, "server", "stop").returncode == 0
+        stopped = farm(env, "server", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stderr == (
+        f"Stopped the embedded worker (pid {worker_pid}) and the embedded Redis (pid {pid}, "
+        f"unix://{state / 'redis.sock'}).\n"
+    )
     for gone in (pid, worker_pid):
         with pytest.raises(ProcessLookupError):
             os.kill(gone, 0)
+    again = farm(env, "server", "stop")
+    assert again.returncode == 0 and again.stderr.startswith("Nothing to stop")
+
+
+def test_version_names_the_package_and_both_formats(tmp_path):
+    import farm as package
+    from farm.artifacts.dataset.writer import FORMAT_VERSION as DATASET
+    from farm.artifacts.gvlfa import FORMAT_VERSION as CACHE
+
+    shown = farm(farm_env("", tmp_path), "--version")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == (
+        f"gvl-farm {package.__version__} (cache format {CACHE}, dataset format {DATASET})\n"
+    )
 
 
 def test_the_embedded_worker_exits_when_idle(tmp_path, genomes):
