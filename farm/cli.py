@@ -97,6 +97,15 @@ TimeoutOption = Annotated[
 InlineOption = Annotated[
     bool, typer.Option(help="Build in this process, through the same lease and registry.")
 ]
+WorkerWaitOption = Annotated[
+    float | None,
+    typer.Option(
+        "--worker-wait",
+        min=0,
+        help="With FARM_REDIS_URL: give up (exit 3) after S seconds with no live worker; "
+        "the request stays queued (default: FARM_WORKER_WAIT_S, 600).",
+    ),
+]
 KeysArgument = Annotated[
     list[str],
     typer.Argument(help="Keys printed by `farm submit`, or unique prefixes; `-`: read stdin."),
@@ -168,7 +177,13 @@ def _keys(keys: Sequence[str]) -> list[str]:
 # --- build -----------------------------------------------------------------------------------
 
 
-def _build(request: BuildRequest, *, timeout: float | None, inline: bool) -> None:
+def _build(
+    request: BuildRequest,
+    *,
+    timeout: float | None,
+    inline: bool,
+    worker_wait: float | None = None,
+) -> None:
     """On the embedded default with no live worker, build here (its worker starts
     afterwards, for the next build): the caller never waits for a worker to boot."""
     from farm import embedded
@@ -181,7 +196,8 @@ def _build(request: BuildRequest, *, timeout: float | None, inline: bool) -> Non
             if cold:
                 embedded.ensure_worker(settings)
         else:
-            record = _build_queued(farm, settings, request, timeout)
+            limit = settings.worker_wait_s if worker_wait is None else worker_wait
+            record = _build_queued(farm, settings, request, timeout, limit)
     _report_one(record)
 
 
@@ -203,8 +219,16 @@ def _build_here(farm: Farm, settings: Settings, request: BuildRequest) -> Artifa
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
+class _NoWorkerInTime(Exception):
+    """No live worker for as long as ``farm build`` waits for one."""
+
+
 def _build_queued(
-    farm: Farm, settings: Settings, request: BuildRequest, timeout: float | None
+    farm: Farm,
+    settings: Settings,
+    request: BuildRequest,
+    timeout: float | None,
+    worker_wait_s: float,
 ) -> ArtifactRecord:
     import signal
 
@@ -225,9 +249,17 @@ def _build_queued(
         if submission.record.status.terminal:
             return submission.record
         key = submission.key
+        # The embedded default starts its own worker; a shared farm may have none at all.
+        watch = None if settings.embedded else _worker_watch(farm, settings, worker_wait_s)
         with terminal.build_status(submission.record.dest) as show, warnings.catch_warnings():
             warnings.simplefilter("ignore", NoWorkerWarning)  # said once, above
-            (record,) = farm.wait([key], timeout_s=timeout, on_progress=_shower(farm, key, show))
+            if watch is not None and watch() and show is None:
+                terminal.say(
+                    f"Waiting up to {worker_wait_s:g} s for a worker (--worker-wait, "
+                    "FARM_WORKER_WAIT_S)."
+                )
+            polled = _shower(farm, key, show, watch)
+            (record,) = farm.wait([key], timeout_s=timeout, on_progress=polled)
     except KeyboardInterrupt:
         if submission is None:
             raise  # the submission itself failed to start
@@ -236,25 +268,64 @@ def _build_queued(
             raise typer.Exit(_cancel_on_interrupt(farm, submission.key)) from None
         terminal.say(f"Stopped waiting; the build goes on (`farm wait {submission.key}`).")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except _NoWorkerInTime:
+        assert submission is not None
+        terminal.error(
+            f"No worker was live for {worker_wait_s:g} s, so {submission.record.dest} is still "
+            f"queued (key {submission.key}): start one (`farm worker`), then "
+            f"`farm wait {submission.key}`, or give --worker-wait more seconds."
+        )
+        raise typer.Exit(EXIT_TIMEOUT) from None
     assert record is not None
     return record
 
 
-def _shower(farm: Farm, key: str, show: terminal.BuildShow | None) -> terminal.OnPoll | None:
-    """Between polls, the key's status and its builder's progress on the terminal."""
-    if show is None:
-        return None
-    import time
+def _worker_watch(farm: Farm, settings: Settings, limit_s: float) -> Callable[[], str | None]:
+    """A check, cheap to call often, of how long no worker has been live: a note for the
+    live line while none is, and :class:`_NoWorkerInTime` once that lasts ``limit_s``."""
+    within = 3 * settings.worker_heartbeat_s
+    since: float | None = None
+    checked = -1.0
+    note: str | None = None
 
+    def check() -> str | None:
+        nonlocal since, checked, note
+        now = time.monotonic()
+        if checked >= 0 and now - checked < 1.0:
+            return note
+        checked = now
+        if farm.registry.live_workers(within_s=within):
+            since = note = None
+            return None
+        since = now if since is None else since
+        if now - since >= limit_s:
+            raise _NoWorkerInTime
+        note = f"waiting for a worker, {now - since:.0f} s of {limit_s:g} s"
+        return note
+
+    return check
+
+
+def _shower(
+    farm: Farm,
+    key: str,
+    show: terminal.BuildShow | None,
+    watch: Callable[[], str | None] | None,
+) -> terminal.OnPoll | None:
+    """Between polls, whether a worker is live, and the key's status and its builder's
+    progress on the terminal."""
+    if show is None and watch is None:
+        return None
     last = 0.0
 
     def polled(_done: int, _total: int) -> None:
         nonlocal last
-        if time.monotonic() - last >= 0.25:
+        note = watch() if watch is not None else None
+        if show is not None and time.monotonic() - last >= 0.25:
             last = time.monotonic()
             ((row, figures),) = farm.registry.get_many_raw([key])
             if row is not None:
-                show(row["status"], figures)
+                show(row["status"], figures, note)
 
     return polled
 
@@ -298,11 +369,13 @@ def build_cache(
     dest: DestOption = None,
     timeout: TimeoutOption = None,
     inline: InlineOption = False,
+    worker_wait: WorkerWaitOption = None,
 ) -> None:
     """Build (or reuse) the .gvlfa cache of FASTA and print where it is."""
     from farm.kinds import CacheRequest
 
-    _build(CacheRequest(fasta=fasta, dest=dest), timeout=timeout, inline=inline)
+    request = CacheRequest(fasta=fasta, dest=dest)
+    _build(request, timeout=timeout, inline=inline, worker_wait=worker_wait)
 
 
 VariantsOption = Annotated[
@@ -461,12 +534,13 @@ def build_dataset(
     annot: AnnotOption = None,
     timeout: TimeoutOption = None,
     inline: InlineOption = False,
+    worker_wait: WorkerWaitOption = None,
 ) -> None:
     """Build (or reuse) a GenVarLoader dataset and print where it is."""
     request = _dataset_request(
         variants, regions, dest, samples, max_jitter, strand_column, track, annot, track_table
     )
-    _build(request, timeout=timeout, inline=inline)
+    _build(request, timeout=timeout, inline=inline, worker_wait=worker_wait)
 
 
 # --- submit ----------------------------------------------------------------------------------

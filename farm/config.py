@@ -58,6 +58,9 @@ class Settings(BaseModel):
     # Failed, invalid and stale records expire this long after they are written (0: they
     # are kept until `farm forget`). Valid records and keys in flight never expire.
     forget_unusable_after_s: float = Field(0.0, ge=0)
+    # `farm build` on a shared farm gives up (exit 3) after this long with no live worker;
+    # the request stays queued for the next worker. Not the embedded default: it starts one.
+    worker_wait_s: float = Field(600.0, ge=0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -161,21 +161,23 @@ def counter(label: str, total: int | None = None) -> Iterator[Callable[[int], No
         yield lambda done: bar.update(task, completed=done)
 
 
-BuildShow = Callable[[str, dict | None], None]
+BuildShow = Callable[[str, dict | None, str | None], None]
 OnPoll = Callable[[int, int], None]
 
 
 @contextmanager
 def build_status(dest: str) -> Iterator[BuildShow | None]:
-    """One live line for a build at a terminal: its status and its builder's progress.
-    Yields ``update(status, figures)``; None when stderr is not a terminal."""
+    """One live line for a build at a terminal: its status and its builder's progress, or
+    what it waits for. Yields ``update(status, figures, note)``; None when stderr is not a
+    terminal."""
     if not stderr_is_terminal():
         yield None
         return
     with _err().status(f"{dest}: queued") as shown:
 
-        def update(status: str, figures: dict | None) -> None:
+        def update(status: str, figures: dict | None, note: str | None = None) -> None:
             told = progress.describe(figures) if status == "building" else ""
-            shown.update(f"{_escape(dest)}: {status}" + (f", {told}" if told else ""))
+            told = ", ".join(t for t in (told, note) if t)
+            shown.update(f"{_escape(dest)}: {status}" + (f", {_escape(told)}" if told else ""))
 
         yield update

@@ -394,6 +394,52 @@ def test_with_no_live_worker_submit_wait_and_the_api_say_so_at_once(
     assert [w.category for w in caught] == [NoWorkerWarning]
 
 
+def test_a_build_with_no_live_worker_says_it_waits_and_gives_up_after_its_limit(
+    env, genomes, registry
+):
+    """Nothing would ever build it: `farm build` waits a bounded time (a live line at a
+    terminal), then exits 3 with one sentence; the request stays queued for a worker."""
+    gave_up = farm(env, "build", "cache", str(genomes / LAMBDA), "--worker-wait", "2")
+    assert gave_up.returncode == 3, gave_up.stderr
+    assert "Waiting up to 2 s for a worker (--worker-wait, FARM_WORKER_WAIT_S)." in gave_up.stderr
+    assert "No worker was live for 2 s" in gave_up.stderr and "`farm wait " in gave_up.stderr
+    assert "Traceback" not in gave_up.stderr and gave_up.stdout == ""
+    (queued,) = [registry.get(k) for batch in registry.key_batches() for k in batch]
+    assert queued.status == "queued"
+
+    at_terminal = _with_stderr_on_a_terminal(
+        dict(env, FARM_WORKER_WAIT_S="3"), "build", "cache", str(genomes / YEAST)
+    )
+    assert at_terminal.returncode == 3
+    said = at_terminal.stderr
+    assert "waiting for a worker, 1 s of 3 s" in said and "No worker was live for 3 s" in said
+
+
+def _with_stderr_on_a_terminal(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """``farm ARGS`` with its stderr on a pseudo-terminal (what a person sees), read whole."""
+    import pty
+
+    leader, follower = pty.openpty()
+    env = dict(env, TERM="xterm", COLUMNS="200")  # a terminal rich draws live lines on
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", *args], env=env, cwd=PROJECT,
+        stdout=subprocess.PIPE, stderr=follower, text=True,
+    )  # fmt: skip
+    os.close(follower)
+    seen = bytearray()
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the command is done
+            break
+        if not chunk:
+            break
+        seen += chunk
+    out, _ = proc.communicate(timeout=60)
+    os.close(leader)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, seen.decode())
+
+
 def test_a_dataset_finds_its_bed_strand_and_a_samples_typo_is_named(
     env, chr20, start_workers, tmp_path
 ):
