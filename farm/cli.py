@@ -325,9 +325,28 @@ def _shower(
             last = time.monotonic()
             ((row, figures),) = farm.registry.get_many_raw([key])
             if row is not None:
-                show(row["status"], figures, note)
+                show(row["status"], _with_known_total(row, figures), note)
 
     return polled
+
+
+def _with_known_total(row: dict[str, Any], figures: dict | None) -> dict | None:
+    """A gzipped FASTA streams with no known total; its ``.fai`` (bgzip + samtools faidx),
+    when newer than the FASTA, gives the bases to come, so a person sees a percentage."""
+    if not figures or figures.get("total") or figures.get("unit") != "bp":
+        return figures
+    fasta = (row.get("request") or {}).get("fasta")
+    if not fasta:
+        return figures
+    index = Path(f"{fasta}.fai")
+    try:
+        if index.stat().st_mtime < Path(fasta).stat().st_mtime:
+            return figures
+        with index.open() as f:
+            total = sum(int(line.split("\t")[1]) for line in f if line.strip())
+    except (OSError, ValueError, IndexError):
+        return figures
+    return {**figures, "total": total} if total >= figures["done"] else figures
 
 
 def _cancel_on_interrupt(farm: Farm, key: str) -> int:
@@ -724,6 +743,11 @@ def status(keys: KeysArgument, as_json: JsonOption = False) -> None:
                 if row is None:
                     unknown = True
                     yield terminal.unknown_row(key)
+                elif row["status"] == "building" and not as_json:
+                    # For a person: is its builder alive (a lease), and how far along.
+                    lease = registry.lease_remaining_s(key)
+                    figures = _with_known_total(row, figures)
+                    yield {**row, "progress": figures, terminal.LEASE_LEFT: lease}
                 else:
                     yield {**row, "progress": figures} if figures else row
 

@@ -577,5 +577,51 @@ def test_ls_filters_and_forget_removes_records_but_never_artifacts(env, registry
     assert keys(farm(env, "ls", "--json")) == ["c"]
 
 
+def test_status_of_a_building_key_names_its_builder_and_says_when_it_is_gone(
+    env, registry, genomes
+):
+    """What a person reads: who builds it and how old its last report is; once its builder
+    holds no lease, that the figures are stale. A bgzipped FASTA with a current .fai shows a
+    percentage although its stream has no total (the .fai counts what the stream will)."""
+    from farm import progress
+    from tests.test_registry import record
+
+    bgz = genomes / f"{LAMBDA}.bgz"
+    key = "e" * 64
+    building = record(key, dest=f"{bgz}.gvlfa").evolve(
+        request={"kind": "cache", "fasta": str(bgz), "dest": f"{bgz}.gvlfa"}
+    )
+    registry.claim_many([building], send_grace_s=60)
+    assert registry.start(key, "w7@box/1", 60, worker="w7@box").leased
+    started = time.time() - 4
+    figures = {"done": 12_000, "total": 0, "unit": "bp", "started_at": started,
+               "updated_at": time.time() - 1, "worker": "w7@box"}  # fmt: skip
+    registry.report_progress(key, figures, ttl_s=60)
+
+    def detail() -> str:
+        shown = farm(env, "status", key)
+        assert shown.returncode == 0, shown.stderr
+        return shown.stdout.rstrip("\n").split("\t")[-1]
+
+    alive = detail()
+    assert alive.startswith("25% of 48,502 bp, 4.0 kbp/s, 9 s left, by w7@box, last report ")
+    assert alive.endswith(" s ago") and "stale" not in alive
+    assert "progress" in farm(env, "status", key, "--json").stdout  # --json as it was
+    registry.release_lease(key, "w7@box/1")
+    gone = detail()
+    assert "by w7@box, last report" in gone
+    assert "stale: its builder is gone (no lease); a live worker requeues it" in gone
+
+    # The .fai counts exactly what the gzip stream reports: a real build of the same file.
+    seen: list[int] = []
+
+    class Count(progress.Progress):
+        def advance(self, n: int) -> None:
+            seen.append(n)
+
+    gvlfa.ensure_cache(bgz, genomes / "counted.gvlfa", progress=Count())
+    assert sum(seen) == 48_502
+
+
 def _all_keys(registry: Registry) -> list[str]:
     return sorted(key for batch in registry.key_batches() for key in batch)
