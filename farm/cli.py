@@ -1168,6 +1168,25 @@ def _show_warning(
     terminal.say(str(message), warning=True)
 
 
+def _for_this_farm(error: FarmError) -> str:
+    """The sentence for ``error``; on the embedded default, a lost Redis is the embedded one,
+    not a FARM_REDIS_URL the user never set."""
+    from farm.env import redis_location
+    from farm.errors import BrokerError
+
+    try:
+        configured = redis_location()[0] is not None
+    except ValueError:
+        configured = True
+    if not isinstance(error, BrokerError) or configured:
+        return str(error)
+    cause = f" ({error.__cause__})" if error.__cause__ else ""
+    return (
+        f"Lost the embedded Redis{cause}; run the command again (it starts the server anew), "
+        "or `farm server stop` first if it keeps failing."
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     warnings.showwarning = _show_warning
     try:
@@ -1178,7 +1197,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             terminal.say("Interrupted.")
         raise
     except FarmError as e:
-        sys.exit(_fail(str(e)))
+        sys.exit(_fail(_for_this_farm(e)))
     except KeyboardInterrupt:
         terminal.say("Interrupted.")
         sys.exit(EXIT_INTERRUPTED)

@@ -106,3 +106,19 @@ def test_only_the_embedded_default_writes_anywhere(tmp_path, monkeypatch):
     assert Settings(redis_url="redis://localhost:6379/0").roots == [tmp_path.resolve()]
     assert Settings.from_env({"FARM_REDIS_URL": "redis://h/0"}).roots == [tmp_path.resolve()]
     assert Settings.from_env({"FARM_ALLOWED_ROOTS": "/srv"}).roots == [Path("/srv")]
+
+
+def test_a_lost_embedded_redis_never_blames_farm_redis_url(monkeypatch):
+    """The registry's sentence names FARM_REDIS_URL; a user of the embedded default never
+    set it, so the command says which Redis it lost instead."""
+    from farm.cli import _for_this_farm
+    from farm.errors import BrokerError
+
+    lost = BrokerError("Cannot reach the farm's Redis; check that FARM_REDIS_URL points at it.")
+    lost.__cause__ = ConnectionRefusedError("Connection refused")
+    monkeypatch.delenv("FARM_REDIS_URL", raising=False)
+    said = _for_this_farm(lost)
+    assert said.startswith("Lost the embedded Redis (Connection refused); run the command again")
+    assert "FARM_" not in said
+    monkeypatch.setenv("FARM_REDIS_URL", "redis://db:6379/0")
+    assert _for_this_farm(lost) == str(lost)
