@@ -49,6 +49,37 @@ app.add_typer(build_app, name="build")
 app.add_typer(submit_app, name="submit", invoke_without_command=True)
 app.add_typer(server_app, name="server")
 
+def _print_version(asked: bool) -> None:
+    """The package and the formats its artifacts are written in (loaded only when asked:
+    the formats live with their writers, which ``farm --help`` must not load)."""
+    if not asked:
+        return
+    import farm
+    from farm.artifacts.dataset.writer import FORMAT_VERSION as DATASET_FORMAT
+    from farm.artifacts.gvlfa import FORMAT_VERSION as CACHE_FORMAT
+
+    terminal.line(
+        f"gvl-farm {farm.__version__} (cache format {CACHE_FORMAT}, "
+        f"dataset format {DATASET_FORMAT})"
+    )
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and the cache and dataset format versions.",
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
@@ -65,6 +96,15 @@ TimeoutOption = Annotated[
 ]
 InlineOption = Annotated[
     bool, typer.Option(help="Build in this process, through the same lease and registry.")
+]
+WorkerWaitOption = Annotated[
+    float | None,
+    typer.Option(
+        "--worker-wait",
+        min=0,
+        help="With FARM_REDIS_URL: give up (exit 3) after S seconds with no live worker; "
+        "the request stays queued (default: FARM_WORKER_WAIT_S, 600).",
+    ),
 ]
 KeysArgument = Annotated[
     list[str],
@@ -105,22 +145,47 @@ def _light_registry() -> Registry:
 
 
 def _keys(keys: Sequence[str]) -> list[str]:
-    """Keys as typed, with ``-`` standing for the keys on stdin (one a line)."""
+    """Keys as typed, with ``-`` standing for the keys on stdin (one a line). A key is
+    printable text: bytes that are not UTF-8 (a binary file piped in, kept by Python as lone
+    surrogates that no Redis call can send) are one sentence."""
     out: list[str] = []
     for key in keys:
-        if key == "-":
-            out.extend(k.strip() for k in sys.stdin if k.strip())
-        else:
+        if key != "-":
+            if not key.isprintable():
+                raise InputError(
+                    f"The key {key!r} is not printable UTF-8 text; give the keys `farm submit` "
+                    "printed, or unique prefixes of them."
+                )
             out.append(key)
+            continue
+        for number, raw in enumerate(sys.stdin.buffer, 1):
+            try:
+                text = raw.decode("utf-8").strip()
+                is_text = text.isprintable()
+            except UnicodeDecodeError:
+                is_text = False
+            if not is_text:
+                raise InputError(
+                    f"Line {number} of standard input is not a key (not printable UTF-8 "
+                    "text); pipe in the keys `farm submit` printed, one a line."
+                )
+            if text:
+                out.append(text)
     return out
 
 
 # --- build -----------------------------------------------------------------------------------
 
 
-def _build(request: BuildRequest, *, timeout: float | None, inline: bool) -> None:
-    """On the embedded default with no worker that serves our roots, build here (its worker
-    starts afterwards, for the next build): the caller never waits for a worker to boot."""
+def _build(
+    request: BuildRequest,
+    *,
+    timeout: float | None,
+    inline: bool,
+    worker_wait: float | None = None,
+) -> None:
+    """On the embedded default with no live worker, build here (its worker starts
+    afterwards, for the next build): the caller never waits for a worker to boot."""
     from farm import embedded
 
     settings = _settings()
@@ -131,7 +196,8 @@ def _build(request: BuildRequest, *, timeout: float | None, inline: bool) -> Non
             if cold:
                 embedded.ensure_worker(settings)
         else:
-            record = _build_queued(farm, settings, request, timeout)
+            limit = settings.worker_wait_s if worker_wait is None else worker_wait
+            record = _build_queued(farm, settings, request, timeout, limit)
     _report_one(record)
 
 
@@ -153,8 +219,16 @@ def _build_here(farm: Farm, settings: Settings, request: BuildRequest) -> Artifa
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
+class _NoWorkerInTime(Exception):
+    """No live worker for as long as ``farm build`` waits for one."""
+
+
 def _build_queued(
-    farm: Farm, settings: Settings, request: BuildRequest, timeout: float | None
+    farm: Farm,
+    settings: Settings,
+    request: BuildRequest,
+    timeout: float | None,
+    worker_wait_s: float,
 ) -> ArtifactRecord:
     import signal
 
@@ -175,9 +249,17 @@ def _build_queued(
         if submission.record.status.terminal:
             return submission.record
         key = submission.key
+        # The embedded default starts its own worker; a shared farm may have none at all.
+        watch = None if settings.embedded else _worker_watch(farm, settings, worker_wait_s)
         with terminal.build_status(submission.record.dest) as show, warnings.catch_warnings():
             warnings.simplefilter("ignore", NoWorkerWarning)  # said once, above
-            (record,) = farm.wait([key], timeout_s=timeout, on_progress=_shower(farm, key, show))
+            if watch is not None and watch() and show is None:
+                terminal.say(
+                    f"Waiting up to {worker_wait_s:g} s for a worker (--worker-wait, "
+                    "FARM_WORKER_WAIT_S)."
+                )
+            polled = _shower(farm, key, show, watch)
+            (record,) = farm.wait([key], timeout_s=timeout, on_progress=polled)
     except KeyboardInterrupt:
         if submission is None:
             raise  # the submission itself failed to start
@@ -186,27 +268,85 @@ def _build_queued(
             raise typer.Exit(_cancel_on_interrupt(farm, submission.key)) from None
         terminal.say(f"Stopped waiting; the build goes on (`farm wait {submission.key}`).")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except _NoWorkerInTime:
+        assert submission is not None
+        terminal.error(
+            f"No worker was live for {worker_wait_s:g} s, so {submission.record.dest} is still "
+            f"queued (key {submission.key}): start one (`farm worker`), then "
+            f"`farm wait {submission.key}`, or give --worker-wait more seconds."
+        )
+        raise typer.Exit(EXIT_TIMEOUT) from None
     assert record is not None
     return record
 
 
-def _shower(farm: Farm, key: str, show: terminal.BuildShow | None) -> terminal.OnPoll | None:
-    """Between polls, the key's status and its builder's progress on the terminal."""
-    if show is None:
-        return None
-    import time
+def _worker_watch(farm: Farm, settings: Settings, limit_s: float) -> Callable[[], str | None]:
+    """A check, cheap to call often, of how long no worker has been live: a note for the
+    live line while none is, and :class:`_NoWorkerInTime` once that lasts ``limit_s``."""
+    within = 3 * settings.worker_heartbeat_s
+    since: float | None = None
+    checked = -1.0
+    note: str | None = None
 
+    def check() -> str | None:
+        nonlocal since, checked, note
+        now = time.monotonic()
+        if checked >= 0 and now - checked < 1.0:
+            return note
+        checked = now
+        if farm.registry.live_workers(within_s=within):
+            since = note = None
+            return None
+        since = now if since is None else since
+        if now - since >= limit_s:
+            raise _NoWorkerInTime
+        note = f"waiting for a worker, {now - since:.0f} s of {limit_s:g} s"
+        return note
+
+    return check
+
+
+def _shower(
+    farm: Farm,
+    key: str,
+    show: terminal.BuildShow | None,
+    watch: Callable[[], str | None] | None,
+) -> terminal.OnPoll | None:
+    """Between polls, whether a worker is live, and the key's status and its builder's
+    progress on the terminal."""
+    if show is None and watch is None:
+        return None
     last = 0.0
 
     def polled(_done: int, _total: int) -> None:
         nonlocal last
-        if time.monotonic() - last >= 0.25:
+        note = watch() if watch is not None else None
+        if show is not None and time.monotonic() - last >= 0.25:
             last = time.monotonic()
             ((row, figures),) = farm.registry.get_many_raw([key])
             if row is not None:
-                show(row["status"], figures)
+                show(row["status"], _with_known_total(row, figures), note)
 
     return polled
+
+
+def _with_known_total(row: dict[str, Any], figures: dict | None) -> dict | None:
+    """A gzipped FASTA streams with no known total; its ``.fai`` (bgzip + samtools faidx),
+    when newer than the FASTA, gives the bases to come, so a person sees a percentage."""
+    if not figures or figures.get("total") or figures.get("unit") != "bp":
+        return figures
+    fasta = (row.get("request") or {}).get("fasta")
+    if not fasta:
+        return figures
+    index = Path(f"{fasta}.fai")
+    try:
+        if index.stat().st_mtime < Path(fasta).stat().st_mtime:
+            return figures
+        with index.open() as f:
+            total = sum(int(line.split("\t")[1]) for line in f if line.strip())
+    except (OSError, ValueError, IndexError):
+        return figures
+    return {**figures, "total": total} if total >= figures["done"] else figures
 
 
 def _cancel_on_interrupt(farm: Farm, key: str) -> int:
@@ -248,11 +388,13 @@ def build_cache(
     dest: DestOption = None,
     timeout: TimeoutOption = None,
     inline: InlineOption = False,
+    worker_wait: WorkerWaitOption = None,
 ) -> None:
     """Build (or reuse) the .gvlfa cache of FASTA and print where it is."""
     from farm.kinds import CacheRequest
 
-    _build(CacheRequest(fasta=fasta, dest=dest), timeout=timeout, inline=inline)
+    request = CacheRequest(fasta=fasta, dest=dest)
+    _build(request, timeout=timeout, inline=inline, worker_wait=worker_wait)
 
 
 VariantsOption = Annotated[
@@ -411,12 +553,13 @@ def build_dataset(
     annot: AnnotOption = None,
     timeout: TimeoutOption = None,
     inline: InlineOption = False,
+    worker_wait: WorkerWaitOption = None,
 ) -> None:
     """Build (or reuse) a GenVarLoader dataset and print where it is."""
     request = _dataset_request(
         variants, regions, dest, samples, max_jitter, strand_column, track, annot, track_table
     )
-    _build(request, timeout=timeout, inline=inline)
+    _build(request, timeout=timeout, inline=inline, worker_wait=worker_wait)
 
 
 # --- submit ----------------------------------------------------------------------------------
@@ -448,18 +591,9 @@ def _read_manifest(path: Path) -> Iterator[BuildRequest]:
     from farm.kinds import parse_request
     from farm.requests import describe
 
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise InputError(f"Cannot read manifest {path} ({e.strerror}); check the path.") from e
-    for number, line in enumerate(lines, 1):
+    for number, line in _manifest_lines(path):
         if not line.strip():
             continue
-        if len(line) > MAX_MANIFEST_LINE:
-            raise InputError(
-                f"Manifest {path} line {number} is {len(line):,} characters long, over the "
-                f"limit of {MAX_MANIFEST_LINE:,}; one request a line. Nothing was submitted."
-            )
         if number > MAX_BATCH:
             raise InputError(
                 f"Manifest {path} holds more than {MAX_BATCH:,} lines; split it into batches. "
@@ -471,6 +605,64 @@ def _read_manifest(path: Path) -> Iterator[BuildRequest]:
             raise InputError(
                 f"Manifest {path} line {number}: {describe(e)}; nothing was submitted."
             ) from e
+
+
+_GZIP_MAGIC = b"\x1f\x8b"  # gzip and bgzip (a series of gzip members) alike
+_OTHER_COMPRESSION = {b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+_MANIFEST_LINE_BYTES = 4 * MAX_MANIFEST_LINE + 2  # UTF-8 takes up to 4 bytes a character
+
+
+def _manifest_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """A manifest's numbered lines, plain or gzip/bgzip-compressed, read as they are needed;
+    anything else a user may hand over (another compression, binary, a line too long, a
+    corrupt stream) is one sentence naming the file."""
+    import gzip
+    import zlib
+
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 -- closed below, once the lines are read
+    except OSError as e:
+        raise InputError(f"Cannot read manifest {path} ({e.strerror}); check the path.") from e
+    with raw:
+        try:
+            head = raw.peek(8)[:8]
+        except OSError as e:
+            raise InputError(f"Cannot read manifest {path} ({e.strerror}); check the path.") from e
+        for magic, name in _OTHER_COMPRESSION.items():
+            if head.startswith(magic):
+                raise InputError(
+                    f"Manifest {path} is {name}-compressed; give it plain or gzipped "
+                    "(bgzip or gzip). Nothing was submitted."
+                )
+        stream = gzip.GzipFile(fileobj=raw) if head.startswith(_GZIP_MAGIC) else raw
+        number = 0
+        try:
+            while line := stream.readline(_MANIFEST_LINE_BYTES):
+                number += 1
+                yield number, _manifest_line(path, number, line)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise InputError(
+                f"Manifest {path} is a truncated or corrupt gzip file ({e}); compress it "
+                "again or give it uncompressed. Nothing was submitted."
+            ) from e
+
+
+def _manifest_line(path: Path, number: int, raw: bytes) -> str:
+    too_long = len(raw) == _MANIFEST_LINE_BYTES and not raw.endswith(b"\n")
+    try:
+        line = raw.decode("utf-8").rstrip("\r\n") if not too_long else ""
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"Manifest {path} line {number} is not UTF-8 text (byte {e.start + 1}); a manifest "
+            "holds one JSON request a line, plain or gzipped. Nothing was submitted."
+        ) from None
+    if too_long or len(line) > MAX_MANIFEST_LINE:
+        length = f"{len(line):,} characters long" if line else "longer than that"
+        raise InputError(
+            f"Manifest {path} line {number} is {length}, over the limit of "
+            f"{MAX_MANIFEST_LINE:,} characters; one request a line. Nothing was submitted."
+        )
+    return line
 
 
 @submit_app.command("cache")
@@ -551,6 +743,11 @@ def status(keys: KeysArgument, as_json: JsonOption = False) -> None:
                 if row is None:
                     unknown = True
                     yield terminal.unknown_row(key)
+                elif row["status"] == "building" and not as_json:
+                    # For a person: is its builder alive (a lease), and how far along.
+                    lease = registry.lease_remaining_s(key)
+                    figures = _with_known_total(row, figures)
+                    yield {**row, "progress": figures, terminal.LEASE_LEFT: lease}
                 else:
                     yield {**row, "progress": figures} if figures else row
 
@@ -610,11 +807,18 @@ def cancel(keys: KeysArgument) -> None:
 
 StatusFilter = Annotated[
     list[str] | None,
-    typer.Option("--status", help="Only records of this status (repeat for several)."),
+    typer.Option(
+        "--status",
+        help="Only records of this status: queued, building, valid, stale, invalid, failed "
+        "(repeat, or separate with commas, for several).",
+    ),
 ]
 KindFilter = Annotated[str | None, typer.Option("--kind", help="Only this kind (cache, dataset).")]
 DestFilter = Annotated[
-    str | None, typer.Option("--dest", help="Only destinations below this path prefix.")
+    str | None,
+    typer.Option(
+        "--dest", help="Only destinations at or below this path (relative: to the current dir)."
+    ),
 ]
 OlderFilter = Annotated[
     str | None,
@@ -648,14 +852,16 @@ def _matcher(
     older_than: str | None,
     newer_than: str | None,
 ) -> Callable[[dict[str, Any]], bool] | None:
-    """A test on raw records for the filters given, or None when none is."""
+    """A test on raw records for the filters given, or None when none is. A value that no
+    record can have is refused: a typo must not look like an empty registry."""
     if not (status or kind or dest or older_than or newer_than):
         return None
     now = time.time()
     before = now - _age_s("--older-than", older_than) if older_than else None
     after = now - _age_s("--newer-than", newer_than) if newer_than else None
-    statuses = set(status or [])
-    prefix = dest.rstrip("/") + "/" if dest else None
+    statuses = _known_statuses(status or [])
+    kind = _known_kind(kind) if kind else None
+    prefix = os.path.realpath(os.path.expanduser(dest)).rstrip("/") + "/" if dest else None
 
     def matches(record: dict[str, Any]) -> bool:
         if statuses and record.get("status") not in statuses:
@@ -668,6 +874,33 @@ def _matcher(
         return (before is None or changed < before) and (after is None or changed >= after)
 
     return matches
+
+
+def _known_statuses(given: list[str]) -> set[str]:
+    from farm.stored import STATUS_CODE
+
+    wanted = {s.strip().lower() for value in given for s in value.split(",") if s.strip()}
+    unknown = sorted(wanted - STATUS_CODE.keys())
+    if unknown:
+        raise InputError(_unknown_value("--status", unknown[0], "statuses", list(STATUS_CODE)))
+    return wanted
+
+
+def _known_kind(given: str) -> str:
+    from farm.kinds import KINDS  # only when filtering by kind: it loads every builder
+
+    kind = given.strip().lower()
+    if kind not in KINDS:
+        raise InputError(_unknown_value("--kind", given, "kinds", list(KINDS)))
+    return kind
+
+
+def _unknown_value(option: str, value: str, what: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(value.lower(), known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{option} {value} is not one of the {what}{hint}; the {what} are {', '.join(known)}."
 
 
 @app.command("ls")
@@ -696,7 +929,9 @@ def forget(
     dest: DestFilter = None,
     older_than: OlderFilter = None,
     newer_than: NewerFilter = None,
-    dry_run: Annotated[bool, typer.Option(help="Show what would be forgotten.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="Show what would be forgotten, and forget nothing.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Remove records (never artifacts): the keys named, or every record the filters match.
@@ -709,27 +944,52 @@ def forget(
             "--newer-than); nothing was forgotten."
         )
     registry = _light_registry()
+    unknown: list[str] = []
     if keys:
         named = _full_keys(registry, keys)
-        chosen = (r for r, _ in registry.get_many_raw(named) if r is not None)
+        found = list(zip(named, registry.get_many_raw(named), strict=True))
+        unknown = [key for key, (row, _) in found if row is None]
+        chosen: Iterable[dict[str, Any]] = (row for _, (row, _) in found if row is not None)
     else:
         chosen = registry.raw_records()
     picked = filter(matches, chosen) if matches else chosen
-    terminal.print_rows(_forgotten(registry, picked, dry_run=dry_run), as_json=as_json)
+    tally = {"gone": 0, "kept": 0}
+    rows = _forgotten(registry, iter(picked), dry_run=dry_run, tally=tally)
+    terminal.print_rows(rows, as_json=as_json)
+    for key in unknown:
+        terminal.say(f"{key}: unknown key")
+    done = "Would forget" if dry_run else "Forgot"
+    kept = f"; {tally['kept']:,} queued or building kept" if tally["kept"] else ""
+    nothing = " (a dry run: nothing was forgotten)" if dry_run else ""
+    plural = "" if tally["gone"] == 1 else "s"
+    terminal.say(f"{done} {tally['gone']:,} record{plural}{kept}{nothing}.")
+    if unknown:
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _forgotten(
-    registry: Registry, records: Iterator[dict[str, Any]], *, dry_run: bool, batch: int = 500
+    registry: Registry,
+    records: Iterator[dict[str, Any]],
+    *,
+    dry_run: bool,
+    tally: dict[str, int],
+    batch: int = 500,
 ) -> Iterator[dict[str, Any]]:
-    """Forget ``records`` a batch at a time; yield each one that went (or would go)."""
+    """Forget ``records`` a batch at a time; yield each one that went (or would go), saying
+    which in its ``outcome``. ``tally`` counts those gone and those kept (in flight)."""
+    outcome = "would forget" if dry_run else "forgotten"
     while chunk := list(itertools.islice(records, batch)):
         settled = [r for r in chunk if r.get("status") not in ("queued", "building")]
+        tally["kept"] += len(chunk) - len(settled)
         gone = (
             {r["key"] for r in settled}
             if dry_run
             else set(registry.forget(r["key"] for r in settled))
         )
-        yield from (r for r in settled if r["key"] in gone)
+        for r in settled:
+            if r["key"] in gone:
+                tally["gone"] += 1
+                yield {**r, "outcome": outcome}
 
 
 # --- maintenance -----------------------------------------------------------------------------
@@ -786,7 +1046,11 @@ def reindex(
 @app.command("gc")
 def collect_garbage(
     roots: Annotated[
-        list[Path] | None, typer.Argument(help="Directories to sweep (default: allowed roots).")
+        list[Path] | None,
+        typer.Argument(
+            help="Directories to sweep (default: the allowed roots; on the embedded default, "
+            "the current directory)."
+        ),
     ] = None,
     grace: Annotated[
         float, typer.Option(help="Seconds before another host's leaseless dir is an orphan.")
@@ -802,7 +1066,7 @@ def collect_garbage(
     done = "would remove" if dry_run else "removed"
     with _farm(settings) as farm, terminal.counter("sweeping") as update:
         found = maintenance.gc(
-            farm.registry, roots or settings.roots, grace_s=grace, allowed=settings.roots
+            farm.registry, roots or _gc_roots(settings), grace_s=grace, allowed=settings.roots
         )
         for count, orphan in enumerate(found, 1):
             if not dry_run:
@@ -813,6 +1077,16 @@ def collect_garbage(
                 terminal.line(json.dumps(row))
             else:
                 terminal.line(f"{done} {orphan.path} ({orphan.reason})")
+
+
+def _gc_roots(settings: Settings) -> list[Path]:
+    """What ``farm gc`` sweeps by default: the allowed roots, or the current directory when
+    they are the whole filesystem (the embedded default), which no one means to walk."""
+    from farm.env import EVERYWHERE
+
+    if settings.roots == [Path(EVERYWHERE)]:
+        return [Path.cwd()]
+    return settings.roots
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -875,11 +1149,16 @@ def server_stop() -> None:
     from farm import embedded
 
     settings = _settings()
-    worker_stopped = embedded.stop_worker(
-        settings.state_dir, timeout_s=settings.stop_grace_s + 10.0
-    )
-    if not embedded.stop_server(settings.state_dir) and not worker_stopped:
-        terminal.say("The embedded Redis was not running.")
+    state = settings.state_dir
+    worker = embedded.stop_worker(state, timeout_s=settings.stop_grace_s + 10.0)
+    server = embedded.stop_server(state)
+    stopped = [f"the embedded worker (pid {worker})"] if worker else []
+    if server:
+        stopped.append(f"the embedded Redis (pid {server}, {embedded.socket_url(state)})")
+    if stopped:
+        terminal.say(f"Stopped {' and '.join(stopped)}.")
+    else:
+        terminal.say(f"Nothing to stop: the embedded Redis and worker of {state} were not running.")
 
 
 def _show_warning(
@@ -887,6 +1166,25 @@ def _show_warning(
 ) -> None:
     """Warnings the farm raises for API users are one line, yellow on a terminal."""
     terminal.say(f"warning: {message}", warning=True)
+
+
+def _for_this_farm(error: FarmError) -> str:
+    """The sentence for ``error``; on the embedded default, a lost Redis is the embedded one,
+    not a FARM_REDIS_URL the user never set."""
+    from farm.env import redis_location
+    from farm.errors import BrokerError
+
+    try:
+        configured = redis_location()[0] is not None
+    except ValueError:
+        configured = True
+    if not isinstance(error, BrokerError) or configured:
+        return str(error)
+    cause = f" ({error.__cause__})" if error.__cause__ else ""
+    return (
+        f"Lost the embedded Redis{cause}; run the command again (it starts the server anew), "
+        "or `farm server stop` first if it keeps failing."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -899,7 +1197,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             terminal.say("Interrupted.")
         raise
     except FarmError as e:
-        sys.exit(_fail(str(e)))
+        sys.exit(_fail(_for_this_farm(e)))
     except KeyboardInterrupt:
         terminal.say("Interrupted.")
         sys.exit(EXIT_INTERRUPTED)

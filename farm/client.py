@@ -161,6 +161,10 @@ class Farm:
                 if ok:
                     claims[i] = Claim(True, records[i], b"")
         to_send = [c.record.key for c in claims if c.enqueue]
+        if send and to_send and self.settings.embedded:
+            # Before the send: a worker left by an older farm, confined to other directories,
+            # must not take these messages only to fail them.
+            embedded.ensure_worker(self.settings)
         if send:
             self._sender.send(to_send)
             self.registry.confirm_sent(to_send)

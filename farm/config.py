@@ -28,7 +28,8 @@ class Settings(BaseModel):
     # No URL: the embedded default, a private Redis under state_dir (unix socket only).
     redis_url: str | None = None
     state_dir: Path = Field(default_factory=env.default_state_dir)
-    # os.pathsep-separated; destinations must lie below one of them. Default: the cwd.
+    # os.pathsep-separated; destinations must lie below one of them. Default: see
+    # _default_roots (the cwd on a shared deployment, anywhere on the embedded default).
     allowed_roots: str = Field(default_factory=lambda: str(Path.cwd()))
 
     lease_ttl_s: float = Field(30.0, gt=0)
@@ -57,12 +58,26 @@ class Settings(BaseModel):
     # Failed, invalid and stale records expire this long after they are written (0: they
     # are kept until `farm forget`). Valid records and keys in flight never expire.
     forget_unusable_after_s: float = Field(0.0, ge=0)
+    # `farm build` on a shared farm gives up (exit 3) after this long with no live worker;
+    # the request stays queued for the next worker. Not the embedded default: it starts one.
+    worker_wait_s: float = Field(600.0, ge=0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """``FARM_LEASE_TTL_S=10`` sets ``lease_ttl_s`` (any case); other variables are ignored."""
         found = env.variables(environ)
         return cls.model_validate({k: v for k, v in found.items() if k in cls.model_fields})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_roots(cls, data: Any) -> Any:
+        """The embedded farm is its user's alone (a socket only they can open), so it writes
+        wherever they may write: the kernel's permissions are the limit, not the directory
+        a command ran in. A shared farm (FARM_REDIS_URL) keeps the cwd as its default root."""
+        if isinstance(data, dict) and data.get("allowed_roots") is None:
+            here = env.EVERYWHERE if not data.get("redis_url") else str(Path.cwd())
+            return {**data, "allowed_roots": here}
+        return data
 
     @model_validator(mode="after")
     def _url_has_a_scheme(self) -> Settings:

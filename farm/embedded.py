@@ -8,8 +8,9 @@ ships, so a fresh machine needs nothing installed by hand.
 
 The worker runs in the background beside it and exits after ``FARM_EMBEDDED_IDLE_S`` with
 nothing in flight, so a one-off ``farm build`` does not pay a worker's start-up each time. It
-writes only below the allowed roots it was started with: a client with other roots restarts
-it with both (builds in flight are handed back, not lost).
+may write wherever its user may (allowed root ``/``): only that user can reach its socket, so
+a message can only be one they submitted, and each client confines its own requests to its
+allowed roots. One worker thus serves every directory, with no restart when a user moves on.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import redis
 
+from farm.env import EVERYWHERE
 from farm.errors import BrokerError
 
 if TYPE_CHECKING:
@@ -109,8 +110,8 @@ def ensure_server(state_dir: Path, *, timeout_s: float = 15.0) -> str:
     return url
 
 
-def stop_server(state_dir: Path, *, timeout_s: float = 10.0) -> bool:
-    """Stop the private server by its pid; False if none was running."""
+def stop_server(state_dir: Path, *, timeout_s: float = 10.0) -> int | None:
+    """Stop the private server by its pid; the pid stopped (None: none was running)."""
     return _stop_pid(state_dir / PIDFILE, timeout_s)
 
 
@@ -129,20 +130,21 @@ def _running_pid(pidfile: Path) -> int | None:
     return pid
 
 
-def _stop_pid(pidfile: Path, timeout_s: float) -> bool:
+def _stop_pid(pidfile: Path, timeout_s: float) -> int | None:
+    """Stop the process in ``pidfile``; its pid, for the user to be told (None: none ran)."""
     pid = _running_pid(pidfile)
     if pid is None:
-        return False
+        return None
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return True
+            return pid
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
-    return True
+    return pid
 
 
 # --- the embedded worker -------------------------------------------------------------------
@@ -160,42 +162,36 @@ def worker_argv() -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", QUEUE]
 
 
-def _worker_roots(state_dir: Path) -> list[Path]:
+def _worker_roots(state_dir: Path) -> list[str]:
     try:
-        return [Path(p) for p in json.loads((state_dir / WORKER_ROOTS).read_text())]
-    except (FileNotFoundError, ValueError):
+        return list(json.loads((state_dir / WORKER_ROOTS).read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
         return []
 
 
-def _covers(served: Sequence[Path], roots: Sequence[Path]) -> bool:
-    return all(any(r == s or r.is_relative_to(s) for s in served) for r in roots)
-
-
 def worker_serves(settings: Settings) -> bool:
-    """Whether the embedded worker runs and may write below every allowed root of ours."""
-    running = _running_pid(settings.state_dir / WORKER_PIDFILE) is not None
-    return running and _covers(_worker_roots(settings.state_dir), settings.roots)
+    """Whether the embedded worker runs, allowed to write anywhere its user may."""
+    state_dir = settings.state_dir
+    running = _running_pid(state_dir / WORKER_PIDFILE) is not None
+    return running and _worker_roots(state_dir) == [EVERYWHERE]
 
 
 def ensure_worker(settings: Settings, *, timeout_s: float = 60.0) -> None:
-    """Start the embedded worker in the background unless one serves our allowed roots; one
-    that serves others is stopped (its builds handed back) and started again with both."""
+    """Start the embedded worker in the background unless it runs. One started by an older
+    farm, confined to the directories it was asked about, is replaced (its builds are
+    handed back, not lost): it would fail requests from anywhere else."""
     from filelock import FileLock
 
     state_dir = settings.state_dir.resolve()
     with FileLock(str(state_dir / "worker.start.lock"), timeout=timeout_s):
         pidfile = state_dir / WORKER_PIDFILE
-        served = _worker_roots(state_dir)
         if _running_pid(pidfile) is not None:
-            if _covers(served, settings.roots):
+            if _worker_roots(state_dir) == [EVERYWHERE]:
                 return
             _stop_pid(pidfile, settings.stop_grace_s + 10.0)
-        else:
-            served = []
-        roots = served + [r for r in settings.roots if not _covers(served, [r])]
         env = {
             **os.environ,
-            "FARM_ALLOWED_ROOTS": os.pathsep.join(str(r) for r in roots),
+            "FARM_ALLOWED_ROOTS": EVERYWHERE,
             "FARM_IDLE_EXIT_S": str(settings.embedded_idle_s),
             "FARM_STATE_DIR": str(state_dir),
         }
@@ -214,11 +210,11 @@ def ensure_worker(settings: Settings, *, timeout_s: float = 60.0) -> None:
         # Celery's main process is this pid (no daemonizing): recorded before the lock is
         # released, so no second caller starts another. Not waited for: it boots on its own.
         pidfile.write_text(str(worker.pid))
-        (state_dir / WORKER_ROOTS).write_text(json.dumps([str(r) for r in roots]))
+        (state_dir / WORKER_ROOTS).write_text(json.dumps([EVERYWHERE]))
 
 
-def stop_worker(state_dir: Path, *, timeout_s: float) -> bool:
-    """Stop the embedded worker (a running build is handed back); False if none ran."""
+def stop_worker(state_dir: Path, *, timeout_s: float) -> int | None:
+    """Stop the embedded worker (a running build is handed back); its pid (None: none ran)."""
     return _stop_pid(state_dir / WORKER_PIDFILE, timeout_s)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 PREFIX = "farm_"
 URL_SCHEMES = ("redis://", "rediss://", "unix://")
+EVERYWHERE = os.sep  # the allowed root of the embedded default: any path its user may write
 
 
 def variables(environ: Mapping[str, str] | None = None) -> dict[str, str]:

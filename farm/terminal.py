@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -24,6 +25,7 @@ Row = dict[str, Any]  # a record as stored (plus its build's "progress"), or an 
 _COLORS = {"valid": "green", "failed": "red", "invalid": "red"}
 _PAGE = 1000  # rows per table at a terminal: columns sized per page, memory bounded
 KEY_SHOWN = 16  # characters of a key a terminal shows; any unique prefix works as a key
+LEASE_LEFT = "lease_left_s"  # a building row's lease, read for a person (never in --json)
 
 
 def stdout_is_terminal() -> bool:
@@ -96,14 +98,47 @@ def json_row(row: Row) -> str:
 
 
 def detail(row: Row) -> str:
+    if row.get("outcome"):  # what a command did to the record ("would forget")
+        return str(row["outcome"])
     if row["status"] == "unknown":
         return "no such key"
     if row.get("error"):
         return str(row["error"])
-    if row["status"] == "building" and row.get("progress"):
-        return progress.describe(row["progress"])
+    if row["status"] == "building":
+        return building(row)
     size = row.get("size_bytes")
     return f"{size:,} B" if size is not None else ""
+
+
+def building(row: Row, now: float | None = None) -> str:
+    """How far a build is, who builds it, how old its last report is, and whether that
+    builder is gone (no lease): a person must not watch a dead build's last figures."""
+    figures = row.get("progress") or {}
+    now = time.time() if now is None else now
+    parts = [told] if (told := progress.describe(figures)) else []
+    if worker := row.get("worker") or figures.get("worker"):
+        parts.append(f"by {worker}")
+    reported = figures.get("updated_at") or figures.get("started_at")
+    if reported:
+        parts.append(f"last report {_age(now - reported)} ago")
+    lease = row.get(LEASE_LEFT)
+    if lease is not None and lease <= 0:
+        gone = "stale: its builder is gone (no lease)" if reported else "no builder holds it"
+        parts.append(f"{gone}; a live worker requeues it (`farm worker` if none runs)")
+    elif not reported and lease is not None:
+        parts.append("no report lately (its lease is held: it is alive)")
+    return ", ".join(parts)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"
 
 
 def print_rows(rows: Iterable[Row], *, as_json: bool) -> None:
@@ -159,21 +194,23 @@ def counter(label: str, total: int | None = None) -> Iterator[Callable[[int], No
         yield lambda done: bar.update(task, completed=done)
 
 
-BuildShow = Callable[[str, dict | None], None]
+BuildShow = Callable[[str, dict | None, str | None], None]
 OnPoll = Callable[[int, int], None]
 
 
 @contextmanager
 def build_status(dest: str) -> Iterator[BuildShow | None]:
-    """One live line for a build at a terminal: its status and its builder's progress.
-    Yields ``update(status, figures)``; None when stderr is not a terminal."""
+    """One live line for a build at a terminal: its status and its builder's progress, or
+    what it waits for. Yields ``update(status, figures, note)``; None when stderr is not a
+    terminal."""
     if not stderr_is_terminal():
         yield None
         return
     with _err().status(f"{dest}: queued") as shown:
 
-        def update(status: str, figures: dict | None) -> None:
+        def update(status: str, figures: dict | None, note: str | None = None) -> None:
             told = progress.describe(figures) if status == "building" else ""
-            shown.update(f"{_escape(dest)}: {status}" + (f", {told}" if told else ""))
+            told = ", ".join(t for t in (told, note) if t)
+            shown.update(f"{_escape(dest)}: {status}" + (f", {_escape(told)}" if told else ""))
 
         yield update

@@ -83,10 +83,29 @@ def test_embedded_default_builds_at_once_then_keeps_a_worker(tmp_path, genomes):
         assert record["worker"].startswith("embedded-"), record  # through the queue this time
     finally:
         pid = int((state / "redis.pid").read_text())
-        assert farm(env, "server", "stop").returncode == 0
+        stopped = farm(env, "server", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stderr == (
+        f"Stopped the embedded worker (pid {worker_pid}) and the embedded Redis (pid {pid}, "
+        f"unix://{state / 'redis.sock'}).\n"
+    )
     for gone in (pid, worker_pid):
         with pytest.raises(ProcessLookupError):
             os.kill(gone, 0)
+    again = farm(env, "server", "stop")
+    assert again.returncode == 0 and again.stderr.startswith("Nothing to stop")
+
+
+def test_version_names_the_package_and_both_formats(tmp_path):
+    import farm as package
+    from farm.artifacts.dataset.writer import FORMAT_VERSION as DATASET
+    from farm.artifacts.gvlfa import FORMAT_VERSION as CACHE
+
+    shown = farm(farm_env("", tmp_path), "--version")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == (
+        f"gvl-farm {package.__version__} (cache format {CACHE}, dataset format {DATASET})\n"
+    )
 
 
 def test_the_embedded_worker_exits_when_idle(tmp_path, genomes):
@@ -375,6 +394,52 @@ def test_with_no_live_worker_submit_wait_and_the_api_say_so_at_once(
     assert [w.category for w in caught] == [NoWorkerWarning]
 
 
+def test_a_build_with_no_live_worker_says_it_waits_and_gives_up_after_its_limit(
+    env, genomes, registry
+):
+    """Nothing would ever build it: `farm build` waits a bounded time (a live line at a
+    terminal), then exits 3 with one sentence; the request stays queued for a worker."""
+    gave_up = farm(env, "build", "cache", str(genomes / LAMBDA), "--worker-wait", "2")
+    assert gave_up.returncode == 3, gave_up.stderr
+    assert "Waiting up to 2 s for a worker (--worker-wait, FARM_WORKER_WAIT_S)." in gave_up.stderr
+    assert "No worker was live for 2 s" in gave_up.stderr and "`farm wait " in gave_up.stderr
+    assert "Traceback" not in gave_up.stderr and gave_up.stdout == ""
+    (queued,) = [registry.get(k) for batch in registry.key_batches() for k in batch]
+    assert queued.status == "queued"
+
+    at_terminal = _with_stderr_on_a_terminal(
+        dict(env, FARM_WORKER_WAIT_S="3"), "build", "cache", str(genomes / YEAST)
+    )
+    assert at_terminal.returncode == 3
+    said = at_terminal.stderr
+    assert "waiting for a worker, 1 s of 3 s" in said and "No worker was live for 3 s" in said
+
+
+def _with_stderr_on_a_terminal(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """``farm ARGS`` with its stderr on a pseudo-terminal (what a person sees), read whole."""
+    import pty
+
+    leader, follower = pty.openpty()
+    env = dict(env, TERM="xterm", COLUMNS="200")  # a terminal rich draws live lines on
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", *args], env=env, cwd=PROJECT,
+        stdout=subprocess.PIPE, stderr=follower, text=True,
+    )  # fmt: skip
+    os.close(follower)
+    seen = bytearray()
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the command is done
+            break
+        if not chunk:
+            break
+        seen += chunk
+    out, _ = proc.communicate(timeout=60)
+    os.close(leader)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, seen.decode())
+
+
 def test_a_dataset_finds_its_bed_strand_and_a_samples_typo_is_named(
     env, chr20, start_workers, tmp_path
 ):
@@ -476,10 +541,30 @@ def test_ls_filters_and_forget_removes_records_but_never_artifacts(env, registry
         "a", "b", "c"
     ]  # fmt: skip
     assert_one_sentence(farm(env, "ls", "--older-than", "soon"), "--older-than soon")
+    # Only known values, in any case; a typo is refused with the values that exist.
+    assert keys(farm(env, "ls", "--json", "--status", "FAILED")) == ["a", "d"]
+    assert keys(farm(env, "ls", "--json", "--status", "failed,building")) == ["a", "c", "d"]
+    for option, typo, known in [
+        ("--status", "fail", "did you mean failed?); the statuses are queued, building, valid"),
+        ("--kind", "caches", "did you mean cache?); the kinds are cache, dataset"),
+    ]:
+        for command in ("ls", "forget"):
+            refused = farm(env, command, option, typo)
+            assert_one_sentence(refused, f"{option} {typo} is not one of the", known)
+            assert refused.stdout == "" and refused.stderr.count("\n") == 1
+    # --dest takes a relative path from the current directory, like every other option.
+    relative = farm(env, "ls", "--json", "--dest", "sub", cwd=tmp_path)
+    assert keys(relative) == ["b", "c", "d"]
+    assert keys(farm(env, "ls", "--json", "--dest", "./sub/../sub/b", cwd=tmp_path)) == ["b"]
 
     assert_one_sentence(farm(env, "forget"), "needs keys or a filter")
     assert keys(farm(env, "forget", "--json", "--status", "failed", "--dry-run")) == ["a", "d"]
+    dry = farm(env, "forget", "--status", "failed", "--dry-run")
+    assert [line.split("\t")[-1] for line in dry.stdout.splitlines()] == ["would forget"] * 2
+    assert "Would forget 2 records (a dry run: nothing was forgotten)." in dry.stderr
     assert keys(farm(env, "ls", "--json", "--status", "failed")) == ["a", "d"]
+    unknown = farm(env, "forget", "f" * 64, "--dry-run")  # exits 1 like status, wait, cancel
+    assert unknown.returncode == 1 and f"{'f' * 64}: unknown key" in unknown.stderr
     assert keys(farm(env, "forget", "--json", "--dest", f"{tmp_path}/sub")) == ["b", "d"]
     assert keys(farm(env, "ls", "--json")) == ["a", "c"]  # the building key is kept
     assert (tmp_path / "sub" / "b").is_dir()  # records go, artifacts stay
@@ -488,7 +573,54 @@ def test_ls_filters_and_forget_removes_records_but_never_artifacts(env, registry
         input="a" * 8 + "\n", env=env, cwd=PROJECT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert piped.returncode == 0 and piped.stdout.startswith("a" * 64)
+    assert piped.stdout.rstrip().endswith("\tforgotten") and "Forgot 1 record." in piped.stderr
     assert keys(farm(env, "ls", "--json")) == ["c"]
+
+
+def test_status_of_a_building_key_names_its_builder_and_says_when_it_is_gone(
+    env, registry, genomes
+):
+    """What a person reads: who builds it and how old its last report is; once its builder
+    holds no lease, that the figures are stale. A bgzipped FASTA with a current .fai shows a
+    percentage although its stream has no total (the .fai counts what the stream will)."""
+    from farm import progress
+    from tests.test_registry import record
+
+    bgz = genomes / f"{LAMBDA}.bgz"
+    key = "e" * 64
+    building = record(key, dest=f"{bgz}.gvlfa").evolve(
+        request={"kind": "cache", "fasta": str(bgz), "dest": f"{bgz}.gvlfa"}
+    )
+    registry.claim_many([building], send_grace_s=60)
+    assert registry.start(key, "w7@box/1", 60, worker="w7@box").leased
+    started = time.time() - 4
+    figures = {"done": 12_000, "total": 0, "unit": "bp", "started_at": started,
+               "updated_at": time.time() - 1, "worker": "w7@box"}  # fmt: skip
+    registry.report_progress(key, figures, ttl_s=60)
+
+    def detail() -> str:
+        shown = farm(env, "status", key)
+        assert shown.returncode == 0, shown.stderr
+        return shown.stdout.rstrip("\n").split("\t")[-1]
+
+    alive = detail()
+    assert alive.startswith("25% of 48,502 bp, 4.0 kbp/s, 9 s left, by w7@box, last report ")
+    assert alive.endswith(" s ago") and "stale" not in alive
+    assert "progress" in farm(env, "status", key, "--json").stdout  # --json as it was
+    registry.release_lease(key, "w7@box/1")
+    gone = detail()
+    assert "by w7@box, last report" in gone
+    assert "stale: its builder is gone (no lease); a live worker requeues it" in gone
+
+    # The .fai counts exactly what the gzip stream reports: a real build of the same file.
+    seen: list[int] = []
+
+    class Count(progress.Progress):
+        def advance(self, n: int) -> None:
+            seen.append(n)
+
+    gvlfa.ensure_cache(bgz, genomes / "counted.gvlfa", progress=Count())
+    assert sum(seen) == 48_502
 
 
 def _all_keys(registry: Registry) -> list[str]:

@@ -122,6 +122,59 @@ def test_a_huge_manifest_line_is_refused_without_echoing_it(env, tmp_path: Path)
     assert len(result.stderr) < 500
 
 
+def test_compressed_and_binary_manifests_are_read_or_refused_in_one_sentence(
+    env, genomes: Path, tmp_path: Path
+):
+    import bz2
+    import gzip
+
+    import pysam
+
+    line = json.dumps({"kind": "cache", "fasta": str(genomes / LAMBDA)}) + "\n"
+    plain = tmp_path / "m.jsonl"
+    plain.write_text(line)
+    key = farm(env, "submit", "--manifest", str(plain)).stdout.strip()
+    assert len(key) == 64
+    (tmp_path / "m.jsonl.gz").write_bytes(gzip.compress(line.encode()))
+    pysam.tabix_compress(str(plain), str(tmp_path / "m.jsonl.bgz"))
+    for name in ("m.jsonl.gz", "m.jsonl.bgz"):  # read as they are: the same request
+        read = farm(env, "submit", "--manifest", str(tmp_path / name))
+        assert read.returncode == 0 and read.stdout.strip() == key, read.stderr
+
+    (tmp_path / "m.jsonl.bz2").write_bytes(bz2.compress(line.encode()))
+    (tmp_path / "cut.gz").write_bytes(gzip.compress(line.encode() * 50)[:40])
+    (tmp_path / "latin1.jsonl").write_bytes(line.encode().replace(b"lambda", b"l\xe4mbda"))
+    (tmp_path / "binary.jsonl").write_bytes(os.urandom(2048).replace(b"\x1f", b" "))
+    cases = [
+        ("m.jsonl.bz2", "is bzip2-compressed"),
+        ("cut.gz", "truncated or corrupt gzip"),
+        ("latin1.jsonl", "line 1 is not UTF-8 text"),
+        ("binary.jsonl", "binary.jsonl line"),
+    ]
+    for name, clause in cases:
+        result = farm(env, "submit", "--manifest", str(tmp_path / name))
+        assert_one_sentence(result, str(tmp_path / name), clause)
+        assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_binary_keys_on_stdin_or_the_command_line_are_one_sentence(env, tmp_path: Path):
+    import subprocess
+    import sys
+
+    from tests.support.processes import PROJECT
+
+    for command in ("status", "wait", "cancel", "forget", "verify"):
+        piped = subprocess.run(
+            [sys.executable, "-m", "farm.cli", command, "-"], input=b"abc\nab\xff\n",
+            env=env, cwd=PROJECT, capture_output=True, timeout=60,
+        )  # fmt: skip
+        err = piped.stderr.decode()
+        assert piped.returncode != 0 and "Traceback" not in err, err
+        assert "Line 2 of standard input is not a key" in err, err
+    typed = farm(env, "status", os.fsdecode(b"ab\xff"))
+    assert_one_sentence(typed, "is not printable UTF-8 text")
+
+
 # --- messages pushed straight into the queue ------------------------------------------------
 
 
