@@ -49,6 +49,7 @@ app.add_typer(build_app, name="build")
 app.add_typer(submit_app, name="submit", invoke_without_command=True)
 app.add_typer(server_app, name="server")
 
+
 def _print_version(asked: bool) -> None:
     """The package and the formats its artifacts are written in (loaded only when asked:
     the formats live with their writers, which ``farm --help`` must not load)."""

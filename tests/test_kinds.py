@@ -12,11 +12,11 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from farm import kinds
-from farm.kinds import FenceToken, maintenance, service
+from farm import kinds, maintenance, service
 from farm.artifacts.base import Classification, State
 from farm.config import Settings
 from farm.fingerprint import Fingerprint, checksum, fingerprint
+from farm.kinds import FenceToken
 from farm.kinds.base import Built, dir_size
 from farm.progress import Progress
 from farm.publish import Outcome, Owner, build_and_publish
