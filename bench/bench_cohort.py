@@ -1,0 +1,152 @@
+"""Lab-scale dataset benchmark: the farm's builder against gvl.write on a 1000 Genomes-size cohort.
+
+``python bench/bench_cohort.py [--variants N] [--workdir DIR] [--sets 1k,10k,100kb]``
+
+Generates (bench/cohort_data.py) 2,504 samples x N variants (default 1,000,000) as VCF.gz with
+its index and as PGEN, and region sets of 1,000 and 10,000 regions of 1 kb and 1,000 of 100 kb,
+under a temporary directory (or ``--workdir``, kept for the next run). Each build runs once in a
+fresh process, whole process timed (imports included), peak RSS from the kernel (VmHWM) and the
+output's size on disk; the farm (``write_dataset`` inline) and gvl.write side by side, then the
+ratios. gvl.write keeps an index beside its input after its first run; that first run is timed
+on its own ("gvl index", a one-region build) so the rows compare like with like.
+Every pair of datasets is checked equal (regions, offsets and variant indices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.cohort_data import region_set, write_cohort  # noqa: E402
+
+CHILD = r"""
+import json, sys, time
+from pathlib import Path
+kind, variants, bed, out = sys.argv[1:5]
+if kind == "farm":
+    from farm.artifacts.dataset import DatasetParams, write_dataset
+    Path(out).mkdir()
+    write_dataset(DatasetParams(variants=variants, regions=Path(bed)), Path(out))
+else:
+    import genvarloader as gvl
+    gvl.write(out, bed, variants, overwrite=True)
+rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) * 1024
+print(json.dumps({"rss": rss}))
+"""
+
+SETS = {"1k": (1_000, 1_000), "10k": (10_000, 1_000), "100kb": (1_000, 100_000)}
+
+
+def du(path: Path) -> int:
+    """Bytes of the files under ``path`` (a hard-linked file counted, as a copy would be)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def build(kind: str, variants: Path, bed: Path, out: Path) -> dict[str, float]:
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, kind, str(variants), str(bed), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} build failed:\n{proc.stderr[-3000:]}")
+    rss = json.loads(proc.stdout.strip().splitlines()[-1])["rss"]
+    return {"s": wall, "rss": rss, "size": du(out)}
+
+
+def same(a: Path, b: Path) -> bool:
+    if not np.array_equal(np.load(a / "regions.npy"), np.load(b / "regions.npy")):
+        return False
+    for rel in ("genotypes/offsets.npy", "genotypes/variant_idxs.npy"):
+        if (a / rel).read_bytes() != (b / rel).read_bytes():
+            return False
+    return True
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", type=int, default=1_000_000)
+    ap.add_argument("--workdir", type=Path, help="keep the inputs here between runs")
+    ap.add_argument("--sets", default="1k,10k,100kb")
+    ap.add_argument("--inputs", default="vcf,pgen")
+    ap.add_argument("--no-gvl", action="store_true", help="time the farm alone")
+    args = ap.parse_args()
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory()
+        work = Path(tmp.name)
+    else:
+        work = args.workdir / f"cohort-{args.variants}"
+        work.mkdir(parents=True, exist_ok=True)
+    try:
+        files = {"vcf": work / "cohort.vcf.gz", "pgen": work / "cohort.pgen"}
+        if not (work / "cohort.vcf.gz.tbi").exists():
+            t = time.perf_counter()
+            print(f"generating 2,504 samples x {args.variants:,} variants ...", flush=True)
+            files = write_cohort(work, args.variants)
+            print(f"  {time.perf_counter() - t:.0f} s", flush=True)
+        beds = {
+            name: region_set(work / f"{name}.bed", args.variants, n, width, seed=i)
+            for i, (name, (n, width)) in enumerate(SETS.items())
+            if name in args.sets.split(",")
+        }
+        one = region_set(work / "one.bed", args.variants, 1, 1_000, seed=99)
+        rows = []
+        for kind in args.inputs.split(","):
+            src = files[kind]
+            print(f"{kind}: {src.stat().st_size / 1e6:,.0f} MB", flush=True)
+            if not args.no_gvl:
+                g = build("gvl", src, one, work / "gvl-index.ds")
+                print(f"  gvl index (first run, one region): {g['s']:.1f} s", flush=True)
+            for name, bed in beds.items():
+                f = build("farm", src, bed, work / "farm.ds")
+                row = {"input": f"{kind.upper()} {name}", "farm": f}
+                if not args.no_gvl:
+                    row["gvl"] = build("gvl", src, bed, work / "gvl.ds")
+                    row["equal"] = same(work / "farm.ds", work / "gvl.ds")
+                rows.append(row)
+                print("  " + line(row), flush=True)
+        print()
+        print(
+            "| input | gvl.write s / RSS MB / MB | farm s / RSS MB / MB | speed-up | RSS | size |"
+        )
+        print("|---|---|---|---|---|---|")
+        for row in rows:
+            print(line(row))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def line(row: dict) -> str:
+    f = row["farm"]
+    fs = f"{f['s']:.1f} / {f['rss'] / 1e6:.0f} / {f['size'] / 1e6:.1f}"
+    if "gvl" not in row:
+        return f"| {row['input']} | - | {fs} | | | |"
+    g = row["gvl"]
+    gs = f"{g['s']:.1f} / {g['rss'] / 1e6:.0f} / {g['size'] / 1e6:.1f}"
+    eq = "" if row["equal"] else " (ARRAYS DIFFER)"
+    return (
+        f"| {row['input']} | {gs} | {fs} | {g['s'] / f['s']:.2f}x{eq} | "
+        f"{f['rss'] / g['rss']:.2f} | {f['size'] / g['size']:.2f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
