@@ -1,10 +1,15 @@
-"""BGZF, the block gzip of bgzip and htslib: is a file BGZF, and was it cut short."""
+"""BGZF, the block gzip of bgzip and htslib: is a file BGZF, was it cut short, and its blocks."""
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import Executor
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+from isal import isal_zlib
 
 # Every complete BGZF file ends with this empty block; gzip itself cannot tell a file cut at
 # a block boundary from a whole one, so its absence is the only sign.
@@ -28,3 +33,98 @@ def bgzf_state(path: Path) -> Bgzf:
             return Bgzf.TRUNCATED
         f.seek(size - len(EOF_BLOCK))
         return Bgzf.COMPLETE if f.read() == EOF_BLOCK else Bgzf.TRUNCATED
+
+
+class BgzfError(ValueError):
+    """A BGZF block that is cut short or not a BGZF block at all."""
+
+
+class Blocks:
+    """The blocks of a whole BGZF file, mapped into memory, inflated on demand.
+
+    A BGZF file is a series of independent gzip members of at most 64 KiB of text each, so
+    any run of blocks inflates without the ones before it, on as many threads as there are
+    cores (isal's inflate lets go of the GIL). ``coffsets[i]`` is where block ``i`` starts in
+    the file, ``ustarts[i]`` where its text starts in the whole inflated stream.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import mmap
+
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        self.path = path
+        coffsets, usizes = _walk_blocks(self._map, path)
+        self.coffsets = np.asarray(coffsets, np.int64)
+        usize = np.asarray(usizes, np.int64)
+        self.ustarts = np.zeros(len(usize) + 1, np.int64)
+        np.cumsum(usize, out=self.ustarts[1:])
+
+    @property
+    def n(self) -> int:
+        return len(self.coffsets)
+
+    @property
+    def text_size(self) -> int:
+        return int(self.ustarts[-1])
+
+    def inflate(self, i: int) -> bytes:
+        start = int(self.coffsets[i])
+        xlen = int.from_bytes(self._map[start + 10 : start + 12], "little")
+        end = int(self.coffsets[i + 1]) if i + 1 < self.n else len(self._map)
+        try:
+            return isal_zlib.decompress(self._map[start + 12 + xlen : end - 8], -15)
+        except isal_zlib.error as e:
+            raise BgzfError(f"block {i} at byte {start} does not inflate ({e})") from e
+
+    def inflate_run(self, a: int, b: int, pool: Executor | None = None) -> bytes:
+        """The text of blocks ``[a, b)``, inflated on ``pool``'s threads when given."""
+        if pool is None or b - a < 4:
+            return b"".join(self.inflate(i) for i in range(a, b))
+        return b"".join(pool.map(self.inflate, range(a, b)))
+
+    def text(self, u0: int, u1: int, pool: Executor | None = None) -> bytes:
+        """Inflated bytes ``[u0, u1)`` of the whole text."""
+        a = int(np.searchsorted(self.ustarts, u0, "right")) - 1
+        b = int(np.searchsorted(self.ustarts, u1, "left"))
+        data = self.inflate_run(a, b, pool)
+        off = u0 - int(self.ustarts[a])
+        return data[off : off + (u1 - u0)]
+
+    def close(self) -> None:
+        if not isinstance(self._map, bytes):
+            self._map.close()
+
+
+def _walk_blocks(data: Any, path: Path) -> tuple[list[int], list[int]]:
+    """Start offset and inflated size of every block, from the headers and trailers alone."""
+    coffsets: list[int] = []
+    usizes: list[int] = []
+    pos, size = 0, len(data)
+    while pos < size:
+        head = data[pos : pos + 18]
+        if len(head) < 18 or head[:4] != b"\x1f\x8b\x08\x04":
+            raise BgzfError(f"{path} is not BGZF or is cut short at byte {pos}")
+        xlen = int.from_bytes(head[10:12], "little")
+        extra = data[pos + 12 : pos + 12 + xlen]
+        bsize = _bsize(extra)
+        if bsize is None:
+            raise BgzfError(f"{path} has a gzip member without BGZF's size field at byte {pos}")
+        end = pos + bsize + 1
+        if end > size:
+            raise BgzfError(f"{path} is cut short inside the block at byte {pos}")
+        coffsets.append(pos)
+        usizes.append(int.from_bytes(data[end - 4 : end], "little"))
+        pos = end
+    return coffsets, usizes
+
+
+def _bsize(extra: bytes) -> int | None:
+    i = 0
+    while i + 4 <= len(extra):
+        slen = int.from_bytes(extra[i + 2 : i + 4], "little")
+        if extra[i : i + 2] == b"BC" and slen == 2:
+            return int.from_bytes(extra[i + 4 : i + 6], "little")
+        i += 4 + slen
+    return None

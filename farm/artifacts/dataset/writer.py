@@ -158,16 +158,15 @@ def _write_genotypes(
     geno.mkdir()
     table = SiteTable(params.variants, geno / "variants.arrow")
     table.keep_positions_for({alias for c in regions.contigs for alias in contig_aliases(c)})
-    source.read_sites(table)
-    per_contig = table.finish()
-    if isinstance(source, PgenFile):
-        _check_pgen_count(source, table.n_variants)
-    file_contigs = table.contigs
-
-    sums: dict[str, str] = {}
     idx_out = RawWriter(geno / "variant_idxs.npy")
     off_out = RawWriter(geno / "offsets.npy")
+    sums: dict[str, str] = {}
     try:
+        source.read_sites(table)
+        per_contig = table.finish()
+        if isinstance(source, PgenFile):
+            _check_pgen_count(source, table.n_variants)
+        file_contigs = table.contigs
         total = 0
         for c_i, contig in enumerate(regions.contigs):
             rows = np.flatnonzero(table_rows[:, 0] == c_i)
@@ -194,6 +193,8 @@ def _write_genotypes(
             # gets one entry that no offset reaches.
             idx_out.write(np.zeros(1, np.int32))
     finally:
+        if isinstance(source, VcfFile):
+            source.close()
         sums["genotypes/variant_idxs.npy"] = idx_out.close()
         sums["genotypes/offsets.npy"] = off_out.close()
     sums[GENOTYPE_FILES[0]] = checksum(out_dir / GENOTYPE_FILES[0])
@@ -281,7 +282,6 @@ def _write_contig(
 ) -> int:
     n_haps = len(samples) * PLOIDY
     buf = source.buffer(file_contig, sites, samples) if sites.n else None
-    max_span = int((sites.overlap_ends - sites.starts).max()) if sites.n else 1
     for r in rows:
         q_start, q_end = int(table_rows[r, 1]), int(table_rows[r, 2])
         if buf is None:
@@ -292,7 +292,6 @@ def _write_contig(
                 buf,
                 q_start,
                 q_end,
-                max_span=max_span,
                 policy=source.policy,
                 extend=params.extend_to_length,
                 n_haps=n_haps,
