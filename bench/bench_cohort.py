@@ -85,7 +85,11 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, help="keep the inputs here between runs")
     ap.add_argument("--sets", default="1k,10k,100kb")
     ap.add_argument("--inputs", default="vcf,pgen")
-    ap.add_argument("--no-gvl", action="store_true", help="time the farm alone")
+    ap.add_argument(
+        "--builders",
+        default="farm,gvl",
+        help="which to run; with --workdir, results of earlier runs fill in the others",
+    )
     args = ap.parse_args()
     tmp = None
     if args.workdir is None:
@@ -101,49 +105,62 @@ def main() -> None:
             print(f"generating 2,504 samples x {args.variants:,} variants ...", flush=True)
             files = write_cohort(work, args.variants)
             print(f"  {time.perf_counter() - t:.0f} s", flush=True)
+            (work / "results.jsonl").unlink(missing_ok=True)
         beds = {
             name: region_set(work / f"{name}.bed", args.variants, n, width, seed=i)
             for i, (name, (n, width)) in enumerate(SETS.items())
             if name in args.sets.split(",")
         }
         one = region_set(work / "one.bed", args.variants, 1, 1_000, seed=99)
-        rows = []
+        builders = args.builders.split(",")
+        log = work / "results.jsonl"
+        done: dict[tuple[str, str, str], dict] = {}
+        if log.exists():
+            for ln in log.read_text().splitlines():
+                r = json.loads(ln)
+                done[(r["kind"], r["set"], r["builder"])] = r
         for kind in args.inputs.split(","):
             src = files[kind]
             print(f"{kind}: {src.stat().st_size / 1e6:,.0f} MB", flush=True)
-            if not args.no_gvl:
+            if "gvl" in builders:
                 g = build("gvl", src, one, work / "gvl-index.ds")
                 print(f"  gvl index (first run, one region): {g['s']:.1f} s", flush=True)
             for name, bed in beds.items():
-                f = build("farm", src, bed, work / "farm.ds")
-                row = {"input": f"{kind.upper()} {name}", "farm": f}
-                if not args.no_gvl:
-                    row["gvl"] = build("gvl", src, bed, work / "gvl.ds")
-                    row["equal"] = same(work / "farm.ds", work / "gvl.ds")
-                rows.append(row)
-                print("  " + line(row), flush=True)
+                for builder in builders:
+                    out = work / f"{builder}-{kind}-{name}.ds"
+                    r = build(builder, src, bed, out)
+                    r |= {"kind": kind, "set": name, "builder": builder}
+                    done[(kind, name, builder)] = r
+                    with open(log, "a") as f:
+                        f.write(json.dumps(r) + "\n")
+                    print(f"  {builder} {name}: {r['s']:.1f} s", flush=True)
+                a, b = (work / f"{x}-{kind}-{name}.ds" for x in ("farm", "gvl"))
+                if a.exists() and b.exists():
+                    done[(kind, name, "farm")]["equal"] = same(a, b)
+                    shutil.rmtree(a)  # the farm's is rebuilt on the next run anyway
         print()
         print(
             "| input | gvl.write s / RSS MB / MB | farm s / RSS MB / MB | speed-up | RSS | size |"
         )
         print("|---|---|---|---|---|---|")
-        for row in rows:
-            print(line(row))
+        for kind in args.inputs.split(","):
+            for name in beds:
+                print(line(f"{kind.upper()} {name}", done.get((kind, name, "farm")),
+                           done.get((kind, name, "gvl"))))  # fmt: skip
     finally:
         if tmp is not None:
             tmp.cleanup()
 
 
-def line(row: dict) -> str:
-    f = row["farm"]
-    fs = f"{f['s']:.1f} / {f['rss'] / 1e6:.0f} / {f['size'] / 1e6:.1f}"
-    if "gvl" not in row:
-        return f"| {row['input']} | - | {fs} | | | |"
-    g = row["gvl"]
-    gs = f"{g['s']:.1f} / {g['rss'] / 1e6:.0f} / {g['size'] / 1e6:.1f}"
-    eq = "" if row["equal"] else " (ARRAYS DIFFER)"
+def line(name: str, f: dict | None, g: dict | None) -> str:
+    def cell(r: dict | None) -> str:
+        return "-" if r is None else f"{r['s']:.1f} / {r['rss'] / 1e6:.0f} / {r['size'] / 1e6:.1f}"
+
+    if f is None or g is None:
+        return f"| {name} | {cell(g)} | {cell(f)} | | | |"
+    eq = {True: "", False: " (ARRAYS DIFFER)", None: " (not compared)"}[f.get("equal")]
     return (
-        f"| {row['input']} | {gs} | {fs} | {g['s'] / f['s']:.2f}x{eq} | "
+        f"| {name} | {cell(g)} | {cell(f)} | {g['s'] / f['s']:.2f}x{eq} | "
         f"{f['rss'] / g['rss']:.2f} | {f['size'] / g['size']:.2f} |"
     )
 

@@ -96,9 +96,7 @@ class PgenFile:
                 ) from e
         for batch in data.to_batches(max_chunksize=1 << 18):
             chrom, pos, ref, alt = batch.columns
-            table.add_batch(
-                chrom.to_pylist(), pos.to_numpy(zero_copy_only=False), ref, alt
-            )
+            table.add_batch(chrom.to_pylist(), pos.to_numpy(zero_copy_only=False), ref, alt)
 
     def buffer(self, contig: str, sites: ContigSites, samples: list[str]) -> CarrierBuffer:
         index = {s: i for i, s in enumerate(self.samples)}

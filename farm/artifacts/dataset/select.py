@@ -119,7 +119,8 @@ class CarrierBuffer:
 def calls_from_matrix(carriers: NDArray[np.bool_], hap_of_col: NDArray[np.int32]) -> Calls:
     """:data:`Calls` of a dense ``(rows, columns)`` carrier matrix; ``hap_of_col`` maps each
     column to the dataset's haplotype (-1: a sample the dataset leaves out)."""
-    rows, cols = np.nonzero(carriers)
+    flat = np.flatnonzero(carriers)
+    rows, cols = np.divmod(flat, carriers.shape[1])
     haps = hap_of_col[cols]
     if (haps < 0).any():
         keep = haps >= 0
@@ -177,14 +178,15 @@ def select_region(
         in_range[rng - lo] = True
         keep = in_range[rows - lo]
         rows, haps = rows[keep], haps[keep]
-    if extend:
-        keep = _walk(sites, rows, haps, q_start, q_end)
-        rows, haps = rows[keep], haps[keep]
     # calls come row by row; a stable sort by haplotype makes them haplotype-major, each
-    # haplotype's in row order (a radix sort for 16-bit keys)
+    # haplotype's in row order (a radix sort for 16-bit keys), as the dataset stores them
     key = haps.astype(np.int16) if n_haps <= np.iinfo(np.int16).max else haps
     order = np.argsort(key, kind="stable")
-    idxs = (rows[order] + sites.base).astype(np.int32)
+    rows, haps = rows[order], haps[order]
+    if extend:
+        keep = _walk(sites, rows, haps, q_start, q_end, n_haps)
+        rows, haps = rows[keep], haps[keep]
+    idxs = (rows + sites.base).astype(np.int32)
     lengths = np.bincount(haps, minlength=n_haps).astype(np.int64)
     end = q_end
     if rows.size:
@@ -198,8 +200,10 @@ def _walk(
     haps: NDArray[np.int32],
     q_start: int,
     q_end: int,
+    n_haps: int,
 ) -> NDArray[np.bool_]:
-    """Per haplotype, the prefix of carried calls that reaches the region's length.
+    """Per haplotype, the prefix of carried calls that reaches the region's length; calls
+    come grouped by haplotype, in row order within each.
 
     Calls starting before the region's end are always kept; past the end, a haplotype stops
     at the first call where the length written so far (reference gaps plus ALT bases)
@@ -213,10 +217,10 @@ def _walk(
     # past the end; only haplotypes carrying a deletion need the length walk.
     ilens = sites.ilens[rows]
     keep = ~past
-    needy = np.unique(haps[ilens < 0])
-    if needy.size:
-        sel = np.flatnonzero(np.isin(haps, needy))
-        sel = sel[np.argsort(haps[sel], kind="stable")]
+    needy = np.zeros(n_haps, np.bool_)
+    needy[haps[ilens < 0]] = True
+    sel = needy[haps]
+    if sel.any():
         keep[sel] = _walk_calls(vs[sel], ilens[sel], haps[sel], q_start, q_end)
     return keep
 

@@ -161,10 +161,15 @@ class VcfFile:
                 text = blocks.text(int(u[0]), int(u[-1]), pool)
             except BgzfError as e:
                 raise self._unreadable(e) from e
-            carriers = _decode(text, u - u[0], n_file, self.path, contig, sites.starts[a:b])
+            rec, col = _decode(text, u - u[0], n_file, self.path, contig, sites.starts[a:b])
+            haps = hap_of_col[col]
+            keep = haps >= 0
             if sites.spanning is not None:
-                carriers[sites.spanning[a:b]] = False
-            return calls_from_matrix(carriers.reshape(b - a, -1), hap_of_col)
+                keep &= ~sites.spanning[a:b][rec]
+            rec, haps = rec[keep], haps[keep]
+            ptr = np.zeros(b - a + 1, np.int64)
+            np.cumsum(np.bincount(rec, minlength=b - a), out=ptr[1:])
+            return ptr, haps
 
         return CarrierBuffer(sites.n, read, _no_skip)
 
@@ -327,14 +332,14 @@ def _decode(
     path: Path,
     contig: str,
     starts: NDArray[np.int64],
-) -> NDArray[np.bool_]:
-    """(records, samples, 2) ALT carriers of the records whose lines start at ``lines[:-1]``
-    in ``text`` (``lines[-1]`` is where the last one ends)."""
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(record, file haplotype) of every ALT call of the records whose lines start at
+    ``lines[:-1]`` in ``text`` (``lines[-1]`` is where the last one ends), record-major."""
     k = len(lines) - 1
-    out = np.zeros((k, n_file, PLOIDY), np.bool_)
     width = 4 * n_file - 1  # "a|b" and a tab per sample, no tab after the last
     fast_rows: list[int] = []
     fast_at: list[int] = []
+    slow_rows: list[int] = []
     for r in range(k):
         s, e = int(lines[r]), int(lines[r + 1])
         if text[e - 1 : e] == b"\n":
@@ -346,30 +351,45 @@ def _decode(
                 fast_rows.append(r)
                 fast_at.append(at)
                 continue
-        _decode_line(text[s:e], out[r], n_file, path, contig, int(starts[r]) + 1)
-    if not fast_rows:
-        return out
-    u8 = np.frombuffer(text, np.uint8)
-    m = np.empty((len(fast_rows), width + 1), np.uint8)
-    m[:, width] = 0x09
-    for i, at in enumerate(fast_at):
-        m[i, :width] = u8[at : at + width]
-    cells = m.reshape(len(fast_rows), n_file, 4)
-    a0, sep, a1, tab = cells[:, :, 0], cells[:, :, 1], cells[:, :, 2], cells[:, :, 3]
-    ok = (
-        _is_allele(a0).all(axis=1)
-        & _is_allele(a1).all(axis=1)
-        & ((sep == 0x7C) | (sep == 0x2F)).all(axis=1)
-        & (tab == 0x09).all(axis=1)
-    )
-    rows = np.asarray(fast_rows)
-    out[rows[ok], :, 0] = a0[ok] == 0x31
-    out[rows[ok], :, 1] = a1[ok] == 0x31
-    for r in rows[~ok].tolist():  # a call such as "0|10": the full parse decides
-        s, e = int(lines[r]), int(lines[r + 1])
-        line = text[s:e].rstrip(b"\n")
-        _decode_line(line, out[r], n_file, path, contig, int(starts[r]) + 1)
-    return out
+        slow_rows.append(r)
+    rec: list[NDArray[np.int64]] = []
+    hap: list[NDArray[np.int64]] = []
+    if fast_rows:
+        u8 = np.frombuffer(text, np.uint8)
+        m = np.empty((len(fast_rows), width + 1), np.uint8)
+        m[:, width] = 0x09
+        for i, at in enumerate(fast_at):
+            m[i, :width] = u8[at : at + width]
+        # each call is one little-endian word "a", sep, "b", tab: phased or not, 0/1 alleles
+        w = m.view("<u4") | 0x00010001
+        ok = ((w == 0x09317C31) | (w == 0x09312F31)).all(axis=1)
+        if not ok.all():  # missing alleles ('.') pass here; anything else is parsed in full
+            cells = m[~ok].reshape(-1, n_file, 4)
+            sep = cells[:, :, 1]
+            ok[~ok] = (
+                _is_allele(cells[:, :, 0]).all(axis=1)
+                & _is_allele(cells[:, :, 2]).all(axis=1)
+                & ((sep == 0x7C) | (sep == 0x2F)).all(axis=1)
+                & (cells[:, :, 3] == 0x09).all(axis=1)
+            )
+            slow_rows += np.asarray(fast_rows)[~ok].tolist()
+        ones = np.flatnonzero(m[ok] == 0x31)  # in a checked call, '1' is only ever an allele
+        row, byte = np.divmod(ones, width + 1)
+        rec.append(np.asarray(fast_rows, np.int64)[ok][row])
+        hap.append(byte // 4 * PLOIDY + (byte % 4) // 2)
+    if slow_rows:
+        out = np.zeros((len(slow_rows), n_file, PLOIDY), np.bool_)
+        for i, r in enumerate(slow_rows):
+            line = text[int(lines[r]) : int(lines[r + 1])].rstrip(b"\n")
+            _decode_line(line, out[i], n_file, path, contig, int(starts[r]) + 1)
+        row, col = np.nonzero(out.reshape(len(slow_rows), -1))
+        rec.append(np.asarray(slow_rows, np.int64)[row])
+        hap.append(col)
+    records, haps = np.concatenate(rec), np.concatenate(hap)
+    if slow_rows and fast_rows:
+        order = np.argsort(records, kind="stable")
+        records, haps = records[order], haps[order]
+    return records, haps
 
 
 def _is_allele(a: NDArray[np.uint8]) -> NDArray[np.bool_]:
