@@ -6,7 +6,6 @@ import os
 from concurrent.futures import Executor
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from isal import isal_zlib
@@ -40,49 +39,54 @@ class BgzfError(ValueError):
 
 
 class Blocks:
-    """The blocks of a whole BGZF file, mapped into memory, inflated on demand.
+    """The blocks of a whole BGZF file, inflated on demand.
 
     A BGZF file is a series of independent gzip members of at most 64 KiB of text each, so
     any run of blocks inflates without the ones before it, on as many threads as there are
     cores (isal's inflate lets go of the GIL). ``coffsets[i]`` is where block ``i`` starts in
-    the file, ``ustarts[i]`` where its text starts in the whole inflated stream.
+    the file, ``ustarts[i]`` where its text starts in the whole inflated stream. Blocks are
+    read with ``pread``, not mapped: a mapping would count the whole file in the reader's RSS.
     """
 
     def __init__(self, path: Path) -> None:
-        import mmap
-
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         self.path = path
-        coffsets, usizes = _walk_blocks(self._map, path)
-        self.coffsets = np.asarray(coffsets, np.int64)
+        self._fd = os.open(path, os.O_RDONLY)
+        try:
+            self.size = os.fstat(self._fd).st_size
+            coffsets, usizes = _walk_blocks(self._fd, self.size, path)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self.coffsets = np.asarray([*coffsets, self.size], np.int64)
         usize = np.asarray(usizes, np.int64)
         self.ustarts = np.zeros(len(usize) + 1, np.int64)
         np.cumsum(usize, out=self.ustarts[1:])
 
     @property
     def n(self) -> int:
-        return len(self.coffsets)
+        return len(self.coffsets) - 1
 
     @property
     def text_size(self) -> int:
         return int(self.ustarts[-1])
 
-    def inflate(self, i: int) -> bytes:
-        start = int(self.coffsets[i])
-        xlen = int.from_bytes(self._map[start + 10 : start + 12], "little")
-        end = int(self.coffsets[i + 1]) if i + 1 < self.n else len(self._map)
-        try:
-            return isal_zlib.decompress(self._map[start + 12 + xlen : end - 8], -15)
-        except isal_zlib.error as e:
-            raise BgzfError(f"block {i} at byte {start} does not inflate ({e})") from e
-
     def inflate_run(self, a: int, b: int, pool: Executor | None = None) -> bytes:
         """The text of blocks ``[a, b)``, inflated on ``pool``'s threads when given."""
-        if pool is None or b - a < 4:
-            return b"".join(self.inflate(i) for i in range(a, b))
-        return b"".join(pool.map(self.inflate, range(a, b)))
+        if pool is not None and b - a >= 8:
+            step = -(-(b - a) // 4)
+            runs = [(i, min(i + step, b)) for i in range(a, b, step)]
+            return b"".join(pool.map(lambda r: self.inflate_run(*r), runs))
+        c0 = int(self.coffsets[a])
+        raw = memoryview(os.pread(self._fd, int(self.coffsets[b]) - c0, c0))
+        out = []
+        for i in range(a, b):
+            start, end = int(self.coffsets[i]) - c0, int(self.coffsets[i + 1]) - c0
+            xlen = int.from_bytes(raw[start + 10 : start + 12], "little")
+            try:
+                out.append(isal_zlib.decompress(raw[start + 12 + xlen : end - 8], -15))
+            except isal_zlib.error as e:
+                raise BgzfError(f"block {i} at byte {c0 + start} does not inflate ({e})") from e
+        return b"".join(out)
 
     def text(self, u0: int, u1: int, pool: Executor | None = None) -> bytes:
         """Inflated bytes ``[u0, u1)`` of the whole text."""
@@ -93,29 +97,31 @@ class Blocks:
         return data[off : off + (u1 - u0)]
 
     def close(self) -> None:
-        if not isinstance(self._map, bytes):
-            self._map.close()
+        os.close(self._fd)
 
 
-def _walk_blocks(data: Any, path: Path) -> tuple[list[int], list[int]]:
+def _walk_blocks(fd: int, size: int, path: Path) -> tuple[list[int], list[int]]:
     """Start offset and inflated size of every block, from the headers and trailers alone."""
     coffsets: list[int] = []
     usizes: list[int] = []
-    pos, size = 0, len(data)
+    pos = 0
+    base, data = 0, b""
     while pos < size:
-        head = data[pos : pos + 18]
+        if pos + (1 << 16) > base + len(data):  # keep a whole block's worth ahead in ``data``
+            base, data = pos, os.pread(fd, 1 << 24, pos)
+        at = pos - base
+        head = data[at : at + 18]
         if len(head) < 18 or head[:4] != b"\x1f\x8b\x08\x04":
             raise BgzfError(f"{path} is not BGZF or is cut short at byte {pos}")
         xlen = int.from_bytes(head[10:12], "little")
-        extra = data[pos + 12 : pos + 12 + xlen]
-        bsize = _bsize(extra)
+        bsize = _bsize(data[at + 12 : at + 12 + xlen])
         if bsize is None:
             raise BgzfError(f"{path} has a gzip member without BGZF's size field at byte {pos}")
         end = pos + bsize + 1
         if end > size:
             raise BgzfError(f"{path} is cut short inside the block at byte {pos}")
         coffsets.append(pos)
-        usizes.append(int.from_bytes(data[end - 4 : end], "little"))
+        usizes.append(int.from_bytes(data[end - base - 4 : end - base], "little"))
         pos = end
     return coffsets, usizes
 

@@ -118,22 +118,22 @@ class VcfFile:
         starts: list[NDArray[np.int64]] = []
         carry = b""  # the unfinished line at the end of the previous chunk
         carry_at = 0
+        cols = _Columns()
         for u0, data, nl in _chunks(blocks, pool):
-            if not len(nl):
+            if not nl:
                 carry += data
                 continue
-            first_end = int(nl[0])
-            line_starts = np.concatenate([[0], nl[:-1] + 1]) if not carry else nl[:-1] + 1
-            cols = _Columns()
             if carry:
-                cols.add(carry + data[:first_end], carry_at, self.path)
-            cols.add_lines(data, line_starts, nl if not carry else nl[1:], u0, self.path)
-            carry, carry_at = data[int(nl[-1]) + 1 :], u0 + int(nl[-1]) + 1
-            cols.flush(table, starts)
+                cols.add(carry + data[: nl[0]], carry_at, self.path)
+                cols.add_lines(data, [n + 1 for n in nl[:-1]], nl[1:], u0, self.path)
+            else:
+                cols.add_lines(data, [0, *(n + 1 for n in nl[:-1])], nl, u0, self.path)
+            carry, carry_at = data[nl[-1] + 1 :], u0 + nl[-1] + 1
+            if len(cols.at) >= 1 << 16:
+                cols.flush(table, starts)
         if carry.strip():
-            cols = _Columns()
             cols.add(carry, carry_at, self.path)
-            cols.flush(table, starts)
+        cols.flush(table, starts)
         ends = np.asarray([blocks.text_size], np.int64)
         self._lines = np.concatenate([*starts, ends])
 
@@ -239,26 +239,33 @@ def _add(table: SiteTable, chrom: list[str], pos: list[int], ref: list, alt: lis
                     pa.array(alt, pa.string()))  # fmt: skip
 
 
-def _chunks(blocks: Blocks, pool: ThreadPoolExecutor) -> Iterator[tuple[int, bytes, NDArray]]:
+def _chunks(blocks: Blocks, pool: ThreadPoolExecutor) -> Iterator[tuple[int, bytes, list[int]]]:
     """(text offset, text, newline positions) of runs of blocks, in order; the runs inflate on
     the pool's threads a few ahead of the caller."""
 
-    def work(a: int, b: int) -> tuple[int, bytes, NDArray[np.int64]]:
+    def work(a: int, b: int) -> tuple[int, bytes, list[int]]:
         data = blocks.inflate_run(a, b)
-        return int(blocks.ustarts[a]), data, np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+        nl, find = [], data.find  # lines are long: memchr from one newline to the next
+        i = find(b"\n")
+        while i >= 0:
+            nl.append(i)
+            i = find(b"\n", i + 1)
+        return int(blocks.ustarts[a]), data, nl
 
     spans = [(a, min(a + _CHUNK_BLOCKS, blocks.n)) for a in range(0, blocks.n, _CHUNK_BLOCKS)]
     ahead = 2 * threads()
-    queue: list[Future] = [pool.submit(work, *s) for s in spans[:ahead]]
+    queue: list[Future | None] = [pool.submit(work, *s) for s in spans[:ahead]]
     for k in range(len(spans)):
+        future = queue[k]
+        assert future is not None
         try:
-            out = queue[k].result()
+            out = future.result()
         except BgzfError as e:
             raise InputError(
                 f"Variant file {blocks.path} could not be read to the end ({e}); it is "
                 f"truncated or corrupt: copy or export it again."
             ) from e
-        queue[k] = None  # type: ignore[call-overload]
+        queue[k] = None
         if k + ahead < len(spans):
             queue.append(pool.submit(work, *spans[k + ahead]))
         yield out
@@ -268,12 +275,15 @@ class _Columns:
     """The first five fields of a chunk's records and where their lines start."""
 
     def __init__(self) -> None:
+        self._names: dict[bytes, str] = {}
+        self._reset()
+
+    def _reset(self) -> None:
         self.chrom: list[str] = []
         self.pos: list[bytes] = []
         self.ref: list[bytes] = []
         self.alt: list[bytes] = []
         self.at: list[int] = []
-        self._names: dict[bytes, str] = {}
 
     def add(self, line: bytes, at: int, path: Path) -> None:
         if not line or line[:1] == b"#":
@@ -296,21 +306,31 @@ class _Columns:
         self.alt.append(f[4])
         self.at.append(at)
 
-    def add_lines(self, data: bytes, starts: NDArray, ends: NDArray, u0: int, path: Path) -> None:
-        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-            if data[s : s + 1] == b"#":
-                continue
+    def add_lines(
+        self, data: bytes, starts: list[int], ends: list[int], u0: int, path: Path
+    ) -> None:
+        chrom, pos, ref, alt, at, names = (
+            self.chrom, self.pos, self.ref, self.alt, self.at, self._names
+        )  # fmt: skip
+        for s, e in zip(starts, ends, strict=True):
             f = data[s : min(s + _HEAD, e)].split(b"\t", 5)
-            if len(f) < 6:  # long REF/ALT/ID: split the whole line
+            if len(f) < 6 or f[0][:1] == b"#":  # a header line, or a long REF/ALT/ID
                 self.add(data[s:e], u0 + s, path)
-            else:
-                self._one(f, u0 + s)
+                continue
+            name = names.get(f[0])
+            if name is None:
+                name = names[f[0]] = f[0].decode()
+            chrom.append(name)
+            pos.append(f[1])
+            ref.append(f[3])
+            alt.append(f[4])
+            at.append(u0 + s)
 
     def flush(self, table: SiteTable, starts: list[NDArray[np.int64]]) -> None:
         if not self.at:
             return
         try:
-            pos = np.asarray(self.pos).astype(np.int64)
+            pos = np.fromiter(map(int, self.pos), np.int64, len(self.pos))
         except ValueError as e:
             raise InputError(
                 f"Variant file {table.source} has a POS that is not a number ({e}); it is "
@@ -323,6 +343,7 @@ class _Columns:
             pa.array(self.alt, pa.binary()).cast(pa.string()),
         )
         starts.append(np.asarray(self.at, np.int64))
+        self._reset()
 
 
 def _decode(
