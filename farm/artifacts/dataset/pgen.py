@@ -98,6 +98,9 @@ class PgenFile:
             chrom, pos, ref, alt = batch.columns
             table.add_batch(chrom.to_pylist(), pos.to_numpy(zero_copy_only=False), ref, alt)
 
+    def before_fork(self) -> None:
+        """Nothing is open between builds of the windows: a forked reader opens its own."""
+
     def buffer(self, contig: str, sites: ContigSites, samples: list[str]) -> CarrierBuffer:
         index = {s: i for i, s in enumerate(self.samples)}
         idx = np.sort(np.asarray([index[s] for s in samples], np.uint32))

@@ -73,9 +73,14 @@ class VcfFile:
         self._lines: NDArray[np.int64] | None = None  # each record's line start, + its end
         self._pool: ThreadPoolExecutor | None = None
 
-    def close(self) -> None:
+    def before_fork(self) -> None:
+        """Stop the inflating threads: a forked reader inflates its windows on its own core."""
         if self._pool is not None:
             self._pool.shutdown()
+            self._pool = None
+
+    def close(self) -> None:
+        self.before_fork()
         if self._blocks is not None:
             self._blocks.close()
 

@@ -29,9 +29,10 @@ from farm.artifacts.dataset.rawfile import RawWriter
 from farm.artifacts.dataset.regions import Regions, read_bed
 from farm.artifacts.dataset.select import ContigSites, select_region
 from farm.artifacts.dataset.sites import SiteTable
+from farm.artifacts.dataset.split import Runs, write_split
 from farm.artifacts.dataset.svar import svar_ploidy, write_svar_genotypes
 from farm.artifacts.dataset.tracks import Windows, write_annotation, write_track
-from farm.artifacts.dataset.vcf import VcfFile
+from farm.artifacts.dataset.vcf import VcfFile, threads
 from farm.errors import InputError, SourceChangedError
 from farm.fingerprint import (
     Fingerprint,
@@ -167,25 +168,27 @@ def _write_genotypes(
         if isinstance(source, PgenFile):
             _check_pgen_count(source, table.n_variants)
         file_contigs = table.contigs
-        total = 0
-        for c_i, contig in enumerate(regions.contigs):
-            rows = np.flatnonzero(table_rows[:, 0] == c_i)
-            file_contig = match_contig(contig, file_contigs) or contig
+        contig_sites = {
+            c_i: (f, per_contig.get(f, NO_SITES))
+            for c_i, contig in enumerate(regions.contigs)
             # A contig with no records: its haplotypes are the reference, as in gvl.write.
-            sites = per_contig.get(file_contig, NO_SITES)
-            total = _write_contig(
-                params,
-                source,
-                samples,
-                sites,
-                table_rows,
-                rows,
-                idx_out,
-                off_out,
-                total,
-                file_contig,
-                progress,
-            )
+            for f in [match_contig(contig, file_contigs) or contig]
+        }
+        runs = [
+            (c_i, np.flatnonzero(table_rows[:, 0] == c_i)) for c_i in range(len(regions.contigs))
+        ]
+
+        def write(part: Runs, idx: RawWriter, off: RawWriter, total: int) -> int:
+            for c_i, rows in part:
+                file_contig, sites = contig_sites[c_i]
+                total = _write_contig(
+                    params, source, samples, sites, table_rows, rows, idx, off, total,
+                    file_contig, progress,
+                )  # fmt: skip
+            return total
+
+        source.before_fork()
+        total = write_split(runs, write, table_rows, idx_out, off_out, threads(), geno)
         off_out.write(np.asarray([total], np.int64))
         if total == 0:
             # No haplotype carries a variant. GenVarLoader maps this file and cannot map an
