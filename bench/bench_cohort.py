@@ -5,11 +5,13 @@
 Generates (bench/cohort_data.py) 2,504 samples x N variants (default 1,000,000) as VCF.gz with
 its index and as PGEN, and region sets of 1,000 and 10,000 regions of 1 kb and 1,000 of 100 kb,
 under a temporary directory (or ``--workdir``, kept for the next run). Each build runs once in a
-fresh process, whole process timed (imports included), peak RSS from the kernel (VmHWM) and the
-output's size on disk; the farm (``write_dataset`` inline) and gvl.write side by side, then the
-ratios. gvl.write keeps an index beside its input after its first run; that first run is timed
-on its own ("gvl index", a one-region build) so the rows compare like with like.
-Every pair of datasets is checked equal (regions, offsets and variant indices).
+fresh process and is timed whole (imports included). Peak RSS is the kernel's VmHWM, plus the
+largest child's peak when the build forks (an overstatement: pages shared at the fork count
+twice). Size is the output's bytes on disk (a hard-linked file counted in full). The farm
+(``write_dataset`` inline) and gvl.write run side by side, then the ratios. gvl.write keeps an
+index beside its input after its first run; that first run is timed on its own ("gvl index",
+a one-region build) so the rows compare like with like. Every pair of datasets is checked
+equal (regions, offsets and variant indices).
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ if kind == "farm":
 else:
     import genvarloader as gvl
     gvl.write(out, bed, variants, overwrite=True)
+import resource
 rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) * 1024
+# a build split across processes: add the largest child's peak (pages shared at the fork
+# count twice, so this overstates the memory used)
+rss += resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 print(json.dumps({"rss": rss}))
 """
 
