@@ -214,15 +214,24 @@ def _walk(
     if not past.any():
         return np.ones(len(rows), np.bool_)
     # Without a carried deletion a haplotype is never short, so it stops at its first call
-    # past the end; only haplotypes carrying a deletion need the length walk.
+    # past the end; only haplotypes carrying a deletion and a call past the end need the
+    # length walk.
     ilens = sites.ilens[rows]
     keep = ~past
     needy = np.zeros(n_haps, np.bool_)
     needy[haps[ilens < 0]] = True
+    has_past = np.zeros(n_haps, np.bool_)
+    has_past[haps[past]] = True
+    needy &= has_past
     sel = needy[haps]
-    if sel.any():
+    if not sel.any():
+        return keep
+    if np.count_nonzero(sel) < len(sel) // 2:
         keep[sel] = _walk_calls(vs[sel], ilens[sel], haps[sel], q_start, q_end)
-    return keep
+        return keep
+    # most calls need it: walk them all (each haplotype's walk is its own) and keep the
+    # others' answer, rather than gather and scatter the needy ones
+    return np.where(sel, _walk_calls(vs, ilens, haps, q_start, q_end), keep)
 
 
 def _walk_calls(
@@ -233,34 +242,51 @@ def _walk_calls(
     q_end: int,
 ) -> NDArray[np.bool_]:
     """The length walk over calls grouped by haplotype (row order within each): running
-    maxima and sums restart at each haplotype's first call."""
+    maxima and sums restart at each haplotype's first call. Every call's added length is
+    needed, but the stop test only at the calls past the end."""
     n = len(vs)
     q_len = q_end - q_start
-    first = np.ones(n, np.bool_)
-    first[1:] = haps[1:] != haps[:-1]
-    seg = np.cumsum(first) - 1
+    first = np.empty(n, np.bool_)
+    first[0] = True
+    np.not_equal(haps[1:], haps[:-1], out=first[1:])
+    heads = np.flatnonzero(first)
+    seg = np.cumsum(first)
+    seg -= 1
     inq = vs >= q_start
-    v_end = vs - np.minimum(il, 0) + inq
+    past = vs >= q_end
     # furthest end so far, per haplotype: one running maximum over values lifted per segment
     lift = seg * _SEGMENT
-    running = np.maximum.accumulate(v_end + lift) - lift
+    run = vs - np.minimum(il, 0)
+    run += inq
+    run += lift
+    np.maximum.accumulate(run, out=run)
+    run -= lift
     last_end = np.empty(n, np.int64)
-    last_end[0] = q_start
-    last_end[1:] = running[:-1]
-    last_end[first] = q_start
+    last_end[1:] = run[:-1]
+    last_end[heads] = q_start
     np.maximum(last_end, q_start, out=last_end)
-    gap = np.where(inq, vs - last_end, 0)
-    inc = gap + np.where(inq, np.maximum(il, 0) + 1, 0)
-    before = np.cumsum(inc) - inc
-    before -= before[np.flatnonzero(first)][seg]
-    stop = (vs >= q_end) & (before + inc >= q_len)
+    # the length each call adds: its gap from the last end and its ALT bases (in the query)
+    inc = vs - last_end
+    inc += np.maximum(il, 0)
+    inc += 1
+    inc *= inq
+    # only calls past the end can stop a haplotype: the sums up to each of them
+    at = np.flatnonzero(past)
+    if not at.size:
+        return np.ones(n, np.bool_)
+    csum = np.cumsum(inc)
+    base = csum[heads] - inc[heads]
+    s_at = seg[at]
+    before = csum[at] - inc[at] - base[s_at]
+    stop = before + inc[at] >= q_len
     if not stop.any():
         return np.ones(n, np.bool_)
-    at = np.flatnonzero(stop)
-    segs, i = np.unique(seg[at], return_index=True)
-    firsts = at[i]
-    excl = (before + gap)[firsts] >= q_len
-    limit = np.full(int(seg[-1]) + 1, n, np.int64)
+    hit = at[stop]
+    segs, i = np.unique(seg[hit], return_index=True)
+    firsts = hit[i]
+    gap = vs[firsts] - last_end[firsts]
+    excl = (before[stop][i] + gap) >= q_len
+    limit = np.full(len(heads), n, np.int64)
     limit[segs] = firsts + np.where(excl, 0, 1)
     return np.arange(n) < limit[seg]
 

@@ -104,9 +104,10 @@ def _part(runs: Runs, idx_f: Path, off_f: Path) -> tuple[NDArray[np.int64], int]
 
 
 def _append(path: Path, dtype: type, out: RawWriter, shift: int) -> None:
-    size = os.path.getsize(path) // np.dtype(dtype).itemsize
-    data = np.memmap(path, dtype, "r", shape=(size,)) if size else np.zeros(0, dtype)
-    for a in range(0, size, _COPY):
-        chunk = np.asarray(data[a : a + _COPY])
-        out.write(chunk + shift if shift else chunk)
-    del data
+    """Copy a part's file into ``out`` a chunk at a time (read, not mapped: mapped pages
+    would count in this process's RSS), each entry raised by ``shift``."""
+    item = np.dtype(dtype).itemsize
+    with open(path, "rb") as f:
+        while len(chunk := np.fromfile(f, dtype, _COPY)):
+            out.write(chunk + shift if shift else chunk)
+    assert os.path.getsize(path) % item == 0
