@@ -308,11 +308,9 @@ def _vcf_window_end(
     """
     lo, last = int(rng[0]), int(rng[-1])
     ptr, haps = buf.get(lo, last + 1)
-    rows = _rows_of(ptr, lo)
-    in_rng = np.zeros(last + 1 - lo, np.bool_)
-    in_rng[rng - lo] = True
-    sel = in_rng[rows - lo]
-    delta = _weighted_count(haps[sel], sites.ilens[rows[sel]], n_haps)
+    weight = np.zeros(last + 1 - lo, np.int64)
+    weight[rng - lo] = sites.ilens[rng]
+    delta = _weighted_count(ptr, haps, weight, n_haps)
     rec_ends = sites.record_ends
     last_end = int(rec_ends[last])
     j0 = int(np.searchsorted(sites.starts, q_end, "left"))
@@ -364,12 +362,18 @@ def _dense(buf: CarrierBuffer, lo: int, rows: NDArray[np.intp], n_haps: int) -> 
 
 
 def _weighted_count(
-    haps: NDArray[np.int32], weights: NDArray[np.int64], n_haps: int
+    ptr: NDArray[np.int64], haps: NDArray[np.int32], weight: NDArray[np.int64], n_haps: int
 ) -> NDArray[np.int64]:
-    """Per haplotype, the sum of ``weights`` over its calls."""
-    out = np.zeros(n_haps, np.int64)
-    np.add.at(out, haps, weights)
-    return out
+    """Per haplotype, the sum of its calls' row weights (rows of ``ptr``); rows weighing
+    nothing (SNVs, rows left out) are not visited."""
+    rows = np.flatnonzero(weight)
+    if not rows.size:
+        return np.zeros(n_haps, np.int64)
+    counts = ptr[rows + 1] - ptr[rows]
+    # the calls of the weighted rows: each row's run of ``haps``
+    idx = np.repeat(ptr[rows] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+    w = np.repeat(weight[rows], counts)
+    return np.rint(np.bincount(haps[idx], weights=w, minlength=n_haps)).astype(np.int64)
 
 
 def _pgen_window_end(
@@ -396,14 +400,10 @@ def _pgen_window_end(
     rec_ends = sites.record_ends
     last_end = int(rec_ends[ext_e])
     ptr, haps = buf.get(lo, ext_e + 1)
-    rows = _rows_of(ptr, lo)
-    chosen = np.ones(ext_e + 1 - lo, np.bool_)
-    chosen[: last + 1 - lo] = False
-    chosen[rng - lo] = True
-    sel = chosen[rows - lo]
-    hap_lens = max(length, last_end - q_start) + _weighted_count(
-        haps[sel], sites.ilens[rows[sel]], n_haps
-    )
+    weight = sites.ilens[lo : ext_e + 1].copy()
+    weight[: last + 1 - lo] = 0
+    weight[rng - lo] = sites.ilens[rng]
+    hap_lens = max(length, last_end - q_start) + _weighted_count(ptr, haps, weight, n_haps)
     size = 2 * _PGEN_FIRST_EXTENSION
     while (hap_lens < length).any():
         ext_s = min(ext_e + 1, last_idx)
@@ -412,10 +412,9 @@ def _pgen_window_end(
         if ext_s == new_e:
             break
         ext_e = new_e
-        ptr, haps = buf.get(lo, ext_e + 1)
-        a = int(ptr[ext_s - lo])
-        rows = _rows_of(ptr[ext_s - lo :] - a, ext_s)
+        ptr, haps = buf.get(lo, ext_e + 1)  # never a later start: rows before it would go
         dist = int(sites.starts[ext_e]) - last_end
-        hap_lens = hap_lens + dist + _weighted_count(haps[a:], sites.ilens[rows], n_haps)
+        weight = sites.ilens[ext_s : ext_e + 1]
+        hap_lens = hap_lens + dist + _weighted_count(ptr[ext_s - lo :], haps, weight, n_haps)
         last_end = int(rec_ends[ext_e])
     return ext_e + 1
