@@ -4,9 +4,9 @@ GenVarLoader resolves a stored variant index by row number in ``genotypes/varian
 so the table holds every record of the file (not only those in regions) and the dataset
 owns its copy: ``gvl.write`` hard-links a helper index beside the input instead, which ties
 the dataset to a file the farm does not control. Columns follow what genvarloader 0.43.1
-writes: ``POS`` (int32, 1-based), ``REF``, ``ALT`` (strings) and ``ILEN`` (list of int32,
-``len(ALT) - len(REF)``); ``CHROM`` is a plain string where genvarloader writes a dictionary.
-Like genvarloader's, the file's buffers are zstd-compressed.
+writes: ``POS`` (int32, 1-based), ``REF``, ``ALT`` (string views) and ``ILEN`` (large list of
+int32, ``len(ALT) - len(REF)``); ``CHROM`` is a string view where genvarloader writes a
+dictionary. Like genvarloader's, the file's buffers are zstd-compressed.
 
 Records arrive in batches of columns (a chunk of the VCF's text, a chunk of the .pvar), so
 the checks and the arrays are numpy and Arrow passes, not Python work per record.
@@ -30,6 +30,20 @@ _BATCH = 1 << 18
 # zstd-compressed buffers, as genvarloader's own index file: a quarter of the plain size for
 # a cohort's table (positions and alleles repeat), which GenVarLoader reads as it is.
 _COMPRESSED = ipc.IpcWriteOptions(compression="zstd")
+
+
+def _views(values: list[str] | list[bytes]) -> pa.Array:
+    """String views of ``values``, built from the Python values (pyarrow 24 crashes writing a
+    compressed view array that a cast made) and always with a data buffer: when every string
+    is short enough to sit inline there is none, and polars (GenVarLoader's reader) cannot
+    read a compressed view array without one. The buffer added is never referenced."""
+    arr = pa.array(values, pa.string_view())
+    bufs = arr.buffers()
+    if len(bufs) > 2 and bufs[2] is not None and bufs[2].size:
+        return arr
+    return pa.Array.from_buffers(
+        pa.string_view(), len(arr), [bufs[0], bufs[1], pa.py_buffer(bytes(8))], arr.null_count
+    )
 
 
 class SiteTable:
@@ -58,13 +72,23 @@ class SiteTable:
         self._keep = contigs
 
     def add_batch(
-        self, chrom: list[str], pos: NDArray[np.int64], ref: pa.Array, alt: pa.Array
+        self,
+        chrom: list[str],
+        pos: NDArray[np.int64],
+        refs: list[str] | list[bytes],
+        alts: list[str] | list[bytes],
     ) -> None:
-        """Records in file order: ``chrom`` per record, ``pos`` 1-based, REF and ALT strings."""
+        """Records in file order: ``chrom`` per record, ``pos`` 1-based, REF and ALT (UTF-8)."""
         n = len(pos)
         if n == 0:
             return
-        chrom_arr = pa.array(chrom, pa.string())
+        try:
+            ref, alt = pa.array(refs, pa.string()), pa.array(alts, pa.string())
+        except pa.ArrowInvalid as e:
+            raise InputError(
+                f"Variant file {self.source} has a REF or ALT that is not text ({e}); it is "
+                f"corrupt: copy or export it again."
+            ) from e
         ref_len = pc.binary_length(ref).to_numpy(zero_copy_only=False).astype(np.int64)
         alt_len = pc.binary_length(alt).to_numpy(zero_copy_only=False).astype(np.int64)
         bad = pc.or_(
@@ -84,13 +108,15 @@ class SiteTable:
         ilen = pa.array((alt_len - ref_len).astype(np.int32))
         batch = pa.RecordBatch.from_arrays(
             [
-                # plain strings: an IPC file cannot change a dictionary between batches,
-                # and GenVarLoader's reader does not use CHROM
-                chrom_arr,
+                # string views, as genvarloader writes its strings: short strings sit inline
+                # in the views and compress to a third of offsets plus bytes. Not a
+                # dictionary: an IPC file cannot change one between batches (GenVarLoader's
+                # reader does not use CHROM anyway).
+                _views(chrom),
                 pa.array(pos, pa.int32()),
-                ref.cast(pa.string()),
-                alt.cast(pa.string()),
-                pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), ilen),
+                _views(refs),
+                _views(alts),
+                pa.LargeListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int64)), ilen),
             ],
             names=["CHROM", "POS", "REF", "ALT", "ILEN"],
         )
@@ -148,10 +174,10 @@ class SiteTable:
     def _flush(self) -> None:
         if not self._pending:
             return
-        table = pa.Table.from_batches(self._pending)
         if self._writer is None:
-            self._writer = ipc.new_file(str(self._out), table.schema, options=_COMPRESSED)
-        for batch in table.combine_chunks().to_batches(max_chunksize=_BATCH):
+            schema = self._pending[0].schema
+            self._writer = ipc.new_file(str(self._out), schema, options=_COMPRESSED)
+        for batch in self._pending:
             self._writer.write_batch(batch)
         self._pending, self._n_pending = [], 0
 
@@ -161,8 +187,8 @@ class SiteTable:
         self._flush()
         if self._writer is None:  # no records at all: an empty table, as the file is
             empty = pa.RecordBatch.from_arrays(
-                [pa.array([], pa.string()), pa.array([], pa.int32()), pa.array([], pa.string()),
-                 pa.array([], pa.string()), pa.array([], pa.list_(pa.int32()))],
+                [_views([]), pa.array([], pa.int32()), _views([]), _views([]),
+                 pa.array([], pa.large_list(pa.int32()))],
                 names=["CHROM", "POS", "REF", "ALT", "ILEN"],
             )  # fmt: skip
             self._writer = ipc.new_file(str(self._out), empty.schema, options=_COMPRESSED)

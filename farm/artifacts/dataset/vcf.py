@@ -22,7 +22,6 @@ from pathlib import Path
 
 import cyvcf2
 import numpy as np
-import pyarrow as pa
 from numpy.typing import NDArray
 
 from farm.artifacts.bgzf import BgzfError, Blocks
@@ -240,8 +239,7 @@ def _ploidy(path: Path, contig: str, pos: int, ploidy: int) -> InputError:
 
 
 def _add(table: SiteTable, chrom: list[str], pos: list[int], ref: list, alt: list) -> None:
-    table.add_batch(chrom, np.asarray(pos, np.int64), pa.array(ref, pa.string()),
-                    pa.array(alt, pa.string()))  # fmt: skip
+    table.add_batch(chrom, np.asarray(pos, np.int64), ref, alt)
 
 
 def _chunks(blocks: Blocks, pool: ThreadPoolExecutor) -> Iterator[tuple[int, bytes, list[int]]]:
@@ -341,12 +339,7 @@ class _Columns:
                 f"Variant file {table.source} has a POS that is not a number ({e}); it is "
                 f"not a VCF or is corrupt."
             ) from e
-        table.add_batch(
-            self.chrom,
-            pos,
-            pa.array(self.ref, pa.binary()).cast(pa.string()),
-            pa.array(self.alt, pa.binary()).cast(pa.string()),
-        )
+        table.add_batch(self.chrom, pos, self.ref, self.alt)
         starts.append(np.asarray(self.at, np.int64))
         self._reset()
 
