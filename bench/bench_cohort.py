@@ -5,8 +5,9 @@
 Generates (bench/cohort_data.py) 2,504 samples x N variants (default 1,000,000) as VCF.gz with
 its index and as PGEN, and region sets of 1,000 and 10,000 regions of 1 kb and 1,000 of 100 kb,
 under a temporary directory (or ``--workdir``, kept for the next run). Each build runs once in a
-fresh process and is timed whole (imports included). Peak RSS is the kernel's VmHWM, plus the
-largest child's peak when the build forks (an overstatement: pages shared at the fork count
+fresh process and is timed whole (imports included). Memory is the peak of the process
+tree's PSS, sampled every 50 ms (pages that a fork shares count once); beside it the peak RSS
+(the kernel's VmHWM, plus the largest child's when the build forks: shared pages count
 twice). Size is the output's bytes on disk (a hard-linked file counted in full). The farm
 (``write_dataset`` inline) and gvl.write run side by side, then the ratios. gvl.write keeps an
 index beside its input after its first run; that first run is timed on its own ("gvl index",
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -59,21 +61,54 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _pss(pids: list[int]) -> int:
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next(int(ln.split()[1]) for ln in f if ln.startswith("Pss:")) * 1024
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
 def build(kind: str, variants: Path, bed: Path, out: Path) -> dict[str, float]:
+    """Run one build in a fresh process: wall time, peak RSS (see the module doc), the peak
+    of the process tree's PSS sampled every 50 ms (pages shared between processes counted
+    once), and the output's size."""
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, kind, str(variants), str(bed), str(out)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
-        check=False,
     )
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _pss(_tree(proc.pid)))
+        time.sleep(0.05)
     wall = time.perf_counter() - t
+    stdout, stderr = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"{kind} build failed:\n{proc.stderr[-3000:]}")
-    rss = json.loads(proc.stdout.strip().splitlines()[-1])["rss"]
-    return {"s": wall, "rss": rss, "size": du(out)}
+        raise SystemExit(f"{kind} build failed:\n{stderr[-3000:]}")
+    rss = json.loads(stdout.strip().splitlines()[-1])["rss"]
+    return {"s": wall, "rss": rss, "pss": peak, "size": du(out)}
 
 
 def same(a: Path, b: Path) -> bool:
@@ -159,15 +194,20 @@ def main() -> None:
 
 
 def line(name: str, f: dict | None, g: dict | None) -> str:
+    def mem(r: dict) -> float:
+        return r.get("pss") or r["rss"]
+
     def cell(r: dict | None) -> str:
-        return "-" if r is None else f"{r['s']:.1f} / {r['rss'] / 1e6:.0f} / {r['size'] / 1e6:.1f}"
+        if r is None:
+            return "-"
+        return f"{r['s']:.1f} / {mem(r) / 1e6:.0f} ({r['rss'] / 1e6:.0f}) / {r['size'] / 1e6:.1f}"
 
     if f is None or g is None:
         return f"| {name} | {cell(g)} | {cell(f)} | | | |"
     eq = {True: "", False: " (ARRAYS DIFFER)", None: " (not compared)"}[f.get("equal")]
     return (
         f"| {name} | {cell(g)} | {cell(f)} | {g['s'] / f['s']:.2f}x{eq} | "
-        f"{f['rss'] / g['rss']:.2f} | {f['size'] / g['size']:.2f} |"
+        f"{mem(f) / mem(g):.2f} | {f['size'] / g['size']:.2f} |"
     )
 
 
