@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
-from concurrent.futures import Executor
+from collections import deque
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from enum import StrEnum
 from pathlib import Path
 
@@ -134,3 +136,80 @@ def _bsize(extra: bytes) -> int | None:
             return int.from_bytes(extra[i + 4 : i + 6], "little")
         i += 4 + slen
     return None
+
+
+class BgzfReader(io.RawIOBase):
+    """A whole BGZF file read front to back as its inflated text, the blocks inflated in runs
+    on up to ``max_threads`` threads ahead of the reader.
+
+    How many runs inflate at once is decided from what the reader sees, not fixed: it starts
+    at one, takes one more each time the reader had to wait for a run (inflating is the
+    bottleneck: another core helps), and gives one back after a few runs found ready (the
+    reader is the bottleneck, or the machine's cores are taken: another thread would only
+    compete). ``peak_threads`` says how many it went up to.
+    """
+
+    RUN = 32  # blocks a task (up to 2 MiB of text)
+
+    def __init__(self, path: Path, max_threads: int | None = None) -> None:
+        super().__init__()
+        self._blocks = Blocks(path)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        self._max = max(1, max_threads or cores)
+        self._pool = ThreadPoolExecutor(self._max)
+        self._runs = deque(
+            (a, min(a + self.RUN, self._blocks.n)) for a in range(0, self._blocks.n, self.RUN)
+        )
+        self._ahead: deque[Future[bytes]] = deque()
+        self._target = 1
+        self._ready_streak = 0
+        self.peak_threads = 1
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> None:
+        while self._runs and len(self._ahead) < self._target:
+            self._ahead.append(self._pool.submit(self._blocks.inflate_run, *self._runs.popleft()))
+
+    def _next_run(self) -> bytes:
+        self._fill()
+        if not self._ahead:
+            return b""
+        head = self._ahead.popleft()
+        if head.done():
+            self._ready_streak += 1
+            if self._ready_streak >= 4 and self._target > 1:
+                self._target -= 1
+                self._ready_streak = 0
+        else:
+            self._ready_streak = 0
+            self._target = min(self._max, self._target + 1)
+            self.peak_threads = max(self.peak_threads, self._target)
+            self._fill()
+        try:
+            return head.result()
+        except BgzfError as e:
+            raise EOFError(str(e)) from e
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            parts = [bytes(self._buf)]
+            while chunk := self._next_run():
+                parts.append(chunk)
+            self._buf = memoryview(b"")
+            return b"".join(parts)
+        while not self._buf:
+            chunk = self._next_run()
+            if not chunk:
+                return b""
+            self._buf = memoryview(chunk)
+        out, self._buf = self._buf[:size], self._buf[size:]
+        return bytes(out)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._pool.shutdown(cancel_futures=True)
+            self._blocks.close()
+        super().close()
