@@ -178,11 +178,12 @@ def main() -> None:
                 a, b = (work / f"{x}-{kind}-{name}.ds" for x in ("farm", "gvl"))
                 if a.exists() and b.exists():
                     done[(kind, name, "farm")]["equal"] = same(a, b)
+                    with open(log, "a") as f:
+                        f.write(json.dumps(done[(kind, name, "farm")]) + "\n")
                     shutil.rmtree(a)  # the farm's is rebuilt on the next run anyway
         print()
-        print(
-            "| input | gvl.write s / RSS MB / MB | farm s / RSS MB / MB | speed-up | RSS | size |"
-        )
+        print("memory: peak PSS of the process tree (peak RSS, a fork's child added), MB")
+        print("| input | gvl.write s / mem / MB | farm s / mem / MB | speed-up | mem | size |")
         print("|---|---|---|---|---|---|")
         for kind in args.inputs.split(","):
             for name in beds:
