@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from farm.artifacts.dataset.rawfile import RawWriter
+from farm.progress import NO_PROGRESS, Progress
 
 # Below this many regions a second process costs more than it saves (fork, merge).
 MIN_REGIONS_PER_PART = 64
@@ -29,8 +30,9 @@ _COPY = 1 << 22  # entries a merge step reads at a time
 
 # (contig index, table rows) runs, in table order
 Runs = list[tuple[int, NDArray[np.intp]]]
-# writes the runs' calls to (indices, offsets) from ``total``; returns the new total
-WriteRuns = Callable[[Runs, RawWriter, RawWriter, int], int]
+# writes the runs' calls to (indices, offsets) from ``total``, reporting each region done to
+# the progress given; returns the new total
+WriteRuns = Callable[[Runs, RawWriter, RawWriter, int, Progress], int]
 
 _job: tuple[WriteRuns, NDArray[np.int64]] | None = None  # set in the parent before forking
 
@@ -59,14 +61,19 @@ def write_split(
     off_out: RawWriter,
     workers: int,
     scratch: Path,
+    progress: Progress,
 ) -> int:
     """Write every run's calls into ``idx_out``/``off_out`` on up to ``workers`` processes;
     region ends that deletions extend are written back into ``table_rows``. Returns the
-    number of variant indices written."""
+    number of variant indices written.
+
+    Only this process reports progress (a report may go to Redis over a connection that a
+    forked process must not touch): its own regions one by one, another process's when that
+    one's part is merged."""
     n = sum(len(rows) for _, rows in runs)
     parts = split_runs(runs, max(1, min(workers, n // MIN_REGIONS_PER_PART)))
     if len(parts) < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return write(runs, idx_out, off_out, 0)
+        return write(runs, idx_out, off_out, 0, progress)
     global _job
     _job = (write, table_rows)
     try:
@@ -77,7 +84,7 @@ def write_split(
         ):
             files = [(Path(tmp) / f"{k}.idx", Path(tmp) / f"{k}.off") for k in range(len(parts))]
             futures = [pool.submit(_part, p, *f) for p, f in zip(parts[1:], files[1:], strict=True)]
-            total = write(parts[0], idx_out, off_out, 0)
+            total = write(parts[0], idx_out, off_out, 0, progress)
             for part, future, (idx_f, off_f) in zip(parts[1:], futures, files[1:], strict=True):
                 ends, n_idx = future.result()
                 rows = np.concatenate([r for _, r in part])
@@ -85,6 +92,7 @@ def write_split(
                 _append(idx_f, np.int32, idx_out, 0)
                 _append(off_f, np.int64, off_out, total)
                 total += n_idx
+                progress.advance(len(rows))
             return total
     finally:
         _job = None
@@ -95,7 +103,7 @@ def _part(runs: Runs, idx_f: Path, off_f: Path) -> tuple[NDArray[np.int64], int]
     write, table_rows = _job
     idx_out, off_out = RawWriter(idx_f), RawWriter(off_f)
     try:
-        n_idx = write(runs, idx_out, off_out, 0)
+        n_idx = write(runs, idx_out, off_out, 0, NO_PROGRESS)
     finally:
         idx_out.close()
         off_out.close()

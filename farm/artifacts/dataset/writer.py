@@ -178,17 +178,17 @@ def _write_genotypes(
             (c_i, np.flatnonzero(table_rows[:, 0] == c_i)) for c_i in range(len(regions.contigs))
         ]
 
-        def write(part: Runs, idx: RawWriter, off: RawWriter, total: int) -> int:
+        def write(part: Runs, idx: RawWriter, off: RawWriter, total: int, report: Progress) -> int:
             for c_i, rows in part:
                 file_contig, sites = contig_sites[c_i]
                 total = _write_contig(
                     params, source, samples, sites, table_rows, rows, idx, off, total,
-                    file_contig, progress,
+                    file_contig, report,
                 )  # fmt: skip
             return total
 
         source.before_fork()
-        total = write_split(runs, write, table_rows, idx_out, off_out, threads(), geno)
+        total = write_split(runs, write, table_rows, idx_out, off_out, threads(), geno, progress)
         off_out.write(np.asarray([total], np.int64))
         if total == 0:
             # No haplotype carries a variant. GenVarLoader maps this file and cannot map an
