@@ -104,7 +104,17 @@ class CarrierBuffer:
             self._ptr, self._haps, self._lo = np.zeros(1, np.int64), self._haps[:0], lo
         if hi > self._hi:
             stop = min(self.n, max(hi, self._hi + _READ_AHEAD))
-            ptr, haps = self._read(self._hi, stop)
+            # a wide window is decoded _READ_AHEAD rows at a time: a decoder's dense
+            # scratch (rows x haplotypes) stays a few MB however wide the region
+            pieces = [
+                self._read(a, min(a + _READ_AHEAD, stop))
+                for a in range(self._hi, stop, _READ_AHEAD)
+            ]
+            ptr = np.concatenate(
+                [np.zeros(1, np.int64)]
+                + [p[1:] + off for (p, _), off in zip(pieces, _starts(pieces), strict=True)]
+            )
+            haps = np.concatenate([h for _, h in pieces])
             # drop the rows before ``lo`` while appending
             cut = int(self._ptr[lo - self._lo])
             kept = self._haps[cut:]
@@ -114,6 +124,15 @@ class CarrierBuffer:
         a, b = lo - self._lo, hi - self._lo
         ptr = self._ptr[a : b + 1]
         return ptr - ptr[0], self._haps[int(ptr[0]) : int(ptr[-1])]
+
+
+def _starts(pieces: list[Calls]) -> list[int]:
+    """Where each piece's calls start once the pieces are joined."""
+    out, at = [], 0
+    for _, h in pieces:
+        out.append(at)
+        at += len(h)
+    return out
 
 
 def calls_from_matrix(carriers: NDArray[np.bool_], hap_of_col: NDArray[np.int32]) -> Calls:
