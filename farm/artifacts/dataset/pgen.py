@@ -96,12 +96,7 @@ class PgenFile:
                 ) from e
         for batch in data.to_batches(max_chunksize=1 << 18):
             chrom, pos, ref, alt = batch.columns
-            table.add_batch(
-                chrom.to_pylist(),
-                pos.to_numpy(zero_copy_only=False),
-                ref.to_pylist(),
-                alt.to_pylist(),
-            )
+            table.add_batch(chrom.to_pylist(), pos.to_numpy(zero_copy_only=False), ref, alt)
 
     def before_fork(self) -> None:
         """Nothing is open between builds of the windows: a forked reader opens its own."""

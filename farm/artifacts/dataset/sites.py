@@ -32,12 +32,12 @@ _BATCH = 1 << 18
 _COMPRESSED = ipc.IpcWriteOptions(compression="zstd")
 
 
-def _views(values: list[str] | list[bytes]) -> pa.Array:
-    """String views of ``values``, built from the Python values (pyarrow 24 crashes writing a
-    compressed view array that a cast made) and always with a data buffer: when every string
-    is short enough to sit inline there is none, and polars (GenVarLoader's reader) cannot
-    read a compressed view array without one. The buffer added is never referenced."""
-    arr = pa.array(values, pa.string_view())
+def _views(values: pa.Array) -> pa.Array:
+    """``values`` (strings) as string views, always with a data buffer. When every string is
+    short enough to sit inline, the cast leaves none: pyarrow 24 then crashes writing the
+    array compressed, and polars (GenVarLoader's reader) cannot read it. The buffer added is
+    never referenced."""
+    arr = values.cast(pa.string_view())
     bufs = arr.buffers()
     if len(bufs) > 2 and bufs[2] is not None and bufs[2].size:
         return arr
@@ -75,15 +75,18 @@ class SiteTable:
         self,
         chrom: list[str],
         pos: NDArray[np.int64],
-        refs: list[str] | list[bytes],
-        alts: list[str] | list[bytes],
+        refs: pa.Array | list[bytes],
+        alts: pa.Array | list[bytes],
     ) -> None:
-        """Records in file order: ``chrom`` per record, ``pos`` 1-based, REF and ALT (UTF-8)."""
+        """Records in file order: ``chrom`` per record, ``pos`` 1-based, REF and ALT (UTF-8
+        strings, or their bytes)."""
         n = len(pos)
         if n == 0:
             return
         try:
-            ref, alt = pa.array(refs, pa.string()), pa.array(alts, pa.string())
+            ref, alt = (
+                v if isinstance(v, pa.Array) else pa.array(v, pa.string()) for v in (refs, alts)
+            )
         except pa.ArrowInvalid as e:
             raise InputError(
                 f"Variant file {self.source} has a REF or ALT that is not text ({e}); it is "
@@ -112,10 +115,10 @@ class SiteTable:
                 # in the views and compress to a third of offsets plus bytes. Not a
                 # dictionary: an IPC file cannot change one between batches (GenVarLoader's
                 # reader does not use CHROM anyway).
-                _views(chrom),
+                _views(pa.array(chrom, pa.string())),
                 pa.array(pos, pa.int32()),
-                _views(refs),
-                _views(alts),
+                _views(ref),
+                _views(alt),
                 pa.LargeListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int64)), ilen),
             ],
             names=["CHROM", "POS", "REF", "ALT", "ILEN"],
@@ -186,8 +189,9 @@ class SiteTable:
         self._close_contig(self._n)
         self._flush()
         if self._writer is None:  # no records at all: an empty table, as the file is
+            none = _views(pa.array([], pa.string()))
             empty = pa.RecordBatch.from_arrays(
-                [_views([]), pa.array([], pa.int32()), _views([]), _views([]),
+                [none, pa.array([], pa.int32()), none, none,
                  pa.array([], pa.large_list(pa.int32()))],
                 names=["CHROM", "POS", "REF", "ALT", "ILEN"],
             )  # fmt: skip
