@@ -91,20 +91,24 @@ def build(kind: str, variants: Path, bed: Path, out: Path) -> dict[str, float]:
     of the process tree's PSS sampled every 50 ms (pages shared between processes counted
     once), and the output's size."""
     shutil.rmtree(out, ignore_errors=True)
-    t = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, kind, str(variants), str(bed), str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, _pss(_tree(proc.pid)))
-        time.sleep(0.05)
-    wall = time.perf_counter() - t
-    stdout, stderr = proc.communicate()
+    # output to files, not pipes: a build that logs more than a pipe holds would block
+    with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
+        t = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, kind, str(variants), str(bed), str(out)],
+            stdout=so,
+            stderr=se,
+            text=True,
+            cwd=REPO,
+        )
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _pss(_tree(proc.pid)))
+            time.sleep(0.05)
+        wall = time.perf_counter() - t
+        so.seek(0)
+        se.seek(0)
+        stdout, stderr = so.read(), se.read()
     if proc.returncode != 0:
         raise SystemExit(f"{kind} build failed:\n{stderr[-3000:]}")
     rss = json.loads(stdout.strip().splitlines()[-1])["rss"]
