@@ -83,7 +83,13 @@ def write_split(
             ProcessPoolExecutor(len(parts) - 1, mp_context=ctx) as pool,
         ):
             files = [(Path(tmp) / f"{k}.idx", Path(tmp) / f"{k}.off") for k in range(len(parts))]
-            futures = [pool.submit(_part, p, *f) for p, f in zip(parts[1:], files[1:], strict=True)]
+            try:
+                futures = [
+                    pool.submit(_part, p, *f) for p, f in zip(parts[1:], files[1:], strict=True)
+                ]
+            except (AssertionError, OSError):
+                # a daemonic process (a pool worker) may not start children: one process
+                return write(runs, idx_out, off_out, 0, progress)
             total = write(parts[0], idx_out, off_out, 0, progress)
             for part, future, (idx_f, off_f) in zip(parts[1:], futures, files[1:], strict=True):
                 ends, n_idx = future.result()
