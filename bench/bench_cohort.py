@@ -6,7 +6,7 @@ Generates (bench/cohort_data.py) 2,504 samples x N variants (default 1,000,000) 
 its index and as PGEN, and region sets of 1,000 and 10,000 regions of 1 kb and 1,000 of 100 kb,
 under a temporary directory (or ``--workdir``, kept for the next run). Each build runs once in a
 fresh process and is timed whole (imports included). Memory is the peak of the process
-tree's PSS, sampled every 50 ms (pages that a fork shares count once); beside it the peak RSS
+tree's PSS, sampled every 250 ms (pages that a fork shares count once); beside it the peak RSS
 (the kernel's VmHWM, plus the largest child's when the build forks: shared pages count
 twice). Size is the output's bytes on disk (a hard-linked file counted in full). The farm
 (``write_dataset`` inline) and gvl.write run side by side, then the ratios. gvl.write keeps an
@@ -88,7 +88,7 @@ def _pss(pids: list[int]) -> int:
 
 def build(kind: str, variants: Path, bed: Path, out: Path) -> dict[str, float]:
     """Run one build in a fresh process: wall time, peak RSS (see the module doc), the peak
-    of the process tree's PSS sampled every 50 ms (pages shared between processes counted
+    of the process tree's PSS sampled every 250 ms (pages shared between processes counted
     once), and the output's size."""
     shutil.rmtree(out, ignore_errors=True)
     # output to files, not pipes: a build that logs more than a pipe holds would block
@@ -104,7 +104,7 @@ def build(kind: str, variants: Path, bed: Path, out: Path) -> dict[str, float]:
         peak = 0
         while proc.poll() is None:
             peak = max(peak, _pss(_tree(proc.pid)))
-            time.sleep(0.05)
+            time.sleep(0.25)  # reading smaps_rollup costs CPU: every 50 ms took a quarter core
         wall = time.perf_counter() - t
         so.seek(0)
         se.seek(0)
