@@ -1,10 +1,16 @@
-"""BGZF, the block gzip of bgzip and htslib: is a file BGZF, and was it cut short."""
+"""BGZF, the block gzip of bgzip and htslib: is a file BGZF, was it cut short, and its blocks."""
 
 from __future__ import annotations
 
+import io
 import os
+from collections import deque
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from enum import StrEnum
 from pathlib import Path
+
+import numpy as np
+from isal import isal_zlib
 
 # Every complete BGZF file ends with this empty block; gzip itself cannot tell a file cut at
 # a block boundary from a whole one, so its absence is the only sign.
@@ -28,3 +34,182 @@ def bgzf_state(path: Path) -> Bgzf:
             return Bgzf.TRUNCATED
         f.seek(size - len(EOF_BLOCK))
         return Bgzf.COMPLETE if f.read() == EOF_BLOCK else Bgzf.TRUNCATED
+
+
+class BgzfError(ValueError):
+    """A BGZF block that is cut short or not a BGZF block at all."""
+
+
+class Blocks:
+    """The blocks of a whole BGZF file, inflated on demand.
+
+    A BGZF file is a series of independent gzip members of at most 64 KiB of text each, so
+    any run of blocks inflates without the ones before it, on as many threads as there are
+    cores (isal's inflate lets go of the GIL). ``coffsets[i]`` is where block ``i`` starts in
+    the file, ``ustarts[i]`` where its text starts in the whole inflated stream. Blocks are
+    read with ``pread``, not mapped: a mapping would count the whole file in the reader's RSS.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY)
+        try:
+            self.size = os.fstat(self._fd).st_size
+            coffsets, usizes = _walk_blocks(self._fd, self.size, path)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self.coffsets = np.asarray([*coffsets, self.size], np.int64)
+        usize = np.asarray(usizes, np.int64)
+        self.ustarts = np.zeros(len(usize) + 1, np.int64)
+        np.cumsum(usize, out=self.ustarts[1:])
+
+    @property
+    def n(self) -> int:
+        return len(self.coffsets) - 1
+
+    @property
+    def text_size(self) -> int:
+        return int(self.ustarts[-1])
+
+    def inflate_run(self, a: int, b: int, pool: Executor | None = None) -> bytes:
+        """The text of blocks ``[a, b)``, inflated on ``pool``'s threads when given."""
+        if pool is not None and b - a >= 8:
+            step = -(-(b - a) // 4)
+            runs = [(i, min(i + step, b)) for i in range(a, b, step)]
+            return b"".join(pool.map(lambda r: self.inflate_run(*r), runs))
+        c0 = int(self.coffsets[a])
+        raw = memoryview(os.pread(self._fd, int(self.coffsets[b]) - c0, c0))
+        out = []
+        for i in range(a, b):
+            start, end = int(self.coffsets[i]) - c0, int(self.coffsets[i + 1]) - c0
+            xlen = int.from_bytes(raw[start + 10 : start + 12], "little")
+            try:
+                out.append(isal_zlib.decompress(raw[start + 12 + xlen : end - 8], -15))
+            except isal_zlib.error as e:
+                raise BgzfError(f"block {i} at byte {c0 + start} does not inflate ({e})") from e
+        return b"".join(out)
+
+    def text(self, u0: int, u1: int, pool: Executor | None = None) -> bytes:
+        """Inflated bytes ``[u0, u1)`` of the whole text."""
+        a = int(np.searchsorted(self.ustarts, u0, "right")) - 1
+        b = int(np.searchsorted(self.ustarts, u1, "left"))
+        data = self.inflate_run(a, b, pool)
+        off = u0 - int(self.ustarts[a])
+        return data[off : off + (u1 - u0)]
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _walk_blocks(fd: int, size: int, path: Path) -> tuple[list[int], list[int]]:
+    """Start offset and inflated size of every block, from the headers and trailers alone."""
+    coffsets: list[int] = []
+    usizes: list[int] = []
+    pos = 0
+    base, data = 0, b""
+    while pos < size:
+        if pos + (1 << 16) > base + len(data):  # keep a whole block's worth ahead in ``data``
+            base, data = pos, os.pread(fd, 1 << 24, pos)
+        at = pos - base
+        head = data[at : at + 18]
+        if len(head) < 18 or head[:4] != b"\x1f\x8b\x08\x04":
+            raise BgzfError(f"{path} is not BGZF or is cut short at byte {pos}")
+        xlen = int.from_bytes(head[10:12], "little")
+        bsize = _bsize(data[at + 12 : at + 12 + xlen])
+        if bsize is None:
+            raise BgzfError(f"{path} has a gzip member without BGZF's size field at byte {pos}")
+        end = pos + bsize + 1
+        if end > size:
+            raise BgzfError(f"{path} is cut short inside the block at byte {pos}")
+        coffsets.append(pos)
+        usizes.append(int.from_bytes(data[end - base - 4 : end - base], "little"))
+        pos = end
+    return coffsets, usizes
+
+
+def _bsize(extra: bytes) -> int | None:
+    i = 0
+    while i + 4 <= len(extra):
+        slen = int.from_bytes(extra[i + 2 : i + 4], "little")
+        if extra[i : i + 2] == b"BC" and slen == 2:
+            return int.from_bytes(extra[i + 4 : i + 6], "little")
+        i += 4 + slen
+    return None
+
+
+class BgzfReader(io.RawIOBase):
+    """A whole BGZF file read front to back as its inflated text, the blocks inflated in runs
+    on up to ``max_threads`` threads ahead of the reader.
+
+    How many runs inflate at once is decided from what the reader sees, not fixed: it starts
+    at one, takes one more each time the reader had to wait for a run (inflating is the
+    bottleneck: another core helps), and gives one back after a few runs found ready (the
+    reader is the bottleneck, or the machine's cores are taken: another thread would only
+    compete). ``peak_threads`` says how many it went up to.
+    """
+
+    RUN = 32  # blocks a task (up to 2 MiB of text)
+
+    def __init__(self, path: Path, max_threads: int | None = None) -> None:
+        super().__init__()
+        self._blocks = Blocks(path)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        self._max = max(1, max_threads or cores)
+        self._pool = ThreadPoolExecutor(self._max)
+        self._runs = deque(
+            (a, min(a + self.RUN, self._blocks.n)) for a in range(0, self._blocks.n, self.RUN)
+        )
+        self._ahead: deque[Future[bytes]] = deque()
+        self._target = 1
+        self._ready_streak = 0
+        self.peak_threads = 1
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> None:
+        while self._runs and len(self._ahead) < self._target:
+            self._ahead.append(self._pool.submit(self._blocks.inflate_run, *self._runs.popleft()))
+
+    def _next_run(self) -> bytes:
+        self._fill()
+        if not self._ahead:
+            return b""
+        head = self._ahead.popleft()
+        if head.done():
+            self._ready_streak += 1
+            if self._ready_streak >= 4 and self._target > 1:
+                self._target -= 1
+                self._ready_streak = 0
+        else:
+            self._ready_streak = 0
+            self._target = min(self._max, self._target + 1)
+            self.peak_threads = max(self.peak_threads, self._target)
+            self._fill()
+        try:
+            return head.result()
+        except BgzfError as e:
+            raise EOFError(str(e)) from e
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            parts = [bytes(self._buf)]
+            while chunk := self._next_run():
+                parts.append(chunk)
+            self._buf = memoryview(b"")
+            return b"".join(parts)
+        while not self._buf:
+            chunk = self._next_run()
+            if not chunk:
+                return b""
+            self._buf = memoryview(chunk)
+        out, self._buf = self._buf[:size], self._buf[size:]
+        return bytes(out)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._pool.shutdown(cancel_futures=True)
+            self._blocks.close()
+        super().close()

@@ -16,6 +16,7 @@ hands back to it at the first byte that does not fit.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import gzip
 import mmap
 import os
@@ -29,7 +30,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from farm.artifacts.bgzf import Bgzf, bgzf_state
+from farm.artifacts.bgzf import Bgzf, BgzfError, BgzfReader, bgzf_state
 from farm.errors import InputError
 
 # 4 MiB blocks keep translate's output in L2/L3 for the replace that follows; larger blocks
@@ -66,11 +67,16 @@ def is_gzip(path: Path) -> bool:
 def _open(path: Path) -> BinaryIO:
     try:
         if is_gzip(path):
-            if bgzf_state(path) is Bgzf.TRUNCATED:
+            state = bgzf_state(path)
+            if state is Bgzf.TRUNCATED:
                 raise InputError(
                     f"FASTA file {path} is a truncated bgzip file (its end-of-file block is "
                     "missing); re-download it or recompress it with bgzip."
                 )
+            if state is Bgzf.COMPLETE:
+                # independent blocks: inflated on the cores, as many as pay (BgzfReader)
+                with contextlib.suppress(BgzfError):  # not all BGZF: gzip reads it
+                    return BgzfReader(path)  # type: ignore[return-value]
             return gzip.open(path, "rb")  # type: ignore[return-value]
         return open(path, "rb", buffering=0)
     except FileNotFoundError as e:

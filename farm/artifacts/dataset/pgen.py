@@ -1,7 +1,9 @@
 """PLINK 2 input: sites from the .pvar text, samples from the .psam, genotypes via pgenlib.
 
+The .pvar is parsed by Arrow's CSV reader (its own threads), not line by line in Python.
 pgenlib reads a contiguous range of variants straight into an int32 array, so a window is
-one call; allele codes (-9 missing) are compared with 1 exactly as genoray does.
+one call and only the regions' windows are read; allele codes (-9 missing) are compared with
+1 exactly as genoray does, and only the ALT calls are kept.
 """
 
 from __future__ import annotations
@@ -10,9 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pgenlib
-from numpy.typing import NDArray
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
-from farm.artifacts.dataset.select import CarrierBuffer, ContigSites, Policy
+from farm.artifacts.dataset.select import (
+    Calls,
+    CarrierBuffer,
+    ContigSites,
+    Policy,
+    calls_from_matrix,
+)
 from farm.artifacts.dataset.sites import SiteTable
 from farm.errors import InputError
 
@@ -49,25 +58,48 @@ class PgenFile:
         self.samples = read_psam(self.psam)
 
     def read_sites(self, table: SiteTable) -> None:
-        cols: list[str] | None = None
-        with open(self.pvar) as f:
+        header, cols = 0, None
+        with open(self.pvar, "rb") as f:
             for line in f:
-                if line.startswith("##"):
+                if line.startswith(b"##"):
+                    header += len(line)
                     continue
-                if cols is None:
-                    if not line.startswith("#CHROM"):
-                        raise InputError(
-                            f"{self.pvar} has no #CHROM header line; write it with plink2 "
-                            f"(a PLINK 1 .bim is not supported)."
-                        )
-                    cols = line[1:].rstrip("\n\r").split("\t")
-                    ci, pi = cols.index("CHROM"), cols.index("POS")
-                    ri, ai = cols.index("REF"), cols.index("ALT")
-                    continue
-                fields = line.rstrip("\n\r").split("\t")
-                table.add(fields[ci], int(fields[pi]), fields[ri], fields[ai])
+                if line.startswith(b"#CHROM"):
+                    header += len(line)
+                    cols = line[1:].decode().rstrip("\n\r").split("\t")
+                break
         if cols is None:
-            raise InputError(f"{self.pvar} has no header or records; regenerate it with plink2.")
+            raise InputError(
+                f"{self.pvar} has no #CHROM header line; write it with plink2 "
+                f"(a PLINK 1 .bim is not supported)."
+            )
+        with open(self.pvar, "rb") as f:
+            f.seek(header)
+            try:
+                data = pacsv.read_csv(
+                    f,
+                    read_options=pacsv.ReadOptions(column_names=cols, block_size=1 << 24),
+                    parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
+                    convert_options=pacsv.ConvertOptions(
+                        include_columns=["CHROM", "POS", "REF", "ALT"],
+                        column_types={
+                            "CHROM": pa.string(),
+                            "POS": pa.int64(),
+                            "REF": pa.string(),
+                            "ALT": pa.string(),
+                        },
+                    ),
+                )
+            except (pa.ArrowInvalid, KeyError) as e:
+                raise InputError(
+                    f"{self.pvar} cannot be read as a .pvar ({e}); regenerate it with plink2."
+                ) from e
+        for batch in data.to_batches(max_chunksize=1 << 18):
+            chrom, pos, ref, alt = batch.columns
+            table.add_batch(chrom.to_pylist(), pos.to_numpy(zero_copy_only=False), ref, alt)
+
+    def before_fork(self) -> None:
+        """Nothing is open between builds of the windows: a forked reader opens its own."""
 
     def buffer(self, contig: str, sites: ContigSites, samples: list[str]) -> CarrierBuffer:
         index = {s: i for i, s in enumerate(self.samples)}
@@ -86,10 +118,12 @@ class PgenFile:
             raise InputError(
                 f"Cannot open {self.path} as a PGEN file ({e}); regenerate it with plink2."
             ) from e
-        n_s = len(samples)
+        hap_of_col = np.empty(len(idx) * PLOIDY, np.int32)
+        for d, col in enumerate(perm.tolist()):
+            hap_of_col[col * PLOIDY : (col + 1) * PLOIDY] = [d * PLOIDY, d * PLOIDY + 1]
 
-        def read(a: int, b: int) -> NDArray[np.bool_]:
-            out = np.empty((b - a, n_s * PLOIDY), np.int32)
+        def read(a: int, b: int) -> Calls:
+            out = np.empty((b - a, len(idx) * PLOIDY), np.int32)
             try:
                 reader.read_alleles_range(sites.base + a, sites.base + b, out)
             except RuntimeError as e:
@@ -97,12 +131,12 @@ class PgenFile:
                     f"Cannot read genotypes from {self.path} ({e}); it is truncated or "
                     f"corrupt: regenerate it with plink2."
                 ) from e
-            carr = (out == 1).reshape(b - a, n_s, PLOIDY)
+            carr = out == 1
             if sites.spanning is not None:
                 carr[sites.spanning[a:b]] = False
-            return carr[:, perm].reshape(b - a, n_s * PLOIDY)
+            return calls_from_matrix(carr, hap_of_col)
 
         def skip(a: int, b: int) -> None:
             return None
 
-        return CarrierBuffer(sites.n, n_s * PLOIDY, read, skip)
+        return CarrierBuffer(sites.n, read, skip)

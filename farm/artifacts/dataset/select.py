@@ -1,4 +1,4 @@
-"""Which variants each haplotype of a region carries: GenVarLoader's selection, vectorised.
+"""Which variants each haplotype of a region carries: GenVarLoader's selection, on sparse calls.
 
 For every region GenVarLoader keeps, per haplotype, every ALT call (genotype allele == 1;
 missing calls and unphased genotypes are taken allele by allele as written) of the variants
@@ -8,14 +8,17 @@ looks (the "fetch window") differs between its VCF and PGEN readers, and a haplo
 would need more than the window holds keeps only what the window has; both windows are
 reproduced here so a farm-built dataset carries the same variants as ``gvl.write``'s.
 
-Everything works on a carrier matrix ``(variants, haplotypes)`` of booleans for one region's
-window, so the cost is a few numpy passes per region instead of a Python loop per sample.
+The calls of a window are held sparse, as its ALT calls only (per record, the haplotypes that
+carry it): most variants of a cohort are rare, so a 100 kb window of 2,000 records x 5,008
+haplotypes holds a few hundred thousand calls rather than ten million cells, and every pass
+here (the length walk included) runs over those calls, grouped by haplotype.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -24,8 +27,11 @@ from numpy.typing import NDArray
 Policy = Literal["vcf", "pgen"]
 _CHECK_EVERY = 20  # the VCF reader tests "long enough?" only every 20th record past the end
 _PGEN_FIRST_EXTENSION = 20
-_READ_AHEAD = 64
-_NEG = np.iinfo(np.int64).min // 4
+_READ_AHEAD = 256
+_SEGMENT = np.int64(1) << np.int64(36)  # above any position: separates haplotypes in one scan
+
+# A window's calls: ``ptr`` (rows + 1) into ``haps``, the haplotypes carrying each row's ALT.
+Calls = tuple[NDArray[np.int64], NDArray[np.int32]]
 
 
 @dataclass(frozen=True)
@@ -44,58 +50,103 @@ class ContigSites:
     def n(self) -> int:
         return len(self.starts)
 
-    @property
+    # Computed once per contig (not per region: at 10k regions that was most of the time).
+    @cached_property
     def overlap_ends(self) -> NDArray[np.int64]:
         """Exclusive end GenVarLoader uses for overlaps and region ends (POS - min(ILEN, 0))."""
         return self.starts + 1 - np.minimum(self.ilens, 0)
 
-    @property
+    @cached_property
     def record_ends(self) -> NDArray[np.int64]:
         """Exclusive end by REF length (htslib's rlen; genoray's PGEN ``v_ends``)."""
         return self.starts + self.ref_lens
 
+    @cached_property
+    def max_span(self) -> int:
+        return int((self.overlap_ends - self.starts).max()) if self.n else 1
+
+    @cached_property
+    def max_ref_len(self) -> int:
+        return int(self.ref_lens.max()) if self.n else 1
+
 
 class CarrierBuffer:
-    """A sliding window of decoded carrier rows over one contig, read strictly forwards.
+    """A sliding window of decoded calls over one contig, read strictly forwards.
 
-    ``read(a, b)`` must return rows ``[a, b)`` as ``(b - a, haplotypes)`` booleans and is only
-    ever called with ``a`` equal to the end of the previous call; ``skip(a, b)`` passes rows
-    without decoding them. Because regions come sorted, a window never starts before the
-    previous one, so each record is decoded at most once and memory holds one window.
+    ``read(a, b)`` returns rows ``[a, b)`` as :data:`Calls` and is only ever called with ``a``
+    equal to the end of the previous call; ``skip(a, b)`` passes rows without decoding them.
+    Because regions come sorted, a window never starts before the previous one, so each
+    record is decoded at most once and memory holds one window.
     """
 
     def __init__(
         self,
         n: int,
-        n_haps: int,
-        read: Callable[[int, int], NDArray[np.bool_]],
+        read: Callable[[int, int], Calls],
         skip: Callable[[int, int], None],
     ) -> None:
         self.n = n
         self._read = read
         self._skip = skip
         self._lo = 0
-        self._data = np.zeros((0, n_haps), np.bool_)
+        self._ptr = np.zeros(1, np.int64)  # absolute into _haps, rows [_lo, _hi)
+        self._haps = np.zeros(0, np.int32)
 
     @property
     def _hi(self) -> int:
-        return self._lo + len(self._data)
+        return self._lo + len(self._ptr) - 1
 
-    def get(self, lo: int, hi: int) -> NDArray[np.bool_]:
+    def get(self, lo: int, hi: int) -> Calls:
         if lo < self._lo:
             raise AssertionError("carrier windows must move forwards")
         if lo >= self._hi:
             self._skip(self._hi, lo)
-            self._data = self._data[:0]
-            self._lo = lo
-        elif lo > self._lo:
-            self._data = self._data[lo - self._lo :]
-            self._lo = lo
+            self._ptr, self._haps, self._lo = np.zeros(1, np.int64), self._haps[:0], lo
         if hi > self._hi:
             stop = min(self.n, max(hi, self._hi + _READ_AHEAD))
-            new = self._read(self._hi, stop)
-            self._data = np.concatenate([self._data, new]) if len(self._data) else new
-        return self._data[lo - self._lo : hi - self._lo]
+            # a wide window is decoded _READ_AHEAD rows at a time: a decoder's dense
+            # scratch (rows x haplotypes) stays a few MB however wide the region
+            pieces = [
+                self._read(a, min(a + _READ_AHEAD, stop))
+                for a in range(self._hi, stop, _READ_AHEAD)
+            ]
+            ptr = np.concatenate(
+                [np.zeros(1, np.int64)]
+                + [p[1:] + off for (p, _), off in zip(pieces, _starts(pieces), strict=True)]
+            )
+            haps = np.concatenate([h for _, h in pieces])
+            # drop the rows before ``lo`` while appending
+            cut = int(self._ptr[lo - self._lo])
+            kept = self._haps[cut:]
+            self._ptr = np.concatenate([self._ptr[lo - self._lo :] - cut, ptr[1:] + len(kept)])
+            self._haps = np.concatenate([kept, haps])
+            self._lo = lo
+        a, b = lo - self._lo, hi - self._lo
+        ptr = self._ptr[a : b + 1]
+        return ptr - ptr[0], self._haps[int(ptr[0]) : int(ptr[-1])]
+
+
+def _starts(pieces: list[Calls]) -> list[int]:
+    """Where each piece's calls start once the pieces are joined."""
+    out, at = [], 0
+    for _, h in pieces:
+        out.append(at)
+        at += len(h)
+    return out
+
+
+def calls_from_matrix(carriers: NDArray[np.bool_], hap_of_col: NDArray[np.int32]) -> Calls:
+    """:data:`Calls` of a dense ``(rows, columns)`` carrier matrix; ``hap_of_col`` maps each
+    column to the dataset's haplotype (-1: a sample the dataset leaves out)."""
+    flat = np.flatnonzero(carriers)
+    rows, cols = np.divmod(flat, carriers.shape[1])
+    haps = hap_of_col[cols]
+    if (haps < 0).any():
+        keep = haps >= 0
+        rows, haps = rows[keep], haps[keep]
+    ptr = np.zeros(len(carriers) + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=len(carriers)), out=ptr[1:])
+    return ptr, haps.astype(np.int32, copy=False)
 
 
 @dataclass(frozen=True)
@@ -105,13 +156,17 @@ class RegionResult:
     end: int  # region end GenVarLoader stores: at least the query end
 
 
-def overlapping(sites: ContigSites, q_start: int, q_end: int, max_span: int) -> NDArray[np.intp]:
+def overlapping(sites: ContigSites, q_start: int, q_end: int) -> NDArray[np.intp]:
     """Local indices of variants overlapping [q_start, q_end) (start clipped at 0)."""
     q_start = max(q_start, 0)
     hi = int(np.searchsorted(sites.starts, q_end, "left"))
-    lo = int(np.searchsorted(sites.starts, q_start - max_span, "left"))
-    cand = np.arange(lo, hi)
-    return cand[sites.overlap_ends[lo:hi] > q_start]
+    lo = int(np.searchsorted(sites.starts, q_start - sites.max_span, "left"))
+    return lo + np.flatnonzero(sites.overlap_ends[lo:hi] > q_start)
+
+
+def _rows_of(ptr: NDArray[np.int64], first: int) -> NDArray[np.int64]:
+    """The row of every call of a window whose first row is ``first``."""
+    return np.repeat(np.arange(first, first + len(ptr) - 1, dtype=np.int64), np.diff(ptr))
 
 
 def select_region(
@@ -120,100 +175,148 @@ def select_region(
     q_start: int,
     q_end: int,
     *,
-    max_span: int,
     policy: Policy,
     extend: bool,
     n_haps: int,
 ) -> RegionResult:
     """Variants each haplotype keeps for one region, and the region's stored end."""
-    rng = overlapping(sites, q_start, q_end, max_span)
+    rng = overlapping(sites, q_start, q_end)
     if rng.size == 0:
         return RegionResult(np.zeros(0, np.int32), np.zeros(n_haps, np.int64), q_end)
-    lo = int(rng[0])
-    in_range = np.zeros(int(rng[-1]) + 1 - lo, np.bool_)
-    in_range[rng - lo] = True
+    lo, last = int(rng[0]), int(rng[-1])
     if extend:
-        if policy == "vcf":
-            hi = _vcf_window_end(sites, buf, rng, q_start, q_end)
-        else:
-            hi = _pgen_window_end(sites, buf, rng, q_start, q_end)
+        window_end = _vcf_window_end if policy == "vcf" else _pgen_window_end
+        hi = window_end(sites, buf, rng, q_start, q_end, n_haps)
     else:
-        hi = int(rng[-1]) + 1
-    mask = np.ones(hi - lo, np.bool_)
-    mask[: len(in_range)] = in_range  # a non-overlapping SNV inside a spanning deletion
-    local = np.arange(lo, hi)[mask]
-    carriers = buf.get(lo, hi)[mask]
-    keep = _walk(sites, local, carriers, q_start, q_end) if extend else carriers
-    h_idx, v_pos = np.nonzero(keep.T)
-    idxs = (local[v_pos] + sites.base).astype(np.int32)
-    lengths = np.bincount(h_idx, minlength=n_haps).astype(np.int64)
+        hi = last + 1
+    ptr, haps = buf.get(lo, hi)
+    rows = _rows_of(ptr, lo)
+    if len(rng) != last + 1 - lo:  # a non-overlapping SNV inside a spanning deletion
+        in_range = np.ones(hi - lo, np.bool_)
+        in_range[: last + 1 - lo] = False
+        in_range[rng - lo] = True
+        keep = in_range[rows - lo]
+        rows, haps = rows[keep], haps[keep]
+    # calls come row by row; a stable sort by haplotype makes them haplotype-major, each
+    # haplotype's in row order (a radix sort for 16-bit keys), as the dataset stores them
+    key = haps.astype(np.int16) if n_haps <= np.iinfo(np.int16).max else haps
+    order = np.argsort(key, kind="stable")
+    rows, haps = rows[order], haps[order]
+    if extend:
+        keep = _walk(sites, rows, haps, q_start, q_end, n_haps)
+        rows, haps = rows[keep], haps[keep]
+    idxs = (rows + sites.base).astype(np.int32)
+    lengths = np.bincount(haps, minlength=n_haps).astype(np.int64)
     end = q_end
-    if idxs.size:
-        end = max(q_end, int(sites.overlap_ends[int(local[v_pos.max()])]))
+    if rows.size:
+        end = max(q_end, int(sites.overlap_ends[int(rows.max())]))
     return RegionResult(idxs, lengths, end)
 
 
 def _walk(
     sites: ContigSites,
-    local: NDArray[np.intp],
-    carriers: NDArray[np.bool_],
+    rows: NDArray[np.int64],
+    haps: NDArray[np.int32],
     q_start: int,
     q_end: int,
+    n_haps: int,
 ) -> NDArray[np.bool_]:
-    """Per haplotype, the prefix of carried calls that reaches the region's length.
+    """Per haplotype, the prefix of carried calls that reaches the region's length; calls
+    come grouped by haplotype, in row order within each.
 
     Calls starting before the region's end are always kept; past the end, a haplotype stops
     at the first call where the length written so far (reference gaps plus ALT bases)
     reaches the region's length: before that call if the gap alone reaches it, else after.
     """
-    past = sites.starts[local] >= q_end
+    vs = sites.starts[rows]
+    past = vs >= q_end
     if not past.any():
-        return carriers
+        return np.ones(len(rows), np.bool_)
     # Without a carried deletion a haplotype is never short, so it stops at its first call
-    # past the end; only haplotypes carrying a deletion need the length walk.
-    ilens = sites.ilens[local]
-    needs = carriers[ilens < 0].any(axis=0)
-    keep = carriers & ~past[:, None]
-    if needs.any():
-        keep[:, needs] = _walk_cols(sites, local, carriers[:, needs], q_start, q_end)
-    return keep
+    # past the end; only haplotypes carrying a deletion and a call past the end need the
+    # length walk.
+    ilens = sites.ilens[rows]
+    keep = ~past
+    needy = np.zeros(n_haps, np.bool_)
+    needy[haps[ilens < 0]] = True
+    has_past = np.zeros(n_haps, np.bool_)
+    has_past[haps[past]] = True
+    needy &= has_past
+    sel = needy[haps]
+    if not sel.any():
+        return keep
+    if np.count_nonzero(sel) < len(sel) // 2:
+        keep[sel] = _walk_calls(vs[sel], ilens[sel], haps[sel], q_start, q_end)
+        return keep
+    # most calls need it: walk them all (each haplotype's walk is its own) and keep the
+    # others' answer, rather than gather and scatter the needy ones
+    return np.where(sel, _walk_calls(vs, ilens, haps, q_start, q_end), keep)
 
 
-def _walk_cols(
-    sites: ContigSites,
-    local: NDArray[np.intp],
-    carriers: NDArray[np.bool_],
+def _walk_calls(
+    vs: NDArray[np.int64],
+    il: NDArray[np.int64],
+    haps: NDArray[np.int32],
     q_start: int,
     q_end: int,
 ) -> NDArray[np.bool_]:
+    """The length walk over calls grouped by haplotype (row order within each): running
+    maxima and sums restart at each haplotype's first call. Every call's added length is
+    needed, but the stop test only at the calls past the end."""
+    n = len(vs)
     q_len = q_end - q_start
-    vs = sites.starts[local][:, None]
-    il = sites.ilens[local][:, None]
+    first = np.empty(n, np.bool_)
+    first[0] = True
+    np.not_equal(haps[1:], haps[:-1], out=first[1:])
+    heads = np.flatnonzero(first)
+    seg = np.cumsum(first)
+    seg -= 1
     inq = vs >= q_start
-    past = (vs >= q_end)[:, 0]
-    v_end = vs - np.minimum(il, 0) + inq
-    running = np.maximum.accumulate(np.where(carriers, v_end, _NEG), axis=0)
-    last_end = np.empty_like(running)
-    last_end[0] = q_start
-    np.maximum(running[:-1], q_start, out=last_end[1:])
-    counted = carriers & inq
-    gap = np.where(counted, vs - last_end, 0)
-    inc = gap + np.where(counted, np.maximum(il, 0) + 1, 0)
-    before = np.cumsum(inc, axis=0) - inc
-    stop = carriers & past[:, None] & (before + inc >= q_len)
-    has_stop = stop.any(axis=0)
-    if not has_stop.any():
-        return carriers
-    first = np.argmax(stop, axis=0)
-    cols = np.arange(carriers.shape[1])
-    excl = (before + gap)[first, cols] >= q_len
-    limit = np.where(has_stop, first + np.where(excl, 0, 1), len(local))
-    rows = np.arange(len(local))[:, None]
-    return carriers & (rows < limit[None, :])
+    past = vs >= q_end
+    # furthest end so far, per haplotype: one running maximum over values lifted per segment
+    lift = seg * _SEGMENT
+    run = vs - np.minimum(il, 0)
+    run += inq
+    run += lift
+    np.maximum.accumulate(run, out=run)
+    run -= lift
+    last_end = np.empty(n, np.int64)
+    last_end[1:] = run[:-1]
+    last_end[heads] = q_start
+    np.maximum(last_end, q_start, out=last_end)
+    # the length each call adds: its gap from the last end and its ALT bases (in the query)
+    inc = vs - last_end
+    inc += np.maximum(il, 0)
+    inc += 1
+    inc *= inq
+    # only calls past the end can stop a haplotype: the sums up to each of them
+    at = np.flatnonzero(past)
+    if not at.size:
+        return np.ones(n, np.bool_)
+    csum = np.cumsum(inc)
+    base = csum[heads] - inc[heads]
+    s_at = seg[at]
+    before = csum[at] - inc[at] - base[s_at]
+    stop = before + inc[at] >= q_len
+    if not stop.any():
+        return np.ones(n, np.bool_)
+    hit = at[stop]
+    segs, i = np.unique(seg[hit], return_index=True)
+    firsts = hit[i]
+    gap = vs[firsts] - last_end[firsts]
+    excl = (before[stop][i] + gap) >= q_len
+    limit = np.full(len(heads), n, np.int64)
+    limit[segs] = firsts + np.where(excl, 0, 1)
+    return np.arange(n) < limit[seg]
 
 
 def _vcf_window_end(
-    sites: ContigSites, buf: CarrierBuffer, rng: NDArray[np.intp], q_start: int, q_end: int
+    sites: ContigSites,
+    buf: CarrierBuffer,
+    rng: NDArray[np.intp],
+    q_start: int,
+    q_end: int,
+    n_haps: int,
 ) -> int:
     """Exclusive local end of the records genoray's VCF reader fetches for one region.
 
@@ -222,19 +325,22 @@ def _vcf_window_end(
     position in htslib's "from the end onwards" query is a multiple of 20 once every
     haplotype is long enough (records that span the end count in that position, unread).
     """
-    lo = int(rng[0])
+    lo, last = int(rng[0]), int(rng[-1])
+    ptr, haps = buf.get(lo, last + 1)
+    weight = np.zeros(last + 1 - lo, np.int64)
+    weight[rng - lo] = sites.ilens[rng]
+    delta = _weighted_count(ptr, haps, weight, n_haps)
     rec_ends = sites.record_ends
-    c_rng = buf.get(lo, int(rng[-1]) + 1)[rng - lo]
-    delta = (c_rng * sites.ilens[rng][:, None]).sum(axis=0)
-    last_end = int(rec_ends[int(rng[-1])])
+    last_end = int(rec_ends[last])
     j0 = int(np.searchsorted(sites.starts, q_end, "left"))
-    spanning = int(np.count_nonzero(rec_ends[:j0] > q_end))
+    # records that span the end: only those starting within the longest REF of it can
+    j_lo = int(np.searchsorted(sites.starts, q_end - sites.max_ref_len, "right"))
+    spanning = int(np.count_nonzero(rec_ends[j_lo:j0] > q_end))
     pos = j0
     block = 32
     while pos < sites.n:
         stop = min(sites.n, pos + block)
         block *= 2
-        c = buf.get(lo, stop)[pos - lo :]
         vs = sites.starts[pos:stop]
         il = sites.ilens[pos:stop]
         indel = (sites.ref_lens[pos:stop] > 1) | (il != 0)
@@ -246,7 +352,8 @@ def _vcf_window_end(
         # lengths change only at indel rows: accumulate those, then spread "all long
         # enough?" to the rows after each
         rows = np.flatnonzero(indel)
-        contrib = (vs[rows] - prev_end[rows])[:, None] + il[rows][:, None] * c[rows]
+        c = _dense(buf, lo, pos + rows, n_haps)
+        contrib = (vs[rows] - prev_end[rows])[:, None] + il[rows][:, None] * c
         running = delta[None, :] + np.cumsum(contrib, axis=0)
         all_ok = np.concatenate([[bool((delta >= 0).all())], (running >= 0).all(axis=1)])
         seen = np.searchsorted(rows, np.arange(stop - pos), "right")
@@ -262,8 +369,39 @@ def _vcf_window_end(
     return sites.n
 
 
+def _dense(buf: CarrierBuffer, lo: int, rows: NDArray[np.intp], n_haps: int) -> NDArray[np.int64]:
+    """A few rows of the window as a dense (rows, haplotypes) 0/1 matrix."""
+    out = np.zeros((len(rows), n_haps), np.int64)
+    if not len(rows):
+        return out
+    ptr, haps = buf.get(lo, int(rows[-1]) + 1)
+    for k, r in enumerate(rows - lo):
+        out[k, haps[ptr[r] : ptr[r + 1]]] = 1
+    return out
+
+
+def _weighted_count(
+    ptr: NDArray[np.int64], haps: NDArray[np.int32], weight: NDArray[np.int64], n_haps: int
+) -> NDArray[np.int64]:
+    """Per haplotype, the sum of its calls' row weights (rows of ``ptr``); rows weighing
+    nothing (SNVs, rows left out) are not visited."""
+    rows = np.flatnonzero(weight)
+    if not rows.size:
+        return np.zeros(n_haps, np.int64)
+    counts = ptr[rows + 1] - ptr[rows]
+    # the calls of the weighted rows: each row's run of ``haps``
+    idx = np.repeat(ptr[rows] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+    w = np.repeat(weight[rows], counts)
+    return np.rint(np.bincount(haps[idx], weights=w, minlength=n_haps)).astype(np.int64)
+
+
 def _pgen_window_end(
-    sites: ContigSites, buf: CarrierBuffer, rng: NDArray[np.intp], q_start: int, q_end: int
+    sites: ContigSites,
+    buf: CarrierBuffer,
+    rng: NDArray[np.intp],
+    q_start: int,
+    q_end: int,
+    n_haps: int,
 ) -> int:
     """Exclusive local end of the records genoray's PGEN reader fetches for one region.
 
@@ -272,18 +410,19 @@ def _pgen_window_end(
     a block would start on it (its ``start == end`` guard); reproduced as written.
     """
     last_idx = sites.n - 1
-    lo = int(rng[0])
-    ext_s = min(int(rng[-1]) + 1, last_idx)
+    lo, last = int(rng[0]), int(rng[-1])
+    ext_s = min(last + 1, last_idx)
     ext_e = min(ext_s + _PGEN_FIRST_EXTENSION - 1, last_idx)
     if ext_s == ext_e:
-        return int(rng[-1]) + 1
+        return last + 1
     length = q_end - q_start
     rec_ends = sites.record_ends
     last_end = int(rec_ends[ext_e])
-    c = buf.get(lo, ext_e + 1)
-    sel = np.concatenate([rng - lo, np.arange(ext_s - lo, ext_e + 1 - lo)])
-    ilens = sites.ilens[sel + lo]
-    hap_lens = max(length, last_end - q_start) + (c[sel] * ilens[:, None]).sum(axis=0)
+    ptr, haps = buf.get(lo, ext_e + 1)
+    weight = sites.ilens[lo : ext_e + 1].copy()
+    weight[: last + 1 - lo] = 0
+    weight[rng - lo] = sites.ilens[rng]
+    hap_lens = max(length, last_end - q_start) + _weighted_count(ptr, haps, weight, n_haps)
     size = 2 * _PGEN_FIRST_EXTENSION
     while (hap_lens < length).any():
         ext_s = min(ext_e + 1, last_idx)
@@ -292,8 +431,9 @@ def _pgen_window_end(
         if ext_s == new_e:
             break
         ext_e = new_e
-        cb = buf.get(lo, ext_e + 1)[ext_s - lo :]
+        ptr, haps = buf.get(lo, ext_e + 1)  # never a later start: rows before it would go
         dist = int(sites.starts[ext_e]) - last_end
-        hap_lens = hap_lens + dist + (cb * sites.ilens[ext_s : ext_e + 1][:, None]).sum(axis=0)
+        weight = sites.ilens[ext_s : ext_e + 1]
+        hap_lens = hap_lens + dist + _weighted_count(ptr[ext_s - lo :], haps, weight, n_haps)
         last_end = int(rec_ends[ext_e])
     return ext_e + 1

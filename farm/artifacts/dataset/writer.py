@@ -30,9 +30,10 @@ from farm.artifacts.dataset.regions import Regions, read_bed
 from farm.artifacts.dataset.seal import sealed
 from farm.artifacts.dataset.select import ContigSites, select_region
 from farm.artifacts.dataset.sites import SiteTable
+from farm.artifacts.dataset.split import Runs, write_split
 from farm.artifacts.dataset.svar import svar_ploidy, write_svar_genotypes
 from farm.artifacts.dataset.tracks import Windows, write_annotation, write_track
-from farm.artifacts.dataset.vcf import VcfFile
+from farm.artifacts.dataset.vcf import VcfFile, threads
 from farm.errors import InputError, SourceChangedError
 from farm.fingerprint import (
     Fingerprint,
@@ -162,35 +163,36 @@ def _write_genotypes(
     geno.mkdir()
     table = SiteTable(params.variants, geno / "variants.arrow")
     table.keep_positions_for({alias for c in regions.contigs for alias in contig_aliases(c)})
-    source.read_sites(table)
-    per_contig = table.finish()
-    if isinstance(source, PgenFile):
-        _check_pgen_count(source, table.n_variants)
-    file_contigs = table.contigs
-
-    sums: dict[str, str] = {}
     idx_out = RawWriter(geno / "variant_idxs.npy")
     off_out = RawWriter(geno / "offsets.npy")
+    sums: dict[str, str] = {}
     try:
-        total = 0
-        for c_i, contig in enumerate(regions.contigs):
-            rows = np.flatnonzero(table_rows[:, 0] == c_i)
-            file_contig = match_contig(contig, file_contigs) or contig
+        source.read_sites(table)
+        per_contig = table.finish()
+        if isinstance(source, PgenFile):
+            _check_pgen_count(source, table.n_variants)
+        file_contigs = table.contigs
+        contig_sites = {
+            c_i: (f, per_contig.get(f, NO_SITES))
+            for c_i, contig in enumerate(regions.contigs)
             # A contig with no records: its haplotypes are the reference, as in gvl.write.
-            sites = per_contig.get(file_contig, NO_SITES)
-            total = _write_contig(
-                params,
-                source,
-                samples,
-                sites,
-                table_rows,
-                rows,
-                idx_out,
-                off_out,
-                total,
-                file_contig,
-                progress,
-            )
+            for f in [match_contig(contig, file_contigs) or contig]
+        }
+        runs = [
+            (c_i, np.flatnonzero(table_rows[:, 0] == c_i)) for c_i in range(len(regions.contigs))
+        ]
+
+        def write(part: Runs, idx: RawWriter, off: RawWriter, total: int, report: Progress) -> int:
+            for c_i, rows in part:
+                file_contig, sites = contig_sites[c_i]
+                total = _write_contig(
+                    params, source, samples, sites, table_rows, rows, idx, off, total,
+                    file_contig, report,
+                )  # fmt: skip
+            return total
+
+        source.before_fork()
+        total = write_split(runs, write, table_rows, idx_out, off_out, threads(), geno, progress)
         off_out.write(np.asarray([total], np.int64))
         if total == 0:
             # No haplotype carries a variant. GenVarLoader maps this file and cannot map an
@@ -198,6 +200,8 @@ def _write_genotypes(
             # gets one entry that no offset reaches.
             idx_out.write(np.zeros(1, np.int32))
     finally:
+        if isinstance(source, VcfFile):
+            source.close()
         sums["genotypes/variant_idxs.npy"] = idx_out.close()
         sums["genotypes/offsets.npy"] = off_out.close()
     sums[GENOTYPE_FILES[0]] = checksum(out_dir / GENOTYPE_FILES[0])
@@ -285,7 +289,6 @@ def _write_contig(
 ) -> int:
     n_haps = len(samples) * PLOIDY
     buf = source.buffer(file_contig, sites, samples) if sites.n else None
-    max_span = int((sites.overlap_ends - sites.starts).max()) if sites.n else 1
     for r in rows:
         q_start, q_end = int(table_rows[r, 1]), int(table_rows[r, 2])
         if buf is None:
@@ -296,7 +299,6 @@ def _write_contig(
                 buf,
                 q_start,
                 q_end,
-                max_span=max_span,
                 policy=source.policy,
                 extend=params.extend_to_length,
                 n_haps=n_haps,
