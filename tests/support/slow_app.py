@@ -14,8 +14,9 @@
   ``pause.<key[:24]>`` there. The first time that key reaches that phase, a marker file
   ``<phase>.<pid>.<key[:24]>`` appears and the builder pauses, so the test can kill exactly
   that process at exactly that point. Phases: ``received`` (message parsed, no lease yet),
-  ``building`` (staging directory holds a partial file), ``published`` (artifact renamed
-  into place, record not yet valid).
+  ``building`` (staging directory holds a partial file), ``fenced`` (the grant was allowed
+  to publish, the rename not yet done), ``published`` (artifact renamed into place, record
+  not yet valid).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _write_sequence = gvlfa._write_sequence
 _current_job = ""  # the key (first 24 characters) this process is building
 _start = Registry.start
 _finish = Registry.finish
+_may_publish = Registry.may_publish
 
 
 def _phase(name: str, key: str) -> None:
@@ -111,10 +113,18 @@ def _paused_finish(
     return _finish(self, record, holder, generation)
 
 
+def _paused_may_publish(self: Registry, key: str, *args: Any, **kwargs: Any) -> Any:
+    verdict = _may_publish(self, key, *args, **kwargs)
+    if verdict.allowed:
+        _phase("fenced", key)
+    return verdict
+
+
 gvlfa.write_cache = _slow_write_cache
 gvlfa.build_and_publish = _logged_build_and_publish
 gvlfa._write_sequence = _paused_write_sequence
 Registry.start = _paused_start
 Registry.finish = _paused_finish
+Registry.may_publish = _paused_may_publish
 
 __all__ = ["app"]

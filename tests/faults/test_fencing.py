@@ -1,0 +1,180 @@
+"""Fencing, as an adversary tests it: a builder frozen with SIGSTOP (its whole process group)
+past its lease while another worker takes its key over, then resumed. Whether it was frozen
+mid-build or between its last grant check and its rename, it must never undo the takeover:
+no record rewritten, the destination holds the newest request's bytes, nothing left over,
+and the frozen worker lives on and builds new work."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from farm.artifacts import gvlfa
+from farm.kinds import CacheRequest
+from farm.records import ArtifactRecord, Status
+from tests.faults.harness import Cluster, Figures, books_balanced, settle, sweep_orphans
+from tests.support.processes import Worker
+
+pytestmark = pytest.mark.faults
+
+# Where the first builder freezes: mid-build (it learns at its next word that it lost), or
+# after its grant was checked and before its rename (the gap no filesystem fences).
+PHASES = ("building", "fenced")
+
+
+def _freeze(worker: Worker) -> None:
+    os.killpg(worker.proc.pid, signal.SIGSTOP)
+
+
+def _thaw(worker: Worker) -> None:
+    os.killpg(worker.proc.pid, signal.SIGCONT)
+
+
+def _edit(fasta: Path, version: int) -> None:
+    """A new version of the source: another base at a position of its own per version."""
+    text = bytearray(fasta.read_bytes())
+    at = text.index(b"\n") + 1 + version
+    text[at] = b"C"[0] if text[at] != b"C"[0] else b"G"[0]
+    fasta.write_bytes(bytes(text))
+
+
+def _published(dest: Path) -> tuple[int, dict | None]:
+    return dest.stat().st_ino, gvlfa.read_metadata(dest).farm_fence
+
+
+def _resume_and_watch(cluster: Cluster, victim: Worker, seconds: float = 6.0) -> None:
+    """Let the frozen builder run on until it has had every chance to do harm."""
+    _thaw(victim)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and "lost its grant" not in victim.log.read_text():
+        time.sleep(0.1)
+    time.sleep(1.0)  # and whatever it would do after
+
+
+def _check_after(
+    cluster: Cluster, figures: Figures, victim: Worker, untouched: dict[str, ArtifactRecord]
+) -> None:
+    registry = cluster.registry()
+    for key, before in untouched.items():
+        assert registry.get(key) == before, "the late builder rewrote a record"
+    sweep_orphans(cluster, figures)
+    tracebacks = cluster.log_count("Traceback")
+    assert tracebacks == 0, f"{tracebacks} tracebacks in the worker logs"
+    assert victim.proc.poll() is None, "the late worker died"
+    figures.worker_exits = sum(1 for w in cluster.workers if w.proc.poll() is not None)
+    assert books_balanced(registry)
+
+
+def _lives_on(cluster: Cluster, victim: Worker, fasta: Path, figures: Figures) -> None:
+    """With the other workers stopped, the resumed worker builds new work."""
+    for w in cluster.workers:
+        if w is not victim:
+            w.stop()
+    key = cluster.farm().submit(CacheRequest(fasta=fasta, dest=fasta.parent / "after.gvlfa")).key
+    (record,) = settle(cluster, [key], figures, timeout=60)
+    assert record is not None and record.worker and record.worker.startswith(victim.name)
+
+
+def _victim(cluster: Cluster, phase: str, key: str) -> Worker:
+    pid = int(cluster.marker(phase, key).name.split(".")[1])
+    victim = cluster.worker_of(pid)
+    _freeze(victim)
+    return victim
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_frozen_builder_never_undoes_the_takeover_of_a_plain_build(
+    cluster: Cluster, phase: str
+):
+    figures = Figures(f"builder frozen past its lease at {phase}, plain build")
+    started = time.monotonic()
+    for _ in range(2):
+        cluster.worker()
+    fasta = cluster.genome()
+    dest = fasta.parent / "plain.gvlfa"
+    key = cluster.submit_paused(CacheRequest(fasta=fasta, dest=dest), phase, 0.5)
+    figures.jobs = figures.rounds = 1
+    victim = _victim(cluster, phase, key)
+    (record,) = settle(cluster, [key], figures, timeout=60)
+    assert record is not None and not record.worker.startswith(victim.name)
+    before = _published(dest)
+    assert before[1] == {"key": key, "generation": record.generation}
+    _resume_and_watch(cluster, victim)
+    assert _published(dest) == before, "the late builder swapped the destination"
+    _check_after(cluster, figures, victim, {key: record})
+    _lives_on(cluster, victim, fasta, figures)
+    figures.seconds = time.monotonic() - started
+    figures.report()
+    figures.assert_healed()
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_frozen_builder_never_swaps_out_a_forced_rebuild(cluster: Cluster, phase: str):
+    figures = Figures(f"builder frozen past its lease at {phase}, forced rebuild")
+    started = time.monotonic()
+    for _ in range(2):
+        cluster.worker()
+    fasta = cluster.genome()
+    dest = fasta.parent / "rebuilt.gvlfa"
+    request = CacheRequest(fasta=fasta, dest=dest)
+    farm, registry = cluster.farm(), cluster.registry()
+    (first,) = settle(cluster, [farm.submit(request).key], figures, timeout=60)
+    assert first is not None
+    registry.put(first.evolve(status=Status.INVALID, rebuild=True, error="found damaged"))
+    key = cluster.submit_paused(request, phase, 0.5)
+    figures.jobs = figures.rounds = 1
+    victim = _victim(cluster, phase, key)
+    (record,) = settle(cluster, [key], figures, timeout=60)
+    assert record is not None and record.action == "rebuilt"
+    before = _published(dest)
+    assert before[1] == {"key": key, "generation": record.generation}
+    _resume_and_watch(cluster, victim)
+    assert _published(dest) == before, "the late builder swapped the destination"
+    _check_after(cluster, figures, victim, {key: record})
+    figures.seconds = time.monotonic() - started
+    figures.report()
+    figures.assert_healed()
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_an_older_source_never_takes_the_destination_from_a_newer_request(
+    cluster: Cluster, phase: str
+):
+    figures = Figures(f"builder frozen past its lease at {phase}, source superseded")
+    started = time.monotonic()
+    for _ in range(2):
+        cluster.worker()
+    fasta = cluster.genome()
+    dest = fasta.parent / "versions.gvlfa"
+    request = CacheRequest(fasta=fasta, dest=dest)
+    farm, registry = cluster.farm(), cluster.registry()
+    (v0,) = settle(cluster, [farm.submit(request).key], figures, timeout=60)
+    assert v0 is not None and v0.status is Status.VALID
+    _edit(fasta, 1)
+    k1 = cluster.submit_paused(request, phase, 0.5)
+    victim = _victim(cluster, phase, k1)
+    _edit(fasta, 2)
+    k2 = farm.submit(request).key
+    figures.jobs = figures.rounds = 2
+    assert len({v0.key, k1, k2}) == 3
+    newer, older = settle(cluster, [k2, k1], figures, timeout=60)
+    figures.failed -= 1  # the older request fails on purpose: it was superseded
+    assert newer is not None and newer.status is Status.VALID
+    # Retaken by the other worker, it fails on its changed source or on the newer request.
+    assert older is not None and older.status is Status.FAILED
+    assert k2 in older.error or "changed" in older.error, older.error
+    before = _published(dest)
+    assert before[1] == {"key": k2, "generation": newer.generation}
+    assert registry.key_for_dest(str(dest)) == k2
+    _resume_and_watch(cluster, victim)
+    assert _published(dest) == before, "the older source took the destination back"
+    assert registry.key_for_dest(str(dest)) == k2
+    assert gvlfa.classify(dest, deep=True).state.usable
+    _check_after(cluster, figures, victim, {k1: older, k2: newer})
+    figures.seconds = time.monotonic() - started
+    figures.report()
+    figures.assert_healed()
