@@ -45,7 +45,24 @@ def verify_record(record: ArtifactRecord) -> ArtifactRecord:
     found = kinds.classify(request, deep=True)
     status = _STATUS_OF.get(found.state, Status.INVALID)
     error = None if status is Status.VALID else f"{found.reason or found.state}."
+    if status is Status.VALID and (late := _another_grants(record)) is not None:
+        status, error = Status.INVALID, late
     return record.evolve(status=status, error=error, rebuild=status is not Status.VALID)
+
+
+def _another_grants(record: ArtifactRecord) -> str | None:
+    """Why the artifact at the record's destination is not the one the record vouches for (a
+    builder that lost its grant published it late), or None when it is."""
+    if record.generation is None:
+        return None  # recorded before fencing, or outside a worker: nothing to compare
+    token = kinds.fence_of(Path(record.dest))
+    if token is not None and (token.key, token.generation) == (record.key, record.generation):
+        return None
+    held = "no grant" if token is None else f"{token.key[:16]} generation {token.generation}"
+    return (
+        f"{record.dest} holds the artifact of another build ({held}, not generation "
+        f"{record.generation}): a late builder published it; request it again to rebuild it."
+    )
 
 
 def verify(registry: Registry, keys: list[str] | None = None) -> Iterator[ArtifactRecord]:
@@ -104,12 +121,19 @@ def _reindexed(registry: Registry, root: Path) -> Iterator[ArtifactRecord]:
         distrusted = known is not None and known.status is Status.INVALID
         found = kinds.classify(request, deep=distrusted)
         status = _STATUS_OF.get(found.state, Status.INVALID)
+        # The key's next grant must be newer than the one this artifact records (a Redis
+        # that lost its counters would hand the same number out again).
+        token = kinds.fence_of(dest)
+        generation = token.generation if token is not None and token.key == key else None
+        if generation is not None:
+            registry.raise_generation(key, generation)
         verdict = {
             "status": status,
             "error": None if status is Status.VALID else f"{found.reason or found.state}.",
             "rebuild": status is not Status.VALID,
             "size_bytes": kinds.dir_size(dest),
             "action": "reindexed",
+            "generation": generation,
         }
         checksum = kinds.checksum(request)
         if known is not None and known.status is not Status.FAILED and known.checksum == checksum:

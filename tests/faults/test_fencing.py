@@ -87,9 +87,7 @@ def _victim(cluster: Cluster, phase: str, key: str) -> Worker:
 
 
 @pytest.mark.parametrize("phase", PHASES)
-def test_a_frozen_builder_never_undoes_the_takeover_of_a_plain_build(
-    cluster: Cluster, phase: str
-):
+def test_a_frozen_builder_never_undoes_the_takeover_of_a_plain_build(cluster: Cluster, phase: str):
     figures = Figures(f"builder frozen past its lease at {phase}, plain build")
     started = time.monotonic()
     for _ in range(2):
