@@ -26,6 +26,7 @@ from farm.config import Settings
 from farm.confine import containing_root
 from farm.errors import FarmError, FencedOut, StopRequested
 from farm.fingerprint import Fingerprint
+from farm.kinds import FenceToken
 from farm.leases import Lease
 from farm.progress import RegistryProgress
 from farm.publish import Fence, Owner
@@ -109,9 +110,14 @@ def ensure(
                 "logs, then submit it again."
             )
             return _fail(ctx, record, sentence, lease)
-        if not _seed_generation(registry, lease, request):
+        # What the destination records of the grant that built it. An artifact of this very
+        # key is one an earlier grant published and never finished (else the key would not be
+        # in flight): that grant may still take it back out, so it is replaced, never reused.
+        token = kinds.fence_of(request.destination())
+        if not _seed_generation(registry, lease, token):
             lease.end()
             return registry.get(key)  # taken over already: the newer grant finishes it
+        force = record.rebuild or (token is not None and token.key == key)
         started = time.time()
         building = record.evolve(
             status=Status.BUILDING, started_at=started, worker=ctx.worker, error=None
@@ -122,7 +128,7 @@ def ensure(
                 built = kinds.ensure(
                     request,
                     Owner.current(job=key, fence=_fence(registry, lease, dest, settings)),
-                    force=record.rebuild,
+                    force=force,
                     # The builder fingerprints each source as it stamps it, and refuses one
                     # that is not what the key was derived from (changed since submission).
                     expected=record.sources,
@@ -212,10 +218,9 @@ def _fence(registry: Registry, lease: Lease, dest: Path, settings: Settings) -> 
     )
 
 
-def _seed_generation(registry: Registry, lease: Lease, request: BuildRequest) -> bool:
+def _seed_generation(registry: Registry, lease: Lease, token: FenceToken | None) -> bool:
     """Make the grant newer than what the key's artifact on disk records (a Redis that lost
     count); False when the grant is gone already."""
-    token = kinds.fence_of(request.destination())
     if token is None or token.key != lease.key or token.generation < lease.generation:
         return True
     seeded = registry.seed_generation(lease.key, lease.holder, lease.generation, token.generation)

@@ -52,9 +52,10 @@ class RedisProcess:
     """A Redis server of the test's own, on a unix socket, that can be SIGKILLed and restarted
     on the same socket and data directory (with or without an append-only file)."""
 
-    def __init__(self, workdir: Path, *, aof: bool) -> None:
+    def __init__(self, workdir: Path, *, aof: bool, tcp: tuple[str, int] | None = None) -> None:
         self.workdir = workdir
         self.aof = aof
+        self.tcp = tcp  # also listen on this address (a worker in another network namespace)
         workdir.mkdir(parents=True, exist_ok=True)
         self.socket = workdir / "redis.sock"
         self.url = f"unix://{self.socket}"
@@ -64,7 +65,8 @@ class RedisProcess:
     def start(self) -> None:
         argv = [
             server_binary(),
-            "--port", "0",
+            "--port", str(self.tcp[1]) if self.tcp else "0",
+            *(["--bind", self.tcp[0], "--protected-mode", "no"] if self.tcp else []),
             "--unixsocket", str(self.socket),
             "--unixsocketperm", "700",
             "--dir", str(self.workdir),
@@ -153,9 +155,16 @@ class Figures:
 class Cluster:
     """A private Redis and real workers for one scenario; everything stopped at the end."""
 
-    def __init__(self, root: Path, *, aof: bool = True, **settings: object) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        aof: bool = True,
+        redis_tcp: tuple[str, int] | None = None,
+        **settings: object,
+    ) -> None:
         self.root = root
-        self.redis = RedisProcess(root / "redis", aof=aof)
+        self.redis = RedisProcess(root / "redis", aof=aof, tcp=redis_tcp)
         self.phases = root / "phases"
         self.phases.mkdir()
         self.logs = root / "logs"
@@ -182,15 +191,28 @@ class Cluster:
         return env
 
     def worker(
-        self, *, concurrency: int = 1, pool: str = "prefork", wait: bool = True, **env: object
+        self,
+        *,
+        concurrency: int = 1,
+        pool: str = "prefork",
+        wait: bool = True,
+        netns: str | None = None,
+        redis_url: str | None = None,
+        **env: object,
     ) -> Worker:
+        """A worker; ``netns``: run it in that network namespace, reaching Redis at
+        ``redis_url`` (a host of its own, as far as the network goes)."""
+        environment = self.env(**env)
+        if redis_url is not None:
+            environment["FARM_REDIS_URL"] = redis_url
         w = Worker(
-            self.env(**env),
+            environment,
             f"w{len(self.workers)}",
             self.logs,
             app=SLOW_APP,
             concurrency=concurrency,
             pool=pool,
+            prefix=["ip", "netns", "exec", netns] if netns else [],
         )
         self.workers.append(w)
         if wait:

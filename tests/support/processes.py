@@ -95,10 +95,12 @@ class Worker:
         app: str = "workers.app",
         concurrency: int = 1,
         pool: str = "prefork",
+        prefix: list[str] | None = None,
     ) -> None:
         self.name = name
         self.log = logdir / f"{name}.log"
         argv = [
+            *(prefix or []),  # e.g. ip netns exec NAME: it execs, so the pid stays the worker's
             sys.executable, "-m", "celery", "-A", app, "worker",
             "-Q", "farm.builds", "-n", f"{name}@%h",
             "--pool", pool, "--concurrency", str(concurrency),
