@@ -97,6 +97,12 @@ local function holds(gen, holder)
   local g, h = grant()
   return holder ~= '' and g == tonumber(gen) and h == holder
 end
+-- Only the newest grant of a key still in flight may act (REC: with LUA_STATUS loaded first).
+local function granted_in_flight(gen, holder)
+  if not holds(gen, holder) then return false end
+  local cur = redis.call('GET', REC)
+  return cur and in_flight(cur)
+end
 local function spend()
   local g = grant()
   if g > 0 then redis.call('HSET', GENS, GF, g) end
@@ -186,9 +192,7 @@ _RENEW = (
     + _LUA_GRANT
     + """
 local holder, gen, ttl, deadline = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-if not holds(gen, holder) then return 0 end
-local cur = redis.call('GET', REC)
-if not cur or not in_flight(cur) then return 0 end
+if not granted_in_flight(gen, holder) then return 0 end
 redis.call('SET', LEASE, holder, 'PX', ttl)
 redis.call('SET', TAG, holder, 'PX', ttl)
 redis.call('ZADD', DUE, deadline, KEY)
@@ -216,9 +220,7 @@ _MAY_PUBLISH = (
     + _LUA_GRANT
     + """
 local holder, gen, bucket, field, watch_at = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-if not holds(gen, holder) then return {0, ''} end
-local cur = redis.call('GET', REC)
-if not cur or not in_flight(cur) then return {0, ''} end
+if not granted_in_flight(gen, holder) then return {0, ''} end
 if field ~= '' then
   local newest = redis.call('HGET', bucket, field .. '+')
   if not newest then newest = redis.call('HGET', bucket, field) end
@@ -235,10 +237,8 @@ _STILL_GRANTED = (
     + _LUA_KEY_NAMES
     + _LUA_GRANT
     + """
-if not holds(ARGV[4], ARGV[3]) then return 0 end
-local cur = redis.call('GET', REC)
-if not cur or not in_flight(cur) then return 0 end
-return 1
+if granted_in_flight(ARGV[4], ARGV[3]) then return 1 end
+return 0
 """
 )
 # Seed a grant's generation above what its artifact on disk records (a Redis that lost its
@@ -309,7 +309,7 @@ local cur = redis.call('GET', REC)
 if holder == '' then
   if h then return {0, cur, false} end
   if cur and not in_flight(cur) then return {0, cur, false} end
-elseif not (holds(gen, holder) and cur and in_flight(cur)) then
+elseif not granted_in_flight(gen, holder) then
   return {0, cur, false}
 end
 spend()
@@ -367,9 +367,7 @@ _HAND_BACK = (
     + _LUA_GRANT
     + """
 local raw, holder, gen, now = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-if not holds(gen, holder) then return 0 end
-local cur = redis.call('GET', REC)
-if not cur or not in_flight(cur) then return 0 end
+if not granted_in_flight(gen, holder) then return 0 end
 spend()
 redis.call('SET', REC, raw)
 redis.call('DEL', LEASE)

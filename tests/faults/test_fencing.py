@@ -79,6 +79,22 @@ def _lives_on(cluster: Cluster, victim: Worker, fasta: Path, figures: Figures) -
     assert record is not None and record.worker and record.worker.startswith(victim.name)
 
 
+def _end_round(
+    cluster: Cluster,
+    figures: Figures,
+    victim: Worker,
+    dest: Path,
+    untouched: dict[str, ArtifactRecord],
+    started: float,
+) -> None:
+    """Resume the frozen builder; the destination and the records must be as they were."""
+    before = _published(dest)
+    _resume_and_watch(cluster, victim)
+    assert _published(dest) == before, "the late builder swapped the destination"
+    _check_after(cluster, figures, victim, untouched)
+    figures.seconds = time.monotonic() - started
+
+
 def _victim(cluster: Cluster, phase: str, key: str) -> Worker:
     pid = int(cluster.marker(phase, key).name.split(".")[1])
     victim = cluster.worker_of(pid)
@@ -99,13 +115,9 @@ def test_a_frozen_builder_never_undoes_the_takeover_of_a_plain_build(cluster: Cl
     victim = _victim(cluster, phase, key)
     (record,) = settle(cluster, [key], figures, timeout=60)
     assert record is not None and not record.worker.startswith(victim.name)
-    before = _published(dest)
-    assert before[1] == {"key": key, "generation": record.generation}
-    _resume_and_watch(cluster, victim)
-    assert _published(dest) == before, "the late builder swapped the destination"
-    _check_after(cluster, figures, victim, {key: record})
+    assert _published(dest)[1] == {"key": key, "generation": record.generation}
+    _end_round(cluster, figures, victim, dest, {key: record}, started)
     _lives_on(cluster, victim, fasta, figures)
-    figures.seconds = time.monotonic() - started
     figures.report()
     figures.assert_healed()
 
@@ -128,12 +140,8 @@ def test_a_frozen_builder_never_swaps_out_a_forced_rebuild(cluster: Cluster, pha
     victim = _victim(cluster, phase, key)
     (record,) = settle(cluster, [key], figures, timeout=60)
     assert record is not None and record.action == "rebuilt"
-    before = _published(dest)
-    assert before[1] == {"key": key, "generation": record.generation}
-    _resume_and_watch(cluster, victim)
-    assert _published(dest) == before, "the late builder swapped the destination"
-    _check_after(cluster, figures, victim, {key: record})
-    figures.seconds = time.monotonic() - started
+    assert _published(dest)[1] == {"key": key, "generation": record.generation}
+    _end_round(cluster, figures, victim, dest, {key: record}, started)
     figures.report()
     figures.assert_healed()
 
@@ -165,14 +173,10 @@ def test_an_older_source_never_takes_the_destination_from_a_newer_request(
     # Retaken by the other worker, it fails on its changed source or on the newer request.
     assert older is not None and older.status is Status.FAILED
     assert k2 in older.error or "changed" in older.error, older.error
-    before = _published(dest)
-    assert before[1] == {"key": k2, "generation": newer.generation}
+    assert _published(dest)[1] == {"key": k2, "generation": newer.generation}
     assert registry.key_for_dest(str(dest)) == k2
-    _resume_and_watch(cluster, victim)
-    assert _published(dest) == before, "the older source took the destination back"
+    _end_round(cluster, figures, victim, dest, {k1: older, k2: newer}, started)
     assert registry.key_for_dest(str(dest)) == k2
     assert gvlfa.classify(dest, deep=True).state.usable
-    _check_after(cluster, figures, victim, {k1: older, k2: newer})
-    figures.seconds = time.monotonic() - started
     figures.report()
     figures.assert_healed()
