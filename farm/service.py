@@ -118,6 +118,12 @@ def ensure(
             lease.end()
             return registry.get(key)  # taken over already: the newer grant finishes it
         force = record.rebuild or (token is not None and token.key == key)
+        if token is not None and token.key == key and not record.rebuild:
+            log.warning(
+                "%s: %s holds this key's artifact from grant %d, which the registry does not "
+                "vouch for; building it again (that grant may still take it back)",
+                key, request.destination(), token.generation,
+            )  # fmt: skip
         started = time.time()
         building = record.evolve(
             status=Status.BUILDING, started_at=started, worker=ctx.worker, error=None

@@ -592,11 +592,12 @@ def test_status_of_a_building_key_names_its_builder_and_says_when_it_is_gone(
         request={"kind": "cache", "fasta": str(bgz), "dest": f"{bgz}.gvlfa"}
     )
     registry.claim_many([building], send_grace_s=60)
-    assert registry.start(key, "w7@box/1", 60, worker="w7@box").leased
+    generation = registry.start(key, "w7@box/1", 60, worker="w7@box").generation
+    assert generation
     started = time.time() - 4
     figures = {"done": 12_000, "total": 0, "unit": "bp", "started_at": started,
                "updated_at": time.time() - 1, "worker": "w7@box"}  # fmt: skip
-    registry.report_progress(key, figures, ttl_s=60)
+    assert registry.report_progress(key, "w7@box/1", generation, figures, ttl_s=60)[0]
 
     def detail() -> str:
         shown = farm(env, "status", key)
