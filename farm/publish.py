@@ -64,7 +64,7 @@ class Fence:
     generation: int
     may_publish: Callable[[], None]  # raises FencedOut unless the grant may publish now
     still_granted: Callable[[], bool]  # asked just after the rename
-    lock_wait_s: float = 600.0  # a lock held by a frozen peer must not outlast the lease
+    lock_wait_s: float  # a lock held by a frozen peer must not outlast the lease
 
     def token(self) -> dict[str, Any]:
         """What the artifact records of the grant that built it."""

@@ -33,7 +33,13 @@ def _built(genomes: Path, registry: Registry, settings: Settings) -> ArtifactRec
 
 def _late_publish(record: ArtifactRecord, generation: int) -> None:
     """What a builder frozen inside the unfenceable gap leaves: its own artifact, published."""
-    fence = Fence(record.key, generation, may_publish=lambda: None, still_granted=lambda: True)
+    fence = Fence(
+        record.key,
+        generation,
+        may_publish=lambda: None,
+        still_granted=lambda: True,
+        lock_wait_s=1.0,
+    )
     gvlfa.ensure_cache(
         Path(record.request["fasta"]),
         Path(record.dest),

@@ -242,7 +242,7 @@ def test_a_reused_pid_does_not_keep_an_orphan_alive(tmp_path: Path) -> None:
 def _fenced_owner(
     may_publish=lambda: None, still_granted=lambda: True, job: str = "job-f"
 ) -> Owner:
-    fence = pub.Fence("k", 1, may_publish=may_publish, still_granted=still_granted)
+    fence = pub.Fence("k", 1, may_publish=may_publish, still_granted=still_granted, lock_wait_s=1.0)
     return Owner.current(job, fence=fence)
 
 
