@@ -187,7 +187,10 @@ def ensure(
             size_bytes=built.size_bytes,
             checksum=built.checksum,
             action=built.action,
-            generation=_published_generation(key, dest),
+            # Ours unless it reused an artifact already there (which records its own grant).
+            generation=(
+                _published_generation(key, dest) if built.action == "reused" else lease.generation
+            ),
         )
         lease.end()
         stands = registry.finish(done, holder, lease.generation)
