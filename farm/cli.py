@@ -1100,16 +1100,99 @@ def worker(
         str | None, typer.Option(help="MAX,MIN worker processes (Celery --autoscale).")
     ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    lifetime: Annotated[
+        str | None,
+        typer.Option(
+            help="Be gone by then (2h, 90m, 3600s; a walltime, a spot notice): stop taking keys "
+            "and hand running builds back in time (FARM_WORKER_LIFETIME_S).",
+        ),
+    ] = None,
+    lifetime_stagger: Annotated[
+        str | None,
+        typer.Option(
+            help="Take a random part of this off the lifetime, so a pool does not drain at "
+            "once (FARM_WORKER_LIFETIME_STAGGER_S).",
+        ),
+    ] = None,
+    max_builds: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Exit after N builds (a KEDA ScaledJob: 1) (FARM_WORKER_MAX_BUILDS)."
+        ),
+    ] = None,
+    idle_exit: Annotated[
+        str | None,
+        typer.Option(
+            help="Exit after this long without a build to run (scale to zero) (FARM_IDLE_EXIT_S).",
+        ),
+    ] = None,
 ) -> None:
-    """Run a Celery worker on the farm's queue (extra options go to Celery)."""
+    """Run a Celery worker on the farm's queue (extra options go to Celery). It exits 0 after
+    a drain (--lifetime, --max-builds, --idle-exit, SIGTERM)."""
     from farm import embedded
 
-    _settings()  # a bad FARM_* setting is one sentence here, not a traceback from Celery
+    durations = {
+        "FARM_WORKER_LIFETIME_S": ("--lifetime", lifetime),
+        "FARM_WORKER_LIFETIME_STAGGER_S": ("--lifetime-stagger", lifetime_stagger),
+        "FARM_IDLE_EXIT_S": ("--idle-exit", idle_exit),
+    }
+    for name, (option, value) in durations.items():
+        if value is not None:
+            os.environ[name] = repr(_age_s(option, value))  # passed on to Celery's process
+    if max_builds is not None:
+        os.environ["FARM_WORKER_MAX_BUILDS"] = str(max_builds)
+    settings = _settings()  # a bad FARM_* setting is one sentence here, not a Celery traceback
+    life = settings.worker_lifetime_s
+    if life is not None and life <= settings.stop_grace_s + settings.worker_lifetime_stagger_s:
+        raise InputError(
+            f"--lifetime {life:g} s leaves no time to work: it must exceed FARM_STOP_GRACE_S "
+            f"({settings.stop_grace_s:g} s) plus --lifetime-stagger "
+            f"({settings.worker_lifetime_stagger_s:g} s)."
+        )
     argv = [*embedded.worker_argv(), "--loglevel", loglevel]
     if autoscale:
         argv += ["--autoscale", autoscale]
     argv += list(ctx.args)
     os.execv(argv[0], argv)
+
+
+@app.command()
+def health(
+    ready: Annotated[
+        bool,
+        typer.Option(
+            "--ready", help="Readiness: also consuming from the broker, and Redis answers."
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was found as JSON.")] = False,
+) -> None:
+    """Exit 0 while the workers of this machine under FARM_STATE_DIR run and their event loops
+    beat (a liveness probe: no network call); 1 otherwise."""
+    from farm import health as probe
+    from farm.embedded import socket_url
+    from farm.env import redis_location
+
+    try:
+        url, state_dir = redis_location()
+    except ValueError as e:
+        raise InputError(f"Invalid FARM_* setting: {e}.") from e
+    if ready:
+        verdict = probe.readiness(state_dir, url or socket_url(state_dir))
+    else:
+        verdict = probe.liveness(state_dir)
+    if as_json:
+        terminal.line(json.dumps(verdict.as_dict()))
+    else:
+        for w in verdict.workers:
+            state = "consuming" if w.ready else "not consuming"
+            terminal.line(
+                f"{w.name} (pid {w.pid}): beat {w.beat_age_s:.1f} s ago "
+                f"(stale after {w.stale_after_s:g} s), {state}"
+            )
+    if not verdict.ok:
+        raise typer.Exit(_fail(f"Not {'ready' if ready else 'live'}: {verdict.why}."))
+    if not as_json:
+        terminal.say(f"{'Ready' if ready else 'Live'}: {verdict.why}.")
 
 
 @server_app.command(

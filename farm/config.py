@@ -55,6 +55,21 @@ class Settings(BaseModel):
     # worker is started with embedded_idle_s.
     idle_exit_s: float | None = Field(None, gt=0)
     embedded_idle_s: float = Field(900.0, gt=0)
+    # How often a worker's event loop touches its beat file (`farm health`); a beat older
+    # than three periods is a frozen or wedged worker.
+    health_heartbeat_s: float = Field(2.0, gt=0)
+    # `farm worker --lifetime`: the worker is gone by then (a walltime, a spot notice); it
+    # stops taking keys and hands running builds back before. None: no end.
+    worker_lifetime_s: float | None = Field(None, gt=0)
+    # A random part of it taken off each worker's lifetime, so a pool does not drain at once.
+    worker_lifetime_stagger_s: float = Field(0.0, ge=0)
+    # `farm worker --max-builds`: the worker exits after this many builds (None: never).
+    worker_max_builds: int | None = Field(None, ge=1)
+    # Workers remove staging directories of dead builders this often, one farm-wide (0: never).
+    staging_sweep_interval_s: float = Field(60.0, ge=0)
+    # A staging directory of another host (whose pid means nothing here) is removed when no
+    # lease is held on its key and it has been untouched this long.
+    staging_grace_s: float = Field(3600.0, ge=0)
     # Failed, invalid and stale records expire this long after they are written (0: they
     # are kept until `farm forget`). Valid records and keys in flight never expire.
     forget_unusable_after_s: float = Field(0.0, ge=0)

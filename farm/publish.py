@@ -386,17 +386,50 @@ def find_orphans(
     now = time.time()
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [*dirnames, *filenames]:
-            owner = Owner.parse(name)
-            if owner is None:
-                continue
-            path = Path(dirpath, name)
-            if owner.host == here:
-                if not _builder_alive(owner.pid, path):
-                    reason = f"its builder (pid {owner.pid}) is gone"
-                    yield Orphan(path, owner, reason, root)
-            elif not is_job_live(owner.job) and _untouched_for(path, now, grace_seconds):
-                yield Orphan(path, owner, "no live lease and untouched", root)
+            orphan = _orphan(Path(dirpath, name), root, here, now, is_job_live, grace_seconds)
+            if orphan is not None:
+                yield orphan
         dirnames[:] = [d for d in dirnames if Owner.parse(d) is None]
+
+
+def orphans_beside(
+    parent: Path,
+    root: Path,
+    *,
+    is_job_live: Callable[[str], bool] = lambda _job: False,
+    grace_seconds: float = 3600.0,
+) -> tuple[list[Orphan], int]:
+    """As :func:`find_orphans`, in ``parent`` alone (where builds of destinations in it stage):
+    one directory listing, however large the tree around it. Also says how many staging and
+    aside directories it holds, live or not."""
+    here = _host()
+    now = time.time()
+    try:
+        with os.scandir(parent) as entries:
+            names = [e.name for e in entries if STAGING_MARK in e.name or ASIDE_MARK in e.name]
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return [], 0
+    found = (_orphan(parent / n, root, here, now, is_job_live, grace_seconds) for n in names)
+    return [o for o in found if o is not None], len(names)
+
+
+def _orphan(
+    path: Path,
+    root: Path,
+    here: str,
+    now: float,
+    is_job_live: Callable[[str], bool],
+    grace_seconds: float,
+) -> Orphan | None:
+    owner = Owner.parse(path.name)
+    if owner is None:
+        return None
+    if owner.host == here:
+        if not _builder_alive(owner.pid, path):
+            return Orphan(path, owner, f"its builder (pid {owner.pid}) is gone", root)
+    elif not is_job_live(owner.job) and _untouched_for(path, now, grace_seconds):
+        return Orphan(path, owner, "no live lease and untouched", root)
+    return None
 
 
 def _untouched_for(path: Path, now: float, seconds: float) -> bool:

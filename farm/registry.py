@@ -279,6 +279,14 @@ return 0
 # Point a destination's index entry at a valid key (returning the key it named), or drop the
 # entry of a key that is no longer valid. The index names valid records only, so a record
 # that expires or is forgotten never leaves an entry behind.
+_DROP_IF_SCORE = """
+local score = redis.call('zscore', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then
+  return redis.call('zrem', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
 _LUA_INDEX = """
 local function index(bucket, field, key, valid)
   local old = redis.call('HGET', bucket, field)
@@ -475,6 +483,7 @@ class Registry:
         self._still_granted = client.register_script(_STILL_GRANTED)
         self._seed = client.register_script(_SEED)
         self._raise = client.register_script(_RAISE)
+        self._drop_staging = client.register_script(_DROP_IF_SCORE)
 
     @classmethod
     def from_url(
@@ -1016,6 +1025,27 @@ class Registry:
         """Whether a lease is held on a key whose owner tag is ``job`` (a staging directory's
         builder): one lookup, whatever the registry's size."""
         return bool(self._r.exists(self._lease_tag(job)))
+
+    # -- staging parents (for the staging sweep) -----------------------------------------------
+    @property
+    def _staging(self) -> str:
+        return f"{self._p}stagingdirs"
+
+    @_redis_errors
+    def note_staging_parent(self, parent: str) -> None:
+        """A build is about to stage in ``parent``: the sweep looks there for leftovers."""
+        self._r.zadd(self._staging, {parent: time.time()})
+
+    @_redis_errors
+    def staging_parents(self, limit: int) -> list[tuple[str, float]]:
+        """Directories builds staged in, with when one last did, least recent first."""
+        pairs = self._r.zrange(self._staging, 0, limit - 1, withscores=True)
+        return [(_text(member), float(score)) for member, score in pairs]
+
+    @_redis_errors
+    def drop_staging_parent(self, parent: str, noted_at: float) -> bool:
+        """Forget ``parent`` unless a build noted it again since ``noted_at``."""
+        return bool(self._drop_staging(keys=[self._staging], args=[parent, repr(noted_at)]))
 
     # -- workers -----------------------------------------------------------------------------
     @_redis_errors

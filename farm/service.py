@@ -129,6 +129,7 @@ def ensure(
             status=Status.BUILDING, started_at=started, worker=ctx.worker, error=None
         )  # what start() marked in the registry, with who builds and since when
         dest = request.destination()
+        registry.note_staging_parent(str(dest.parent))  # where the staging sweep looks
         try:
             with ctx.interruptible():
                 built = kinds.ensure(

@@ -4,7 +4,8 @@ Settings are read once here, at worker start. Each worker's main process runs tw
 beside Celery's: a heartbeat into the registry (so a client can tell, without a broadcast,
 whether anyone is consuming, and the watchdog can tell a worker that died), and the watchdog
 (:mod:`farm.watchdog`), which requeues whatever a dead worker, a lost message or a stopped
-client left in flight.
+client left in flight, and sweeps dead builders' staging directories (:mod:`farm.sweep`).
+Its health beat and its ends (lifetime, max builds, idle exit) are in :mod:`workers.lifecycle`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import threading
 import time
 from typing import Any
@@ -26,13 +26,14 @@ from celery.signals import (
     worker_shutting_down,
 )
 
+from farm import sweep
 from farm.config import Settings, celery_config
 from farm.embedded import celery_broker_url, resolve_url
 from farm.errors import BrokerError
 from farm.queue import BrokerInspector, Sender
 from farm.registry import Registry
 from farm.watchdog import Watchdog
-from workers import broker_fixes, stopping
+from workers import broker_fixes, lifecycle, stopping
 
 log = logging.getLogger("farm.worker")
 
@@ -47,6 +48,7 @@ registry = Registry.from_url(
 
 app = Celery("gvl-farm", include=["workers.tasks"])
 app.conf.update(celery_config(settings, celery_broker_url(redis_url)))
+lifecycle.install(app, settings)
 
 _stop = threading.Event()
 _MAIN_PID = os.getpid()  # pool children are forked from this process
@@ -70,8 +72,8 @@ def _start_threads(sender: Any = None, **_: Any) -> None:
     name = sender.hostname if sender is not None else "worker"
     threading.Thread(target=_heartbeat, args=(name,), name="farm-heartbeat", daemon=True).start()
     threading.Thread(target=_watch, args=(name,), name="farm-watchdog", daemon=True).start()
-    if settings.idle_exit_s is not None:
-        threading.Thread(target=_exit_when_idle, name="farm-idle", daemon=True).start()
+    if settings.staging_sweep_interval_s > 0:
+        threading.Thread(target=_sweep, args=(name,), name="farm-sweep", daemon=True).start()
 
 
 def _heartbeat(name: str) -> None:
@@ -101,23 +103,17 @@ def _watch(name: str) -> None:
             log.exception("watchdog sweep failed; retrying on the next tick")
 
 
-def _exit_when_idle() -> None:
-    """The embedded worker stops itself after ``idle_exit_s`` with nothing in flight (nor a
-    Redis to ask), as a warm shutdown: the same path as SIGTERM."""
-    assert settings.idle_exit_s is not None
-    idle = Registry.from_url(redis_url)
-    idle_since = time.monotonic()
-    while not _stop.wait(1.0):
+def _sweep(name: str) -> None:
+    """Staging directories of dead builders, one sweep farm-wide per interval (farm.sweep).
+    Its own thread: a slow listing on a shared filesystem must not delay the watchdog."""
+    sweeper = Registry.from_url(redis_url)
+    while not _stop.wait(settings.staging_sweep_interval_s):
         try:
-            busy = idle.inflight_count() > 0
+            sweep.sweep(sweeper, settings, name=name, now=time.time())
         except BrokerError:
-            busy = False
-        if busy:
-            idle_since = time.monotonic()
-        elif time.monotonic() - idle_since >= settings.idle_exit_s:
-            log.info("idle for %g s: stopping", settings.idle_exit_s)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
+            continue  # Redis is away; sweep at the next interval
+        except Exception:
+            log.exception("staging sweep failed; retrying at the next interval")
 
 
 @worker_shutting_down.connect

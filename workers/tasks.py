@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 from celery import Task
@@ -12,6 +13,8 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from farm import service
 from farm.config import BUILD_TASK
 from farm.errors import BrokerError, StopRequested
+from farm.records import ArtifactRecord
+from workers import lifecycle
 from workers.app import app, registry, settings
 from workers.stopping import interruptible
 from workers.time_limits import time_limited
@@ -28,15 +31,28 @@ def _key_of(message: Any) -> str | None:
     return message if isinstance(message, str) and _KEY.fullmatch(message) else None
 
 
-@app.task(name=BUILD_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+def _built_here(record: ArtifactRecord, worker: str, since: float) -> bool:
+    """Whether this delivery built the key (or failed it), rather than finding it finished or
+    leased by another builder: what ``--max-builds`` counts."""
+    return record.status.terminal and record.worker == worker and (record.finished_at or 0) >= since
+
+
+@app.task(
+    name=BUILD_TASK,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    Request="workers.lifecycle:CountedRequest",
+)
 def build(self: Task, message: Any = None) -> dict[str, Any]:
     key = _key_of(message)
     if key is None:
         log.warning("ignored a build message that names no key (forged or garbled)")
         return {"key": None, "status": "rejected"}
     ctx = service.Context(registry, settings, self.request.hostname, interruptible)
+    started = time.time()
     try:
-        with time_limited(settings.soft_time_limit_s, settings.time_limit_s):
+        with lifecycle.building(), time_limited(settings.soft_time_limit_s, settings.time_limit_s):
             record = service.ensure(key, ctx, interrupts=(SoftTimeLimitExceeded,))
     except StopRequested as e:
         # The worker is stopping: the key is queued again; put the message back for another.
@@ -48,4 +64,6 @@ def build(self: Task, message: Any = None) -> dict[str, Any]:
     if record is None:
         log.warning("ignored a build message for %s, which nobody submitted", key)
         return {"key": key, "status": "unknown"}
+    if _built_here(record, ctx.worker, started):
+        lifecycle.count_build()
     return {"key": key, "status": str(record.status), "error": record.error}
