@@ -121,7 +121,9 @@ class Pulse(bootsteps.StartStopStep):
             _beat.ready(True)
             return
         assert _settings is not None
-        # The first tick runs once the loop runs, after the consumer started consuming.
+        # Ticks run once the loop runs, after the consumer started consuming: the first at
+        # once (ready), then every period.
+        hub.call_soon(_tick)
         self._entry = hub.timer.call_repeatedly(_settings.health_heartbeat_s, _tick)
         _covered.discard("starting")
         _covered.discard("reconnecting")

@@ -10,6 +10,8 @@
   on, as a build stuck in C code would: only the hard limit ends it.
 - ``FARM_TEST_BUILD_KILLS_WORKER``: every build SIGKILLs its own process (a segfault or the
   OOM killer, as far as Celery can tell).
+- ``FARM_TEST_WEDGE_ON_SIGWINCH``: SIGWINCH wedges the process's main thread (its event loop)
+  for an hour while its other threads run on, as a deadlock in the loop would.
 - ``FARM_TEST_PHASE_DIR``: a test plans a pause by writing ``<phase> <seconds>`` into
   ``pause.<key[:24]>`` there. The first time that key reaches that phase, a marker file
   ``<phase>.<pid>.<key[:24]>`` appears and the builder pauses, so the test can kill exactly
@@ -119,6 +121,14 @@ def _paused_may_publish(self: Registry, key: str, *args: Any, **kwargs: Any) -> 
         _phase("fenced", key)
     return verdict
 
+
+def _wedge(signum: int, frame: Any) -> None:
+    log.warning("WEDGED pid=%d", os.getpid())
+    time.sleep(3600)
+
+
+if os.environ.get("FARM_TEST_WEDGE_ON_SIGWINCH"):
+    signal.signal(signal.SIGWINCH, _wedge)
 
 gvlfa.write_cache = _slow_write_cache
 gvlfa.build_and_publish = _logged_build_and_publish
