@@ -1103,6 +1103,7 @@ def worker(
     lifetime: Annotated[
         str | None,
         typer.Option(
+            metavar="DURATION",
             help="Be gone by then (2h, 90m, 3600s; a walltime, a spot notice): stop taking keys "
             "and hand running builds back in time (FARM_WORKER_LIFETIME_S).",
         ),
@@ -1110,6 +1111,7 @@ def worker(
     lifetime_stagger: Annotated[
         str | None,
         typer.Option(
+            metavar="DURATION",
             help="Take a random part of this off the lifetime, so a pool does not drain at "
             "once (FARM_WORKER_LIFETIME_STAGGER_S).",
         ),
@@ -1117,12 +1119,15 @@ def worker(
     max_builds: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Exit after N builds (a KEDA ScaledJob: 1) (FARM_WORKER_MAX_BUILDS)."
+            min=1,
+            metavar="N",
+            help="Exit after N builds (a KEDA ScaledJob: 1) (FARM_WORKER_MAX_BUILDS).",
         ),
     ] = None,
     idle_exit: Annotated[
         str | None,
         typer.Option(
+            metavar="DURATION",
             help="Exit after this long without a build to run (scale to zero) (FARM_IDLE_EXIT_S).",
         ),
     ] = None,

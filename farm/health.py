@@ -220,9 +220,14 @@ def readiness(state_dir: Path, redis_url: str, *, timeout_s: float = 2.0) -> Ver
 def ping(url: str, timeout_s: float) -> str:
     """Return "ok", or why Redis did not answer a PING within ``timeout_s``."""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     client = redis.Redis.from_url(
-        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, retry_on_timeout=False
+        url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),  # one try: a probe answers within its own timeout
     )
     try:
         client.ping()
