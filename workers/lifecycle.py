@@ -220,8 +220,9 @@ def count_build() -> None:
 
 @contextlib.contextmanager
 def building() -> Iterator[None]:
-    """Around a build: in the main process (a solo pool) the event loop waits for it."""
-    if os.getpid() != _main_pid:
+    """Around a build: in the main thread of the main process (a solo pool) the event loop
+    waits for it. Pool children and a threads pool leave the loop free: nothing to cover."""
+    if os.getpid() != _main_pid or threading.current_thread() is not threading.main_thread():
         yield
         return
     with covered("building"):

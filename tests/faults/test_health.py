@@ -15,6 +15,8 @@ from collections.abc import Callable
 import pytest
 
 from farm import health
+from farm.kinds import CacheRequest
+from farm.records import Status
 from tests.faults.harness import Cluster
 from tests.support.processes import PROJECT
 
@@ -96,4 +98,19 @@ def test_a_worker_cut_off_from_redis_is_live_but_not_ready(cluster: Cluster):
     cluster.redis.start()
     took = _until(lambda: _probe(cluster, "--ready")[0] == 0, 30.0, "ready once Redis is back")
     print(f"HEALTH ready {took:.1f} s after Redis came back")
+    assert worker.proc.poll() is None
+
+
+def test_a_solo_pool_building_in_its_main_process_stays_live(cluster: Cluster):
+    """A solo pool runs the build inside the event loop: the loop is busy, not wedged, for
+    as long as the build takes (a build that hangs is the time limits' business)."""
+    worker = cluster.worker(pool="solo")
+    key = cluster.submit_paused(CacheRequest(fasta=cluster.genome()), "building", 12)
+    cluster.marker("building", key)
+    building_since = time.monotonic()
+    while time.monotonic() - building_since < 9.0:  # one and a half stale periods
+        code, found = _probe(cluster)
+        assert code == 0, found
+        time.sleep(1.0)
+    assert cluster.registry().get(key).status is Status.BUILDING
     assert worker.proc.poll() is None
