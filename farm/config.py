@@ -51,8 +51,8 @@ class Settings(BaseModel):
     stop_grace_s: float = Field(5.0, ge=0)
     # Workers keep retrying the registry this long while Redis is unreachable.
     registry_patience_s: float = Field(60.0, ge=0)
-    # A worker with nothing in flight for this long exits (None: never). The embedded
-    # worker is started with embedded_idle_s.
+    # A worker that received no message and ran no build for this long exits (None: never;
+    # `farm worker --idle-exit`). The embedded worker is started with embedded_idle_s.
     idle_exit_s: float | None = Field(None, gt=0)
     embedded_idle_s: float = Field(900.0, gt=0)
     # How often a worker's event loop touches its beat file (`farm health`); a beat older

@@ -7,7 +7,7 @@ persistence on, so the registry survives restarts like a deployed one. The serve
 ships, so a fresh machine needs nothing installed by hand.
 
 The worker runs in the background beside it and exits after ``FARM_EMBEDDED_IDLE_S`` with
-nothing in flight, so a one-off ``farm build`` does not pay a worker's start-up each time. It
+no build to run, so a one-off ``farm build`` does not pay a worker's start-up each time. It
 may write wherever its user may (allowed root ``/``): only that user can reach its socket, so
 a message can only be one they submitted, and each client confines its own requests to its
 allowed roots. One worker thus serves every directory, with no restart when a user moves on.
