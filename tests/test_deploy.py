@@ -11,6 +11,7 @@ command starts a real Redis whose records survive a restart. ``systemd-analyze v
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import signal
@@ -161,6 +162,48 @@ def test_health_timer_checks_the_worker_instance_it_names() -> None:
     assert f"{UNIT_FARM} health" in check
     [restart] = health["Service"]["ExecStopPost"]
     assert restart.startswith("+") and "restart gvl-farm-worker@%i.service" in restart
+
+
+def _stand_in(path: Path, script: str) -> Path:
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize(("failures", "restarted"), [(0, False), (2, False), (3, True)])
+def test_health_check_restarts_a_worker_only_after_three_failures_in_a_row(
+    tmp_path: Path, failures: int, restarted: bool
+) -> None:
+    """The health unit's own command lines, run by sh as systemd would, with a stand-in `farm
+    health` that fails ``failures`` times and a stand-in systemctl; only the pause is shorter."""
+    health = read_unit("gvl-farm-health@.service")["Service"]
+    tries = tmp_path / "tries"
+    farm = _stand_in(
+        tmp_path / "farm",
+        f'echo "$*" >> {tries}; [ "$(wc -l < {tries})" -gt {failures} ]',
+    )
+    systemctl = _stand_in(tmp_path / "systemctl", f'echo "$*" > {tmp_path / "systemctl-argv"}')
+
+    def run(line: str, **env: str) -> subprocess.CompletedProcess[str]:
+        line = line.lstrip("+").replace(UNIT_FARM, str(farm))
+        line = line.replace("/bin/systemctl", str(systemctl)).replace("sleep 10", "sleep 0.01")
+        argv = expand(line, {})
+        env = {"PATH": os.environ["PATH"], **env}
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+
+    [check] = health["ExecStart"]
+    result = run(check)
+    assert tries.read_text().splitlines() == ["health"] * min(failures + 1, 3)
+    assert result.returncode == (1 if restarted else 0)
+    # systemd then runs ExecStopPost with the outcome in SERVICE_RESULT.
+    [after] = health["ExecStopPost"]
+    outcome = "exit-code" if result.returncode else "success"
+    assert run(after, SERVICE_RESULT=outcome).returncode == 0
+    called = tmp_path / "systemctl-argv"
+    if restarted:
+        assert called.read_text().split() == ["--no-block", "restart", "gvl-farm-worker@1.service"]
+    else:
+        assert not called.exists()
 
 
 def test_metrics_unit_listens_where_the_env_file_says() -> None:
