@@ -31,6 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from farm.confine import ConfinedParent
+from farm.errors import DestinationError
 
 VERSIONS_MARK = ".farmv"
 # A day: the grace must outlast the use a reader makes of a version it opened just before it
@@ -120,7 +121,16 @@ class Versions:
         if create:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(self.name, 0o755, dir_fd=parent.fd)
-        self.fd = parent.open_dir(self.name)
+        try:
+            self.fd = parent.open_dir(self.name)
+        except OSError as e:
+            if not create or e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            raise DestinationError(
+                f"Cannot publish {parent.dest}: {self.name} beside it is a symlink or not a "
+                "directory, and the farm never writes through a link below an allowed root; "
+                "remove it."
+            ) from e
 
     def __enter__(self) -> Versions:
         return self

@@ -544,3 +544,28 @@ def test_a_reader_never_finds_a_linked_destination_missing(tmp_path: Path, start
         reader.join()
     assert looks[0] > 100 and misses == []
     assert (dest / "data.bin").read_bytes() == b"59" and _leftovers(dest) == []
+
+
+def test_a_link_layout_never_writes_or_removes_through_a_planted_link(tmp_path: Path) -> None:
+    """A versions directory swapped for a link to elsewhere is refused, not written through;
+    a destination that is a link of someone else's (not ``.NAME.farmv/<version>``) is
+    replaced, and what it points at is neither read as a version nor removed by gc."""
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "g1.0123abcd").mkdir()  # looks like a version
+    dest = root / "art"
+    (root / ".art.farmv").symlink_to(elsewhere)
+    with pytest.raises(DestinationError, match="symlink"):
+        build_and_publish(dest, _writer(b"x"), owner=_linked(), replace=False, root=root)
+    assert sorted(os.listdir(elsewhere)) == ["g1.0123abcd"] and not dest.is_symlink()
+    assert list(find_orphans(root, version_grace_s=0)) == []
+
+    (root / ".art.farmv").unlink()
+    dest.symlink_to(elsewhere)  # a foreign link at the destination
+    assert versions.linked_version(dest) is None
+    outcome, _ = build_and_publish(dest, _writer(b"y"), owner=_linked(), replace=True, root=root)
+    assert outcome is Outcome.REPLACED and (dest / "data.bin").read_bytes() == b"y"
+    assert sorted(os.listdir(elsewhere)) == ["g1.0123abcd"]
+    remove_orphans(find_orphans(root, version_grace_s=0))
+    assert sorted(os.listdir(elsewhere)) == ["g1.0123abcd"]
