@@ -142,12 +142,19 @@ def test_a_frozen_builder_never_undoes_the_takeover_of_a_plain_build(
     figures.assert_healed()
 
 
-@pytest.mark.parametrize("phase", PHASES)
-def test_a_frozen_builder_never_swaps_out_a_forced_rebuild(cluster: Cluster, phase: str):
-    figures = Figures(f"builder frozen past its lease at {phase}, forced rebuild")
+# The forced rebuild also with destinations published as versions behind a link (what NFS,
+# Lustre and CephFS get), where the late publisher would rename its link over the newer one.
+REBUILDS = [(phase, "auto") for phase in PHASES] + [("fenced", "link")]
+
+
+@pytest.mark.parametrize(("phase", "layout"), REBUILDS)
+def test_a_frozen_builder_never_swaps_out_a_forced_rebuild(
+    cluster: Cluster, phase: str, layout: str
+):
+    figures = Figures(f"builder frozen past its lease at {phase}, forced rebuild, {layout}")
     started = time.monotonic()
     for _ in range(2):
-        cluster.worker()
+        cluster.worker(publish_mode=layout)
     fasta = cluster.genome()
     dest = fasta.parent / "rebuilt.gvlfa"
     request = CacheRequest(fasta=fasta, dest=dest)
@@ -161,6 +168,7 @@ def test_a_frozen_builder_never_swaps_out_a_forced_rebuild(cluster: Cluster, pha
     (record,) = settle(cluster, [key], figures, timeout=60)
     assert record is not None and record.action == "rebuilt"
     assert _published(dest)[1] == {"key": key, "generation": record.generation}
+    assert dest.is_symlink() is (layout == "link")
     _end_round(cluster, figures, victim, dest, {key: record}, started)
     figures.report()
     figures.assert_healed()
