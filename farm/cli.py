@@ -1059,7 +1059,8 @@ def collect_garbage(
     dry_run: Annotated[bool, typer.Option(help="List orphans without removing them.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove staging and aside directories left by builders that died."""
+    """Remove staging and aside directories left by builders that died, and versions
+    replaced behind a destination's link longer ago than FARM_VERSION_GRACE_S."""
     from farm import maintenance
     from farm.publish import remove_orphans
 
@@ -1067,7 +1068,11 @@ def collect_garbage(
     done = "would remove" if dry_run else "removed"
     with _farm(settings) as farm, terminal.counter("sweeping") as update:
         found = maintenance.gc(
-            farm.registry, roots or _gc_roots(settings), grace_s=grace, allowed=settings.roots
+            farm.registry,
+            roots or _gc_roots(settings),
+            grace_s=grace,
+            allowed=settings.roots,
+            version_grace_s=settings.version_grace_s,
         )
         for count, orphan in enumerate(found, 1):
             if not dry_run:

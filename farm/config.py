@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from farm import env
+from farm.versions import DEFAULT_GRACE_S, Layout, PublishMode
 
 QUEUE = "farm.builds"
 BUILD_TASK = "farm.build"
@@ -76,6 +77,13 @@ class Settings(BaseModel):
     # `farm build` on a shared farm gives up (exit 3) after this long with no live worker;
     # the request stays queued for the next worker. Not the embedded default: it starts one.
     worker_wait_s: float = Field(600.0, ge=0)
+    # How a destination is replaced: `exchange` (renameat2 RENAME_EXCHANGE; a directory),
+    # `link` (a symlink to versioned directories, renamed over; for NFS, Lustre, CephFS) or
+    # `auto` (exchange where the filesystem has it, link where it does not).
+    publish_mode: PublishMode = PublishMode.AUTO
+    # A replaced version behind a link is removed this long after it was retired: longer
+    # than any reader keeps a dataset it opened before the replace (see farm.versions).
+    version_grace_s: float = Field(DEFAULT_GRACE_S, ge=0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -124,6 +132,11 @@ class Settings(BaseModel):
     def worker_silent_after_s(self) -> float:
         """A worker not heard from for this long is presumed dead."""
         return 3 * self.worker_heartbeat_s + 1.0
+
+    @property
+    def layout(self) -> Layout:
+        """How builders publish (see :mod:`farm.versions`)."""
+        return Layout(self.publish_mode, self.version_grace_s)
 
     @property
     def embedded(self) -> bool:

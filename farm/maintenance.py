@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from farm import kinds
+from farm import kinds, versions
 from farm.artifacts.base import State
 from farm.errors import FarmError, InputError
 from farm.fingerprint import fingerprint
@@ -85,13 +85,22 @@ def _in_batches(
 
 
 def find_artifacts(root: Path) -> Iterator[Path]:
-    """Published artifact directories below ``root`` (staging and aside dirs are skipped)."""
+    """Published artifact directories below ``root`` (staging and aside dirs are skipped),
+    and destinations that are the farm's links to a version (by the link's path: the
+    versions behind it are not artifacts of their own)."""
     for dirpath, dirnames, filenames in os.walk(root):
         if kinds.is_artifact_dir(filenames) and Owner.parse(os.path.basename(dirpath)) is None:
             yield Path(dirpath)
             dirnames[:] = []
             continue
-        dirnames[:] = [d for d in dirnames if Owner.parse(d) is None]
+        for name in dirnames:  # a link to a directory is listed here, and never walked into
+            if versions.is_farm_link(Path(dirpath, name)):
+                yield Path(dirpath, name)
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if Owner.parse(d) is None and versions.dest_of_versions_dir(d) is None
+        ]
 
 
 def reindex(registry: Registry, root: Path, *, allowed: list[Path]) -> Iterator[ArtifactRecord]:
@@ -168,11 +177,17 @@ def _within_allowed(root: Path, allowed: list[Path], command: str) -> Path:
 
 
 def gc(
-    registry: Registry | None, roots: list[Path], *, grace_s: float, allowed: list[Path]
+    registry: Registry | None,
+    roots: list[Path],
+    *,
+    grace_s: float,
+    allowed: list[Path],
+    version_grace_s: float | None = None,
 ) -> Iterator[Orphan]:
     """Find staging/aside directories of dead builders below ``roots``, each of which must
-    lie within the ``allowed`` roots: gc never walks, let alone removes, anything else.
-    The roots are checked at the call; the orphans come as the walk finds them."""
+    lie within the ``allowed`` roots: gc never walks, let alone removes, anything else, and
+    (given ``version_grace_s``) versions retired behind a destination's link longer ago than
+    that. The roots are checked at the call; the orphans come as the walk finds them."""
     for root in roots:
         _within_allowed(root, allowed, "gc")
 
@@ -187,5 +202,7 @@ def gc(
     return (
         orphan
         for root in roots
-        for orphan in find_orphans(root, is_job_live=live, grace_seconds=grace_s)
+        for orphan in find_orphans(
+            root, is_job_live=live, grace_seconds=grace_s, version_grace_s=version_grace_s
+        )
     )

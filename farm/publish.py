@@ -6,7 +6,9 @@ Improves on GenVarLoader's ``atomic_dir`` where it has gaps:
 - staging and aside directories carry their owner (job, pid, host) in their name, so
   :func:`find_orphans` can remove those of dead builders and never a live one's;
 - replacing uses ``renameat2(RENAME_EXCHANGE)`` where the kernel has it: the destination is
-  never missing, not even between two renames;
+  never missing, not even between two renames; where the filesystem refuses it (NFS, Lustre,
+  CephFS), the destination is a symlink to versioned directories, replaced by renaming a new
+  link over it, old versions kept for a grace period (:mod:`farm.versions`);
 - the loser of a first-writer-wins race is told it lost (:attr:`Outcome.LOST`);
 - a build that runs under a grant (:class:`Fence`) publishes only while its grant is the
   newest, and replaces by compare-and-swap: it swaps out only the artifact it saw when it
@@ -25,6 +27,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,9 +37,11 @@ from typing import Any, TypeVar
 
 import psutil
 
+from farm import versions
 from farm.confine import ConfinedParent, fd_path, resolve_root
 from farm.errors import DestinationError, FencedOut
 from farm.limits import JOB_TAG_LEN
+from farm.versions import Layout, PublishMode, Versions
 
 STAGING_MARK = ".farmtmp."
 ASIDE_MARK = ".farmold."
@@ -79,11 +84,14 @@ class Owner:
     pid: int
     host: str
     fence: Fence | None = field(default=None, compare=False)
+    layout: Layout = field(default=Layout(), compare=False)
 
     @classmethod
-    def current(cls, job: str = "local", fence: Fence | None = None) -> Owner:
+    def current(
+        cls, job: str = "local", fence: Fence | None = None, layout: Layout | None = None
+    ) -> Owner:
         job = _TAG_UNSAFE.sub("_", job)[:JOB_TAG_LEN] or "local"
-        return cls(job=job, pid=os.getpid(), host=_host(), fence=fence)
+        return cls(job=job, pid=os.getpid(), host=_host(), fence=fence, layout=layout or Layout())
 
     def tag(self) -> str:
         return f"{self.job}.{self.pid}.{secrets.token_hex(4)}.{self.host}"
@@ -163,9 +171,22 @@ def publish(
     with ``replace=True`` an existing destination is swapped out and removed. A fenced build
     (``owner.fence``) always replaces: holding the newest grant, whatever stands there is
     older than what it built. It checks its grant just before each swap and swaps out only
-    what it saw then (compare-and-swap); see the module's docstring.
+    what it saw then (compare-and-swap); see the module's docstring. ``owner.layout`` says
+    whether the destination is a directory (exchanged) or a link to versions.
     """
     fsync_tree(fd_path(staged_fd))
+    if _links_wanted(parent, owner.layout):
+        return _publish_linked(parent, staged, staged_fd, replace=replace, owner=owner)
+    try:
+        return _publish_exchanging(parent, staged, staged_fd, replace=replace, owner=owner)
+    except _NoExchange:
+        _NO_EXCHANGE.add(os.fstat(parent.fd).st_dev)
+        return _publish_linked(parent, staged, staged_fd, replace=replace, owner=owner)
+
+
+def _publish_exchanging(
+    parent: ConfinedParent, staged: str, staged_fd: int, *, replace: bool, owner: Owner
+) -> Outcome:
     dest = parent.name
     fence = owner.fence
     replace = replace or fence is not None
@@ -197,9 +218,216 @@ def publish(
         _confirm_or_undo(parent, staged, swapped, ours, fence)
         parent.remove(swapped)  # now holds the old artifact
         return Outcome.REPLACED
-    raise DestinationError(
+    raise _kept_replacing(parent)
+
+
+def _kept_replacing(parent: ConfinedParent) -> DestinationError:
+    return DestinationError(
         f"Cannot publish {parent.dest}: other builders kept replacing it while this one tried "
         f"{_CAS_ROUNDS} times; build it again."
+    )
+
+
+class _NoExchange(Exception):  # control flow: this filesystem refuses RENAME_EXCHANGE
+    pass
+
+
+# Devices found to refuse RENAME_EXCHANGE in this process, and the filesystems known to
+# (statfs magic numbers): NFS, Lustre, CephFS, CIFS/SMB, 9p, FUSE (only some daemons have
+# rename2), GPFS. On these, ``auto`` publishes a first artifact as a link already, so its
+# first replace needs no transition from a directory.
+_NO_EXCHANGE: set[int] = set()
+_NO_EXCHANGE_FS = {
+    0x6969, 0x0BD00BD0, 0x00C36400, 0xFF534D42, 0xFE534D42, 0x517B, 0x01021997,
+    0x65735546, 0x47504653,
+}  # fmt: skip
+_fstatfs = getattr(_libc, "fstatfs", None)
+
+
+def _fs_magic(fd: int) -> int | None:
+    """The filesystem type of ``fd`` (``f_type`` of ``struct statfs``, its first field)."""
+    if _fstatfs is None:
+        return None
+    buf = ctypes.create_string_buffer(256)
+    if _fstatfs(fd, buf) != 0:
+        return None
+    return int.from_bytes(buf.raw[: ctypes.sizeof(ctypes.c_long)], "little", signed=True)
+
+
+def _links_wanted(parent: ConfinedParent, layout: Layout) -> bool:
+    """Whether this destination is published as a link to versions (see :mod:`farm.versions`)."""
+    if layout.mode is PublishMode.LINK:
+        return True
+    if layout.mode is PublishMode.EXCHANGE:
+        return False
+    if versions.version_at(parent.fd, parent.name) is not None:
+        return True  # a link already: keep the layout (and the grace of its old versions)
+    if _renameat2 is None or os.fstat(parent.fd).st_dev in _NO_EXCHANGE:
+        return True
+    return _fs_magic(parent.fd) in _NO_EXCHANGE_FS
+
+
+@dataclass
+class _Seen:
+    """What stood at the destination when the grant was checked."""
+
+    identity: Identity  # of the name itself (the link's own inode, never its target's)
+    is_dir: bool
+    link: str | None  # a symlink's text
+    version: str | None  # the version it names, when it is a link of the farm's layout
+    retired: str | None = None  # a directory's version name, once moved behind the link
+
+
+def _seen(parent: ConfinedParent) -> _Seen | None:
+    try:
+        st = os.stat(parent.name, dir_fd=parent.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    link = None
+    if stat.S_ISLNK(st.st_mode):
+        with contextlib.suppress(OSError):
+            link = os.readlink(parent.name, dir_fd=parent.fd)
+    version = versions.version_at(parent.fd, parent.name) if link is not None else None
+    return _Seen((st.st_dev, st.st_ino), stat.S_ISDIR(st.st_mode), link, version)
+
+
+def _publish_linked(
+    parent: ConfinedParent, staged: str, staged_fd: int, *, replace: bool, owner: Owner
+) -> Outcome:
+    """Publish as a link to a new version (:mod:`farm.versions`); the same compare-and-swap
+    and fencing as an exchange, on the link's own identity."""
+    fence = owner.fence
+    replace = replace or fence is not None
+    with Versions(parent) as layout:
+        version = versions.new_version(fence.generation if fence is not None else 0)
+        layout.move_in(staged, version)
+        shown = [False]  # once linked, readers may hold it: only the grace may remove it
+        try:
+            outcome = _link_rounds(parent, layout, version, staged_fd, replace, owner, shown)
+        except BaseException:
+            if not shown[0]:
+                layout.remove(version)
+            raise
+        if outcome is Outcome.LOST:
+            layout.remove(version)
+        with contextlib.suppress(OSError):
+            layout.prune(owner.layout.grace_s)
+        return outcome
+
+
+def _link_rounds(
+    parent: ConfinedParent,
+    layout: Versions,
+    version: str,
+    staged_fd: int,
+    replace: bool,
+    owner: Owner,
+    shown: list[bool],
+) -> Outcome:
+    fence = owner.fence
+    text = layout.text(version)
+    for _ in range(_CAS_ROUNDS):
+        seen = _seen(parent)
+        if fence is not None:
+            fence.may_publish()
+        # A farm link to a version that is gone stands for nothing published.
+        dangling = seen is not None and seen.version is not None
+        dangling = dangling and not layout.exists(seen.version)  # type: ignore[arg-type]
+        if seen is None:
+            try:
+                os.symlink(text, parent.name, dir_fd=parent.fd)
+            except FileExistsError:
+                if not replace:
+                    return Outcome.LOST
+                continue  # something was published since we looked: look again
+        else:
+            if not replace and not dangling:
+                return Outcome.LOST
+            if seen.version is not None:
+                layout.touch(seen.version)  # its grace counts from its retirement
+            if not _link_over(parent, layout, text, seen, owner):
+                continue
+        shown[0] = True
+        _check_published(parent, staged_fd, follow=True)
+        parent.fsync()
+        _confirm_or_relink(parent, layout, version, seen, fence, owner)
+        return Outcome.PUBLISHED if seen is None or dangling else Outcome.REPLACED
+    raise _kept_replacing(parent)
+
+
+def _link_over(
+    parent: ConfinedParent, layout: Versions, text: str, seen: _Seen, owner: Owner
+) -> bool:
+    """Put a link with ``text`` at the destination if it still holds ``seen``; False (nothing
+    changed) when it holds something else by now. A link or a file is replaced by one rename.
+    A directory (published before the link layout) is exchanged for the link where the
+    filesystem can, and is otherwise renamed into the versions first: the one moment, once
+    per destination, when a reader can find it missing."""
+    tmp = staging_path(parent.dest, owner).name
+    os.symlink(text, tmp, dir_fd=parent.fd)
+    try:
+        if not seen.is_dir:
+            if _identity(parent, parent.name) != seen.identity:
+                return False
+            parent.rename(tmp, parent.name)
+            return True
+        retired = versions.new_version(0)
+        if _exchange(parent, tmp, parent.name):
+            if _identity(parent, tmp) != seen.identity:
+                _exchange(parent, tmp, parent.name)  # not what we meant to replace: back
+                return False
+            layout.move_in(tmp, retired)
+            seen.retired = retired
+            return True
+        try:
+            os.rename(parent.name, retired, src_dir_fd=parent.fd, dst_dir_fd=layout.fd)
+        except FileNotFoundError:
+            return False
+        if layout.identity(retired) != seen.identity:
+            layout.move_out(retired, parent.name)
+            return False
+        try:
+            parent.rename(tmp, parent.name)
+        except OSError:
+            layout.move_out(retired, parent.name)  # never leave the destination empty
+            raise
+        layout.touch(retired)
+        seen.retired = retired
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.islink(parent.path(tmp)):
+                os.unlink(tmp, dir_fd=parent.fd)  # our link, if it was not renamed in
+
+
+def _confirm_or_relink(
+    parent: ConfinedParent,
+    layout: Versions,
+    version: str,
+    seen: _Seen | None,
+    fence: Fence | None,
+    owner: Owner,
+) -> None:
+    """After the rename, as :func:`_confirm_or_undo`: if the grant was lost meanwhile, put
+    back what stood before (nothing, a link with the old text, or a link to the directory
+    that stood there, now a version) and raise. Our version stays for its grace: a reader
+    may have opened it."""
+    if fence is None or fence.still_granted():
+        return
+    if versions.version_at(parent.fd, parent.name) == version:
+        layout.touch(version)
+        if seen is None:
+            os.unlink(parent.name, dir_fd=parent.fd)
+        else:
+            text = layout.text(seen.retired) if seen.retired is not None else seen.link
+            if text is not None:
+                tmp = staging_path(parent.dest, owner).name
+                os.symlink(text, tmp, dir_fd=parent.fd)
+                parent.rename(tmp, parent.name)
+        parent.fsync()
+    raise FencedOut(
+        f"The build of {parent.dest} lost its grant while publishing (another builder took "
+        "it over); its artifact was taken back out."
     )
 
 
@@ -219,6 +447,8 @@ def _swap(
         if _identity(parent, dest) == ours:
             _exchange(parent, staged, dest)
         return None
+    if owner.layout.mode is PublishMode.AUTO:
+        raise _NoExchange  # nothing changed yet: publish as a link to versions instead
     aside = aside_path(parent.dest, owner).name
     try:
         parent.rename(dest, aside)
@@ -274,10 +504,11 @@ def _fd_identity(fd: int) -> Identity:
     return st.st_dev, st.st_ino
 
 
-def _check_published(parent: ConfinedParent, staged_fd: int) -> None:
+def _check_published(parent: ConfinedParent, staged_fd: int, *, follow: bool = False) -> None:
     """What now stands at the destination must be the directory we built, not something
-    swapped in for the staging name while we built (a link, another directory)."""
-    here = os.stat(parent.name, dir_fd=parent.fd, follow_symlinks=False)
+    swapped in for the staging name while we built (a link, another directory); ``follow``:
+    through the farm's link to it."""
+    here = os.stat(parent.name, dir_fd=parent.fd, follow_symlinks=follow)
     built = os.fstat(staged_fd)
     if (here.st_dev, here.st_ino) != (built.st_dev, built.st_ino):
         raise DestinationError(
@@ -364,9 +595,10 @@ def _destination_error(e: OSError, dest: Path) -> DestinationError:
 @dataclass(frozen=True)
 class Orphan:
     path: Path
-    owner: Owner
+    owner: Owner | None  # None: a retired version (see farm.versions)
     reason: str
     root: Path  # the tree it was found in: it is removed without following a link below it
+    grace_s: float | None = None  # a retired version's grace, checked again at removal
 
 
 def find_orphans(
@@ -374,8 +606,10 @@ def find_orphans(
     *,
     is_job_live: Callable[[str], bool] = lambda _job: False,
     grace_seconds: float = 3600.0,
+    version_grace_s: float | None = None,
 ) -> Iterator[Orphan]:
-    """Staging and aside directories below ``root`` whose builder is gone.
+    """Staging and aside directories below ``root`` whose builder is gone, and (given
+    ``version_grace_s``) versions retired behind a destination's link longer ago than that.
 
     On this host a builder is gone when its pid is not running. On another host (a shared
     filesystem) the pid means nothing here, so a directory is an orphan only when its job
@@ -389,7 +623,11 @@ def find_orphans(
             orphan = _orphan(Path(dirpath, name), root, here, now, is_job_live, grace_seconds)
             if orphan is not None:
                 yield orphan
-        dirnames[:] = [d for d in dirnames if Owner.parse(d) is None]
+        held = [d for d in dirnames if versions.dest_of_versions_dir(d) is not None]
+        if version_grace_s is not None:
+            for d in held:
+                yield from _expired_versions(Path(dirpath, d), root, version_grace_s)
+        dirnames[:] = [d for d in dirnames if Owner.parse(d) is None and d not in held]
 
 
 def orphans_beside(
@@ -398,19 +636,30 @@ def orphans_beside(
     *,
     is_job_live: Callable[[str], bool] = lambda _job: False,
     grace_seconds: float = 3600.0,
+    version_grace_s: float | None = None,
 ) -> tuple[list[Orphan], int]:
     """As :func:`find_orphans`, in ``parent`` alone (where builds of destinations in it stage):
-    one directory listing, however large the tree around it. Also says how many staging and
-    aside directories it holds, live or not."""
+    one directory listing, however large the tree around it. Also says how many leftovers it
+    holds, removable or not yet (staging and aside directories, retired versions)."""
     here = _host()
     now = time.time()
     try:
         with os.scandir(parent) as entries:
-            names = [e.name for e in entries if STAGING_MARK in e.name or ASIDE_MARK in e.name]
+            names = [e.name for e in entries]
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return [], 0
-    found = (_orphan(parent / n, root, here, now, is_job_live, grace_seconds) for n in names)
-    return [o for o in found if o is not None], len(names)
+    staged = [n for n in names if STAGING_MARK in n or ASIDE_MARK in n]
+    found = [_orphan(parent / n, root, here, now, is_job_live, grace_seconds) for n in staged]
+    orphans = [o for o in found if o is not None]
+    held = len(staged)
+    if version_grace_s is not None:
+        for name in names:
+            if versions.dest_of_versions_dir(name) is None:
+                continue
+            folder = parent / name
+            held += sum(1 for _ in _expired_versions(folder, root, float("-inf")))
+            orphans.extend(_expired_versions(folder, root, version_grace_s))
+    return orphans, held
 
 
 def _orphan(
@@ -459,12 +708,47 @@ def _builder_alive(pid: int, path: Path) -> bool:
     return started <= touched + 1.0  # create_time is rounded; a second of slack
 
 
+def _expired_versions(folder: Path, root: Path, grace_s: float) -> Iterator[Orphan]:
+    try:
+        with _versions_of(folder, root) as found:
+            old = found.expired(grace_s) if found is not None else []
+    except (OSError, DestinationError):
+        return
+    why = f"a retired version, past its grace of {grace_s:g} s"
+    for version in old:
+        yield Orphan(folder / version, None, why, root, grace_s)
+
+
+@contextlib.contextmanager
+def _versions_of(folder: Path, root: Path) -> Iterator[Versions | None]:
+    """The versions directory ``folder``, reached from ``root`` without following a link."""
+    dest = folder.parent / (versions.dest_of_versions_dir(folder.name) or "")
+    with ConfinedParent(dest, root, create=False) as parent:
+        found = versions.open_versions(parent)
+        if found is None:
+            yield None
+            return
+        with found:
+            yield found
+
+
 def remove_orphans(orphans: Iterable[Orphan]) -> None:
     """Remove each orphan through a handle opened from its root: a directory on its way that
-    was swapped for a link since it was found cannot lead the removal outside."""
+    was swapped for a link since it was found cannot lead the removal outside. A retired
+    version is checked again just before: never the one its destination links to now."""
     for orphan in orphans:
         try:
+            if orphan.grace_s is not None:
+                _remove_version(orphan)
+                continue
             with ConfinedParent(orphan.path, orphan.root, create=False) as parent:
                 parent.remove(parent.name)
         except (FileNotFoundError, DestinationError):
             continue  # gone already, or no longer reachable without a link: leave it
+
+
+def _remove_version(orphan: Orphan) -> None:
+    assert orphan.grace_s is not None
+    with _versions_of(orphan.path.parent, orphan.root) as found:
+        if found is not None:
+            found.remove_if_expired(orphan.path.name, orphan.grace_s)

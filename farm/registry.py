@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -447,6 +448,25 @@ def _is_unusable(status: str) -> bool:
     return status in ("failed", "invalid", "stale")
 
 
+def command_timeout(lease_ttl_s: float) -> float:
+    """How long a worker's registry command may take: a third of the lease, the renewal
+    period, so a renewal that hangs gives up in time for the next one, and nothing a worker
+    sends is delivered later than a lease after it was sent."""
+    return lease_ttl_s / 3
+
+
+def _tcp_options(timeout_s: float) -> dict[int, int]:
+    """Keepalive probes that find a dead link within about ``timeout_s``, and the kernel's
+    bound on unacknowledged data: past it, the connection is dropped with what it held."""
+    idle = max(1, int(timeout_s))
+    return {
+        socket.TCP_KEEPIDLE: idle,
+        socket.TCP_KEEPINTVL: 1,
+        socket.TCP_KEEPCNT: 3,
+        socket.TCP_USER_TIMEOUT: max(1, int(timeout_s * 1000)),
+    }
+
+
 class Registry:
     """Records, leases and worker heartbeats in one Redis, under one key prefix.
 
@@ -467,6 +487,7 @@ class Registry:
         self._url = url
         self._expire_ms = int(forget_unusable_after_s * 1000)
         self._impatient: Registry | None = None
+        self._timeout_s: float | None = None
         self._claim = client.register_script(_CLAIM)
         self._take_if_unchanged = client.register_script(_TAKE_IF_UNCHANGED)
         self._confirm_sent = client.register_script(_CONFIRM_SENT)
@@ -493,9 +514,18 @@ class Registry:
         *,
         patience_s: float = 0.0,
         forget_unusable_after_s: float = 0.0,
+        timeout_s: float | None = None,
     ) -> Registry:
         """``patience_s``: how long a call retries while Redis is unreachable (a broker
-        restart) before it raises :class:`BrokerError`. Workers wait; clients answer fast."""
+        restart) before it raises :class:`BrokerError`. Workers wait; clients answer fast.
+
+        ``timeout_s``: how long one send may take (a worker passes a third of its lease,
+        :func:`command_timeout`). A command sent into a cut link gives up after it instead of
+        redis-py's fixed 5 s, and over TCP the kernel drops what it could not deliver by then
+        (``TCP_USER_TIMEOUT``) rather than retransmitting it for minutes: a command is
+        delivered within ``timeout_s`` of its send or never, so one that outlived the lease
+        it was sent under cannot arrive after a takeover. A retry is a new send, carrying
+        its generation, which the scripts refuse once it is not the newest."""
         kwargs: dict[str, Any] = {"health_check_interval": 30}
         if patience_s > 0:
             cap = 1.0
@@ -504,8 +534,17 @@ class Registry:
                 retries=max(3, int(patience_s / cap) + 5),
             )
             kwargs["retry_on_error"] = [redis.ConnectionError, redis.TimeoutError]
+        if timeout_s is not None:
+            kwargs["socket_timeout"] = kwargs["socket_connect_timeout"] = timeout_s
+            # A connection idle this long is checked with a PING before it is used again.
+            kwargs["health_check_interval"] = max(1, min(30, int(timeout_s)))
+            if not url.startswith("unix:") and hasattr(socket, "TCP_USER_TIMEOUT"):
+                kwargs["socket_keepalive"] = True
+                kwargs["socket_keepalive_options"] = _tcp_options(timeout_s)
         client = redis.Redis.from_url(url, **kwargs)
-        return cls(client, prefix, url, forget_unusable_after_s=forget_unusable_after_s)
+        registry = cls(client, prefix, url, forget_unusable_after_s=forget_unusable_after_s)
+        registry._timeout_s = timeout_s
+        return registry
 
     def impatient(self) -> Registry:
         """This registry without retries, for calls that must not wait out a Redis outage
@@ -514,7 +553,10 @@ class Registry:
             return self
         if self._impatient is None:
             self._impatient = Registry.from_url(
-                self._url, self._p, forget_unusable_after_s=self._expire_ms / 1000
+                self._url,
+                self._p,
+                forget_unusable_after_s=self._expire_ms / 1000,
+                timeout_s=self._timeout_s,
             )
         return self._impatient
 

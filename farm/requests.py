@@ -36,6 +36,7 @@ from farm.limits import (
     MAX_SAMPLE_NAME,
     MAX_SAMPLES,
 )
+from farm.versions import is_farm_link
 
 KEY_SCHEMA = 1
 
@@ -136,6 +137,15 @@ def absolute_path(path: Path) -> Path:
     return Path(os.path.realpath(os.path.expanduser(path)))
 
 
+def absolute_dest(path: Path) -> Path:
+    """A destination as :func:`absolute_path` makes it, but for the farm's own link at its
+    end (a destination published as versions behind a link, :mod:`farm.versions`): that
+    stays the link's path, which names the artifact whatever version it shows."""
+    here = Path(os.path.abspath(os.path.expanduser(path)))
+    kept = Path(os.path.realpath(here.parent)) / here.name
+    return kept if is_farm_link(kept) else Path(os.path.realpath(here))
+
+
 def prepare(request: BuildRequest, roots: list[Path]) -> BuildRequest:
     """Validate a request at submission and return it with absolute paths.
 
@@ -161,7 +171,7 @@ def check_destination(request: BuildRequest, roots: list[Path]) -> None:
     build itself never follows a link below the root either (:mod:`farm.confine`).
     """
     dest = request.destination()
-    if not dest.is_absolute() or str(dest) != os.path.realpath(dest):
+    if not dest.is_absolute() or dest != absolute_dest(dest):
         raise DestinationError(
             f"Destination {dest} is not a plain absolute path (it holds '..' or a symlink, or "
             "one was swapped in after it was submitted); submit it again with a path inside "

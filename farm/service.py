@@ -134,7 +134,11 @@ def ensure(
             with ctx.interruptible():
                 built = kinds.ensure(
                     request,
-                    Owner.current(job=key, fence=_fence(registry, lease, dest, settings)),
+                    Owner.current(
+                        job=key,
+                        fence=_fence(registry, lease, dest, settings),
+                        layout=settings.layout,
+                    ),
                     force=force,
                     # The builder fingerprints each source as it stamps it, and refuses one
                     # that is not what the key was derived from (changed since submission).

@@ -1,5 +1,6 @@
-"""The staging sweep: workers remove the staging and aside directories of dead builders on a
-schedule, so a killed builder's leftovers go without anyone running ``farm gc``.
+"""The staging sweep: workers remove the staging and aside directories of dead builders, and
+versions retired behind a link past their grace, on a schedule, so a killed builder's leftovers
+go without anyone running ``farm gc``.
 
 Where to look: not the allowed roots (on the embedded default they are ``/``, and a walk of a
 shared filesystem is hours), but the directories builds staged in. A builder notes its
@@ -69,7 +70,11 @@ def sweep(registry: Registry, settings: Settings, *, name: str, now: float) -> S
         if root is None:
             continue  # outside this worker's roots: a worker allowed there sweeps it
         orphans, staged = orphans_beside(
-            folder, root, is_job_live=live, grace_seconds=settings.staging_grace_s
+            folder,
+            root,
+            is_job_live=live,
+            grace_seconds=settings.staging_grace_s,
+            version_grace_s=settings.version_grace_s,
         )
         remove_orphans(orphans)
         gone = [o for o in orphans if not os.path.lexists(o.path)]

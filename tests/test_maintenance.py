@@ -4,17 +4,21 @@ it knew of its artifact (on a real Redis, from the shipped genomes)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from farm import maintenance, service
+from farm import kinds, maintenance, service
 from farm.artifacts import gvlfa
+from farm.artifacts.base import State
 from farm.errors import InputError
+from farm.publish import remove_orphans
 from farm.records import Status
 from farm.registry import Registry
 from farm.requests import prepare, request_key
+from farm.versions import PublishMode
 from tests.support.processes import farm_env
 from tests.test_cli import farm
 from tests.test_service import LAMBDA, _ensure, _prepared
@@ -167,3 +171,45 @@ def test_verify_tells_a_damaged_farm_json_from_a_changed_source(
         record_file.write_text(text)
         verdict = maintenance.verify_record(built)
         assert verdict.status is Status.STALE and "changed" in verdict.error, verdict.error
+
+
+# --- destinations that are links to versions (FARM_PUBLISH_MODE=link) --------------------------
+
+
+def test_verify_reindex_and_gc_follow_a_destination_that_is_a_link(
+    genomes: Path, registry: Registry, farm_settings
+) -> None:
+    settings = farm_settings.model_copy(update={"publish_mode": PublishMode.LINK})
+    ctx = service.Context(registry, settings, "w-link")
+    request, key = _prepared(genomes, settings)
+    built = _ensure(request, key, ctx)
+    dest = Path(built.dest)
+    assert built.status is Status.VALID and dest.is_symlink()
+    # Found invalid and requested again: a forced rebuild replaces it.
+    registry.put(built.evolve(status=Status.INVALID, rebuild=True, error="damaged"))
+    queued = service.queued_record(request, key, request_key(request)[1])
+    assert registry.claim_many([queued.evolve(rebuild=True)], send_grace_s=60)[0].enqueue
+    rebuilt = _ensure(request, key, ctx)
+    assert rebuilt.action == "rebuilt" and rebuilt.generation == kinds.fence_of(dest).generation
+    old = [v for v in os.listdir(genomes / f".{dest.name}.farmv") if v != dest.resolve().name]
+    assert len(old) == 1  # kept for its grace
+
+    (verdict,) = maintenance.verify(registry, [key])
+    assert verdict.status is Status.VALID, verdict.error
+    assert list(maintenance.find_artifacts(genomes)) == [dest]  # the link, not its versions
+    (again,) = maintenance.reindex(registry, genomes, allowed=settings.roots)
+    assert again.key == key and again.status is Status.VALID and again.dest == str(dest)
+    assert again.generation == rebuilt.generation
+
+    within = list(maintenance.gc(registry, [genomes], grace_s=0, allowed=settings.roots,
+                                 version_grace_s=3600))  # fmt: skip
+    assert within == []
+    (orphan,) = maintenance.gc(
+        registry, [genomes], grace_s=0, allowed=settings.roots, version_grace_s=0
+    )
+    assert orphan.path.name == old[0]
+    remove_orphans([orphan])
+    assert os.listdir(genomes / f".{dest.name}.farmv") == [dest.resolve().name]
+    assert gvlfa.classify(dest, deep=True).state is State.FRESH
+    (verdict,) = maintenance.verify(registry, [key])
+    assert verdict.status is Status.VALID

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from farm import publish as pub
+from farm import versions
 from farm.errors import DestinationError
 from farm.publish import (
     ASIDE_MARK,
@@ -25,6 +29,7 @@ from farm.publish import (
     remove_orphans,
     staging_path,
 )
+from farm.versions import Layout, PublishMode
 
 
 def _leftovers(dest: Path) -> list[str]:
@@ -41,6 +46,13 @@ def _writer(content: bytes):
         return content.decode()
 
     return build
+
+
+@pytest.fixture(autouse=True)
+def _exchange_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from what the kernel says: a device found without exchange by an
+    earlier test (which faked it) is not remembered."""
+    monkeypatch.setattr(pub, "_NO_EXCHANGE", set())
 
 
 @pytest.fixture
@@ -319,3 +331,241 @@ def test_a_refused_grant_publishes_nothing_and_a_fenced_build_always_replaces(
     # Holding the newest grant, what stands is older: replaced even without replace=True.
     outcome, _ = build_and_publish(dest, _writer(b"v1"), owner=_fenced_owner(), replace=False)
     assert outcome is Outcome.REPLACED and (dest / "data.bin").read_bytes() == b"v1"
+
+
+# --- versions behind a link (filesystems without RENAME_EXCHANGE) ---------------------------
+
+
+def _linked(job: str = "job-l", grace_s: float = 3600.0, fence: pub.Fence | None = None) -> Owner:
+    return Owner.current(job, fence=fence, layout=Layout(PublishMode.LINK, grace_s))
+
+
+def _versions(dest: Path) -> list[str]:
+    return sorted(os.listdir(dest.with_name(versions.versions_dir(dest.name))))
+
+
+def test_a_first_publish_by_link_is_a_relative_link_to_a_version(tmp_path: Path) -> None:
+    dest = tmp_path / "art"
+    outcome, _ = build_and_publish(dest, _writer(b"v1"), owner=_linked(), replace=False)
+    assert outcome is Outcome.PUBLISHED
+    (version,) = _versions(dest)
+    assert os.readlink(dest) == f".art.farmv/{version}"  # relative: the tree can move
+    assert (dest / "data.bin").read_bytes() == b"v1"
+    assert (dest / "sub" / "meta.json").read_bytes() == b"{}"
+    assert _leftovers(dest) == []
+    # First writer wins as before: a second first publish loses, and leaves no version.
+    assert build_and_publish(dest, _writer(b"v2"), owner=_linked(), replace=False)[0] is (
+        Outcome.LOST
+    )
+    assert _versions(dest) == [version] and (dest / "data.bin").read_bytes() == b"v1"
+
+
+def test_a_replace_by_link_keeps_the_old_version_for_its_grace_and_for_its_readers(
+    tmp_path: Path,
+) -> None:
+    """A reader that opened and mapped the old version goes on reading it after the replace;
+    the old version stays until its grace ends, and the current one is never removed."""
+    dest = tmp_path / "art"
+    build_and_publish(dest, _writer(b"old"), owner=_linked(), replace=False)
+    old_real = dest.resolve()
+    held = open(dest / "data.bin", "rb")  # noqa: SIM115 - held across the replace
+    mapped = mmap.mmap(held.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        outcome, _ = build_and_publish(dest, _writer(b"new"), owner=_linked(), replace=True)
+        assert outcome is Outcome.REPLACED
+        assert (dest / "data.bin").read_bytes() == b"new"
+        assert mapped[:] == b"old" and (old_real / "data.bin").read_bytes() == b"old"
+        assert len(_versions(dest)) == 2 and _leftovers(dest) == []
+
+        # Within its grace, neither gc nor the next publish removes it.
+        assert list(find_orphans(tmp_path, version_grace_s=3600)) == []
+        # Past it, gc removes the retired version, never the current one.
+        (orphan,) = find_orphans(tmp_path, version_grace_s=0)
+        assert orphan.path == old_real and orphan.owner is None
+        remove_orphans([orphan])
+        assert not old_real.exists() and mapped[:] == b"old"  # a local mapping outlives it
+        assert _versions(dest) == [dest.resolve().name]
+        assert list(find_orphans(tmp_path, version_grace_s=0)) == []
+        assert (dest / "data.bin").read_bytes() == b"new"
+    finally:
+        mapped.close()
+        held.close()
+
+
+def test_a_version_that_became_current_again_is_not_removed_by_a_stale_find(
+    tmp_path: Path,
+) -> None:
+    dest = tmp_path / "art"
+    build_and_publish(dest, _writer(b"a"), owner=_linked(), replace=False)
+    first = os.readlink(dest)
+    build_and_publish(dest, _writer(b"b"), owner=_linked(), replace=True)
+    (orphan,) = find_orphans(tmp_path, version_grace_s=0)
+    os.symlink(first, tmp_path / "relink")
+    os.rename(tmp_path / "relink", dest)  # the link moved back after the orphan was found
+    remove_orphans([orphan])
+    assert (dest / "data.bin").read_bytes() == b"a"
+
+
+def test_publishing_prunes_the_versions_past_their_grace(tmp_path: Path) -> None:
+    dest = tmp_path / "art"
+    for content in (b"1", b"2", b"3"):
+        build_and_publish(dest, _writer(content), owner=_linked(grace_s=0), replace=True)
+    assert _versions(dest) == [dest.resolve().name]
+    assert (dest / "data.bin").read_bytes() == b"3"
+
+
+def test_a_fenced_replace_by_link_swaps_out_only_the_link_it_saw(tmp_path: Path) -> None:
+    """A late publisher relinks between our look and our swap: we look again, check our
+    grant again, and replace what stands then."""
+    dest = tmp_path / "art"
+    build_and_publish(dest, _writer(b"v0"), owner=_linked(), replace=False)
+    checks: list[str] = []
+
+    def may_publish() -> None:
+        checks.append(os.readlink(dest))
+        if len(checks) == 1:
+            build_and_publish(dest, _writer(b"late"), owner=_linked("late"), replace=True)
+
+    fence = pub.Fence("k", 1, may_publish=may_publish, still_granted=lambda: True, lock_wait_s=1)
+    outcome, _ = build_and_publish(dest, _writer(b"ours"), owner=_linked(fence=fence), replace=True)
+    assert outcome is Outcome.REPLACED and (dest / "data.bin").read_bytes() == b"ours"
+    assert len(checks) == 2 and checks[0] != checks[1]
+    assert os.readlink(dest).split("/")[1].startswith("g1.")  # the version names its grant
+    assert _leftovers(dest) == []
+
+
+def test_a_grant_lost_during_the_relink_puts_the_old_link_back(tmp_path: Path) -> None:
+    dest = tmp_path / "art"
+    build_and_publish(dest, _writer(b"newer"), owner=_linked(), replace=False)
+    before = os.readlink(dest)
+    late = pub.Fence("k", 1, may_publish=lambda: None, still_granted=lambda: False, lock_wait_s=1)
+    with pytest.raises(pub.FencedOut):
+        build_and_publish(dest, _writer(b"late"), owner=_linked(fence=late), replace=True)
+    assert os.readlink(dest) == before and (dest / "data.bin").read_bytes() == b"newer"
+    assert len(_versions(dest)) == 2  # a reader may have opened the late one: its grace runs
+    assert _leftovers(dest) == []
+    empty = tmp_path / "fresh"
+    with pytest.raises(pub.FencedOut):
+        build_and_publish(empty, _writer(b"late"), owner=_linked(fence=late), replace=False)
+    assert not empty.exists() and not empty.is_symlink() and _leftovers(empty) == []
+
+
+def test_a_refused_grant_leaves_no_version(tmp_path: Path) -> None:
+    dest = tmp_path / "art"
+
+    def refused() -> None:
+        raise pub.FencedOut("taken over")
+
+    fence = pub.Fence("k", 1, may_publish=refused, still_granted=lambda: True, lock_wait_s=1)
+    with pytest.raises(pub.FencedOut):
+        build_and_publish(dest, _writer(b"late"), owner=_linked(fence=fence), replace=True)
+    assert not dest.is_symlink() and _versions(dest) == [] and _leftovers(dest) == []
+
+
+def test_a_link_to_a_version_gone_is_published_over(tmp_path: Path) -> None:
+    dest = tmp_path / "art"
+    build_and_publish(dest, _writer(b"v0"), owner=_linked(), replace=False)
+    shutil.rmtree(dest.resolve())
+    outcome, _ = build_and_publish(dest, _writer(b"v1"), owner=_linked(), replace=False)
+    assert outcome is Outcome.PUBLISHED and (dest / "data.bin").read_bytes() == b"v1"
+
+
+@pytest.mark.parametrize("kernel_exchange", [True, False])
+def test_a_directory_becomes_a_link_when_first_replaced_by_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel_exchange: bool
+) -> None:
+    """The transition: exchanged for the link where the filesystem can (never missing),
+    renamed into the versions first where it cannot (the one window, once). The old tree is
+    kept as a version for its grace either way."""
+    dest = tmp_path / "art"
+    build_and_publish(dest, _writer(b"dir"), owner=Owner.current("d"), replace=False)
+    assert dest.is_dir() and not dest.is_symlink()
+    inode = dest.stat().st_ino
+    if not kernel_exchange:
+        monkeypatch.setattr(pub, "_exchange", lambda _parent, _a, _b: False)
+    outcome, _ = build_and_publish(dest, _writer(b"link"), owner=_linked(), replace=True)
+    assert outcome is Outcome.REPLACED and dest.is_symlink()
+    assert (dest / "data.bin").read_bytes() == b"link"
+    old = [v for v in _versions(dest) if v != dest.resolve().name]
+    assert [(dest.parent / ".art.farmv" / v).stat().st_ino for v in old] == [inode]
+    assert _leftovers(dest) == []
+
+
+def test_auto_switches_to_links_where_the_filesystem_refuses_exchange(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, owner: Owner
+) -> None:
+    dest = tmp_path / "art"
+    build_and_publish(dest, _writer(b"v0"), owner=owner, replace=False)
+    monkeypatch.setattr(pub, "_exchange", lambda _parent, _a, _b: False)
+    build_and_publish(dest, _writer(b"v1"), owner=owner, replace=True)
+    assert dest.is_symlink() and (dest / "data.bin").read_bytes() == b"v1"
+    # That device is remembered: a first publish beside it is a link at once.
+    other = tmp_path / "other"
+    build_and_publish(other, _writer(b"w"), owner=owner, replace=False)
+    assert other.is_symlink()
+    # Exchange mode keeps today's aside fallback (a directory).
+    exchange = Owner.current("x", layout=Layout(PublishMode.EXCHANGE))
+    third = tmp_path / "third"
+    build_and_publish(third, _writer(b"a"), owner=exchange, replace=False)
+    build_and_publish(third, _writer(b"b"), owner=exchange, replace=True)
+    assert not third.is_symlink() and (third / "data.bin").read_bytes() == b"b"
+
+
+@pytest.mark.parametrize("start", ["link", "directory"])
+def test_a_reader_never_finds_a_linked_destination_missing(tmp_path: Path, start: str) -> None:
+    """A reader stats and opens the destination in a tight loop while it is replaced again
+    and again by link: every look finds a whole artifact."""
+    dest = tmp_path / "art"
+    first = _linked() if start == "link" else Owner.current("d")
+    build_and_publish(dest, _writer(b"0"), owner=first, replace=False)
+    stop = threading.Event()
+    looks: list[int] = [0]
+    misses: list[str] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                os.stat(dest)
+                with open(dest / "data.bin", "rb") as f:
+                    if not f.read():
+                        misses.append("empty")
+            except OSError as e:
+                misses.append(f"{type(e).__name__}: {e}")
+            looks[0] += 1
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(60):
+            owner = _linked(grace_s=0.0)
+            build_and_publish(dest, _writer(str(i).encode()), owner=owner, replace=True)
+    finally:
+        stop.set()
+        reader.join()
+    assert looks[0] > 100 and misses == []
+    assert (dest / "data.bin").read_bytes() == b"59" and _leftovers(dest) == []
+
+
+def test_a_link_layout_never_writes_or_removes_through_a_planted_link(tmp_path: Path) -> None:
+    """A versions directory swapped for a link to elsewhere is refused, not written through;
+    a destination that is a link of someone else's (not ``.NAME.farmv/<version>``) is
+    replaced, and what it points at is neither read as a version nor removed by gc."""
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "g1.0123abcd").mkdir()  # looks like a version
+    dest = root / "art"
+    (root / ".art.farmv").symlink_to(elsewhere)
+    with pytest.raises(DestinationError, match="symlink"):
+        build_and_publish(dest, _writer(b"x"), owner=_linked(), replace=False, root=root)
+    assert sorted(os.listdir(elsewhere)) == ["g1.0123abcd"] and not dest.is_symlink()
+    assert list(find_orphans(root, version_grace_s=0)) == []
+
+    (root / ".art.farmv").unlink()
+    dest.symlink_to(elsewhere)  # a foreign link at the destination
+    assert versions.linked_version(dest) is None
+    outcome, _ = build_and_publish(dest, _writer(b"y"), owner=_linked(), replace=True, root=root)
+    assert outcome is Outcome.REPLACED and (dest / "data.bin").read_bytes() == b"y"
+    assert sorted(os.listdir(elsewhere)) == ["g1.0123abcd"]
+    remove_orphans(find_orphans(root, version_grace_s=0))
+    assert sorted(os.listdir(elsewhere)) == ["g1.0123abcd"]

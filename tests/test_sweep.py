@@ -96,3 +96,42 @@ def test_a_directory_noted_again_during_a_sweep_is_kept(registry: Registry) -> N
 def test_sweeping_is_off_with_a_zero_interval(tmp_path: Path, registry: Registry) -> None:
     settings = _settings(tmp_path, staging_sweep_interval_s=0)
     assert not sweep.sweep(registry, settings, name="w", now=time.time()).swept
+
+
+def test_versions_retired_behind_a_link_go_after_their_grace_and_keep_the_directory_noted(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """A replaced version is a leftover too: kept for its grace (readers on other hosts may
+    have it mapped), then swept; its directory stays noted until it is gone."""
+    from farm.publish import build_and_publish
+    from farm.versions import Layout, PublishMode
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "a.gvlfa"
+
+    def write(content: bytes):
+        def writer(staging: Path) -> None:
+            (staging / "data.bin").write_bytes(content)
+
+        return writer
+
+    linked = Owner.current("k", layout=Layout(PublishMode.LINK, 3600.0))
+    build_and_publish(dest, write(b"old"), owner=linked, replace=False)
+    old = dest.resolve()
+    build_and_publish(dest, write(b"new"), owner=linked, replace=True)
+    registry.note_staging_parent(str(out))
+    later = time.time() + 10 * 3.0 + 1
+    kept = sweep.sweep(
+        registry, _settings(tmp_path, staging_sweep_interval_s=0.05), name="w", now=later
+    )
+    assert kept.removed == [] and kept.forgotten == 0 and old.is_dir()
+    time.sleep(0.1)
+    done = sweep.sweep(
+        registry,
+        _settings(tmp_path, staging_sweep_interval_s=0.05, version_grace_s=0),
+        name="w",
+        now=later,
+    )
+    assert [o.path for o in done.removed] == [old] and not old.exists()
+    assert (dest / "data.bin").read_bytes() == b"new"

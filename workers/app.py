@@ -31,7 +31,7 @@ from farm.config import Settings, celery_config
 from farm.embedded import celery_broker_url, resolve_url
 from farm.errors import BrokerError
 from farm.queue import BrokerInspector, Sender
-from farm.registry import Registry
+from farm.registry import Registry, command_timeout
 from farm.watchdog import Watchdog
 from workers import broker_fixes, lifecycle, stopping
 
@@ -44,6 +44,8 @@ registry = Registry.from_url(
     redis_url,
     patience_s=settings.registry_patience_s,
     forget_unusable_after_s=settings.forget_unusable_after_s,
+    # Bounded by the lease: a command sent while cut off is delivered in time or never.
+    timeout_s=command_timeout(settings.lease_ttl_s),
 )
 
 app = Celery("gvl-farm", include=["workers.tasks"])
@@ -77,7 +79,8 @@ def _start_threads(sender: Any = None, **_: Any) -> None:
 
 
 def _heartbeat(name: str) -> None:
-    beats = Registry.from_url(redis_url)  # its own connections: never waits behind a build
+    # Its own connections: never waits behind a build.
+    beats = Registry.from_url(redis_url, timeout_s=command_timeout(settings.lease_ttl_s))
     while True:
         # the broker may be down: Celery reconnects, and we retry on the next beat
         with contextlib.suppress(BrokerError):
@@ -88,7 +91,11 @@ def _heartbeat(name: str) -> None:
 
 def _watch(name: str) -> None:
     watchdog = Watchdog(
-        Registry.from_url(redis_url, forget_unusable_after_s=settings.forget_unusable_after_s),
+        Registry.from_url(
+            redis_url,
+            forget_unusable_after_s=settings.forget_unusable_after_s,
+            timeout_s=command_timeout(settings.lease_ttl_s),
+        ),
         settings,
         send=Sender(settings, redis_url).send,
         broker_ids=BrokerInspector(redis_url).message_ids,

@@ -13,7 +13,7 @@ from farm.fingerprint import Fingerprint, fingerprint
 from farm.kinds.base import Built, FenceToken, dir_size
 from farm.progress import Progress
 from farm.publish import Owner
-from farm.requests import BoundedPath, absolute_path
+from farm.requests import BoundedPath, absolute_dest, absolute_path
 
 
 class CacheRequest(BaseModel):
@@ -44,7 +44,7 @@ class CacheRequest(BaseModel):
 
     def absolute(self) -> CacheRequest:
         return self.model_copy(
-            update={"fasta": absolute_path(self.fasta), "dest": absolute_path(self.destination())}
+            update={"fasta": absolute_path(self.fasta), "dest": absolute_dest(self.destination())}
         )
 
 

@@ -19,7 +19,7 @@ from farm.kinds.base import Built, FenceToken, dir_size
 from farm.limits import MAX_JITTER, MAX_TRACKS
 from farm.progress import Progress
 from farm.publish import Outcome, Owner
-from farm.requests import BoundedPath, SampleNames, absolute_path, sample_names
+from farm.requests import BoundedPath, SampleNames, absolute_dest, absolute_path, sample_names
 
 
 def _within_limits(tracks: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -113,7 +113,7 @@ class DatasetRequest(BaseModel):
             update={
                 "variants": absolute_path(self.variants) if self.variants is not None else None,
                 "regions": regions,
-                "dest": absolute_path(self.dest),
+                "dest": absolute_dest(self.dest),
                 "strand_column": strand if strand is not None else detect_strand_column(regions),
                 "tracks": tracks,
                 "annot_tracks": annot,

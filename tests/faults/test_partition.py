@@ -88,14 +88,25 @@ def split_cluster(tmp_path: Path, link: Link) -> Iterator[Cluster]:
     c.close()
 
 
-@pytest.mark.parametrize("phase", PHASES)
+# Each phase with the destination lock shared; per host (locks that do not cross the cut, as
+# on NFS `nolock`) only where the cut-off builder holds it longest, between its grant check
+# and its rename: enough to show the takeover never rests on the lock.
+CASES = [(phase, "shared") for phase in PHASES] + [("fenced", "per-host")]
+
+
+@pytest.mark.parametrize(("phase", "lock"), CASES)
 def test_a_partitioned_builder_never_undoes_the_takeover(
-    split_cluster: Cluster, link: Link, phase: str
+    split_cluster: Cluster, link: Link, phase: str, lock: str
 ):
     cluster = split_cluster
-    figures = Figures(f"builder cut off for {CUT_S:g} s at {phase}, then healed")
+    figures = Figures(f"builder cut off for {CUT_S:g} s at {phase}, then healed, {lock} lock")
     started = time.monotonic()
-    far = cluster.worker(netns=link.ns, redis_url=cluster.partitioned_url)  # type: ignore[attr-defined]
+    per_host = lock == "per-host"
+    far = cluster.worker(
+        netns=link.ns,
+        redis_url=cluster.partitioned_url,  # type: ignore[attr-defined]
+        **({"test_lock_host": "far"} if per_host else {}),
+    )
     fasta = cluster.genome()
     dest = fasta.parent / "partitioned.gvlfa"
     key = cluster.submit_paused(CacheRequest(fasta=fasta, dest=dest), phase, 0.5)
@@ -103,7 +114,8 @@ def test_a_partitioned_builder_never_undoes_the_takeover(
     cluster.marker(phase, key)
     link.cut()
     try:
-        cluster.worker()  # the worker that takes over, on this side of the cut
+        # The worker that takes over, on this side of the cut.
+        cluster.worker(**({"test_lock_host": "near"} if per_host else {}))
         (record,) = settle(cluster, [key], figures, timeout=60)
         assert record is not None and not record.worker.startswith(far.name)
         before = _published(dest)
@@ -118,6 +130,8 @@ def test_a_partitioned_builder_never_undoes_the_takeover(
     time.sleep(1.0)
     assert _published(dest) == before, "the cut-off builder swapped the destination"
     _check_after(cluster, figures, far, {key: record})
+    if per_host:
+        assert cluster.log_count(f"{dest}.lock.") >= 2  # each side took its own lock
     _lives_on(cluster, far, fasta, figures)
     figures.seconds = time.monotonic() - started
     figures.report()

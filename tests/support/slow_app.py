@@ -19,20 +19,26 @@
   ``building`` (staging directory holds a partial file), ``fenced`` (the grant was allowed
   to publish, the rename not yet done), ``published`` (artifact renamed into place, record
   not yet valid).
+- ``FARM_TEST_LOCK_HOST``: this worker is a host of that name whose file locks do not reach
+  the others' (NFS mounted ``nolock`` or ``local_lock=``): it takes ``<dest>.lock.<name>``
+  instead of the ``<dest>.lock`` every worker shares, so two "hosts" never wait on each other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
 from farm.artifacts import gvlfa
+from farm.confine import ConfinedParent, best_effort_lock
 from farm.records import ArtifactRecord, Status
 from farm.registry import Registry
 from workers.app import app
@@ -130,7 +136,25 @@ def _wedge(signum: int, frame: Any) -> None:
 if os.environ.get("FARM_TEST_WEDGE_ON_SIGWINCH"):
     signal.signal(signal.SIGWINCH, _wedge)
 
+
+@contextlib.contextmanager
+def _lock_of_this_host(dest: Path, root: Path, *, enabled: bool, timeout: float) -> Iterator[None]:
+    """The destination lock as a filesystem whose locks stay on their host gives it."""
+    host = os.environ["FARM_TEST_LOCK_HOST"]
+    if not enabled:
+        yield
+        return
+    with (
+        ConfinedParent(dest, root) as parent,
+        best_effort_lock(parent, f"{parent.name}.lock.{host}", timeout) as taken,
+    ):
+        log.warning("LOCK %s.lock.%s taken=%s pid=%d", dest, host, taken, os.getpid())
+        yield
+
+
 gvlfa.write_cache = _slow_write_cache
+if os.environ.get("FARM_TEST_LOCK_HOST"):
+    gvlfa._best_effort_lock = _lock_of_this_host
 gvlfa.build_and_publish = _logged_build_and_publish
 gvlfa._write_sequence = _paused_write_sequence
 Registry.start = _paused_start

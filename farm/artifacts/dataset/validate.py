@@ -22,6 +22,7 @@ from farm.artifacts.dataset.tracks import FILES as TRACK_FILES
 from farm.artifacts.dataset.writer import FARM_RECORD, GENOTYPE_FILES, REQUIRED
 from farm.errors import ArtifactInvalidError, TooNewError
 from farm.fingerprint import Fingerprint, checksum, fingerprint
+from farm.versions import is_farm_link
 
 SUPPORTED_MAJOR = 2
 _REGEN = "rebuild the dataset"
@@ -201,8 +202,8 @@ def _check_checksums(dest: Path) -> None:
 
 def classify_dataset(dest: Path) -> Classification:
     """What is at ``dest``, and can it be used as is?"""
-    if not dest.exists() and not dest.is_symlink():
-        return Classification(State.MISSING)
+    if not dest.exists() and (not dest.is_symlink() or is_farm_link(dest)):
+        return Classification(State.MISSING)  # a farm link whose version is gone: nothing
     if not dest.is_dir() or not (dest / "metadata.json").exists():
         return Classification(State.FOREIGN, f"{dest} is not a GenVarLoader dataset")
     try:
