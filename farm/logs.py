@@ -17,6 +17,9 @@ import time
 from typing import Any
 
 KEYS = logging.getLogger("farm.keys")
+# Where no logging is set up (the CLI's inline builds), these lines go nowhere rather than to
+# Python's last-resort stderr handler: a command says what happened in its own words.
+KEYS.addHandler(logging.NullHandler())
 FORMATS = ("text", "json")
 # What every key line carries, in this order (absent values are null in JSON, left out as text).
 FIELDS = ("key", "kind", "status", "action", "worker", "duration_s", "size_b", "dest", "error")
@@ -87,6 +90,13 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
         return json.dumps(line, default=str, ensure_ascii=False)
+
+
+def json_line(level: str, logger: str, msg: str) -> str:
+    """A JSON log line written without logging (where a signal handler must not take
+    logging's locks)."""
+    line = {"ts": _iso(time.time()), "level": level, "logger": logger, "msg": msg}
+    return json.dumps(line, ensure_ascii=False) + "\n"
 
 
 def _iso(created: float) -> str:

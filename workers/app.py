@@ -19,11 +19,13 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any
 
 from celery import Celery
+from celery.apps import worker as celery_worker_app
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
@@ -72,6 +74,24 @@ def key_of(message: Any) -> str | None:
     if isinstance(message, dict):
         message = message.get("key")
     return message if isinstance(message, str) and _KEY.fullmatch(message) else None
+
+
+def _say_json(msg: str, f: Any = None) -> None:
+    """Celery's ``safe_say`` (a raw write, safe in a signal handler), as a JSON line."""
+    stream = f if f is not None else sys.__stderr__
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.write(stream.fileno(), logs.json_line("INFO", "celery.apps.worker", msg).encode())
+
+
+if settings.log_format == "json":
+    # Until Celery sets up its handlers (and after: it keeps this one's place), what is said
+    # early, such as Celery's warning about running as root, is a JSON line too.
+    logging.captureWarnings(True)
+    _early = logging.StreamHandler()
+    logs.use_json([_early])
+    logging.getLogger().addHandler(_early)
+    # Celery's signal handlers print a few notices ("Warm shutdown") straight to the stream.
+    celery_worker_app.safe_say = _say_json
 
 
 @after_setup_logger.connect
