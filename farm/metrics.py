@@ -27,7 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import MetricsHandler
 
-from farm.errors import InputError
+from farm.errors import BrokerError, InputError
 from farm.tally import STATUSES, Snapshot
 
 if TYPE_CHECKING:
@@ -164,9 +164,21 @@ def serve(registry: Registry, host: str, port: int) -> ThreadingHTTPServer:
         daemon_threads = True
         address_family = _family(host)
 
-    handler = MetricsHandler.factory(_registry_of(registry))
+    collectors = _registry_of(registry)
+
+    class Handler(MetricsHandler):
+        registry = collectors
+
+        def do_GET(self) -> None:
+            try:
+                super().do_GET()
+            except BrokerError as e:
+                # The scrape fails (Prometheus marks the target down) with the reason, not
+                # a traceback on the exporter's stderr.
+                self.send_error(503, "farm registry unreachable", str(e))
+
     try:
-        return Server((host, port), handler)
+        return Server((host, port), Handler)
     except OSError as e:
         raise InputError(f"Cannot listen on {url_host(host)}:{port} ({e.strerror}).") from e
 

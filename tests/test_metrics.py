@@ -8,7 +8,9 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 
@@ -316,3 +318,17 @@ def test_reindex_rebuilds_the_counts_of_a_registry_that_lost_them(
     list(maintenance.reindex(registry, genomes, allowed=farm_settings.roots))
     assert registry.snapshot().records["valid"] == 1
     assert_exact(registry)
+
+
+def test_a_scrape_while_redis_is_away_fails_with_503(tmp_path):
+    server = metrics.serve(Registry.from_url(f"unix://{tmp_path}/none.sock"), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert failed.value.code == 503
+    finally:
+        server.shutdown()
+        server.server_close()
