@@ -84,8 +84,9 @@ def _say_json(msg: str, f: Any = None) -> None:
 
 
 if settings.log_format == "json":
-    # Until Celery sets up its handlers (and after: it keeps this one's place), what is said
-    # early, such as Celery's warning about running as root, is a JSON line too.
+    # Until Celery sets up its own handlers (which replace this one, and which _json_logs
+    # reformats), what is said early, such as Celery's warning about running as root, is a
+    # JSON line too.
     logging.captureWarnings(True)
     _early = logging.StreamHandler()
     logs.use_json([_early])
@@ -154,29 +155,48 @@ def _describe(consumer: Any) -> dict[str, Any]:
     else:
         slots = int(getattr(pool, "limit", None) or getattr(controller, "concurrency", 1) or 1)
         processes = slots
-    busy = set()
-    for request in list(worker_state.active_requests):
-        args = getattr(request, "args", None) or [None]
-        key = key_of(getattr(request, "id", None)) or key_of(args[0])
-        if key:
-            busy.add(key)
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "slots": slots,
         "pool": processes,
-        "busy": sorted(busy),
+        "busy": _busy_keys(),
         "version": farm.__version__,
         "started_at": _STARTED_AT,
     }
+
+
+def _busy_keys() -> list[str]:
+    """The keys of Celery's active requests. Read from the heartbeat thread while Celery's
+    own thread changes the set: a read that races with a change is tried again, and a
+    heartbeat never dies of it (a worker without one would look dead)."""
+    for _ in range(3):
+        try:
+            requests = list(worker_state.active_requests)
+        except RuntimeError:  # the set changed size during the copy
+            continue
+        busy = set()
+        for request in requests:
+            args = getattr(request, "args", None) or [None]
+            key = key_of(getattr(request, "id", None)) or key_of(args[0])
+            if key:
+                busy.add(key)
+        return sorted(busy)
+    return []
 
 
 def _heartbeat(name: str, consumer: Any) -> None:
     beats = Registry.from_url(redis_url)  # its own connections: never waits behind a build
     while True:
         # the broker may be down: Celery reconnects, and we retry on the next beat
-        with contextlib.suppress(BrokerError):
+        try:
             beats.worker_seen(name, _describe(consumer), ttl_s=settings.worker_silent_after_s)
+        except BrokerError:
+            pass
+        except Exception:
+            log.exception("heartbeat: cannot describe this worker; beating without it")
+            with contextlib.suppress(BrokerError):
+                beats.worker_seen(name)
         if _stop.wait(settings.worker_heartbeat_s):
             break
 
