@@ -18,6 +18,10 @@ What is kept per key is only its record; the rest is shared or bounded:
   renewed. The watchdog looks only at entries past their deadline (see :mod:`farm.watchdog`).
 - ``done`` (a stream, the newest :data:`COMPLETIONS_KEPT`) announces each key that turns
   terminal, so a waiter's work follows what changed, not what it waits for.
+- ``counts``, ``expiring`` and ``stats`` are what the scripts below count as they change
+  records (:mod:`farm.tally`), so ``farm metrics`` never scans; ``workers`` (sorted set, by
+  last heartbeat) and ``worker:<name>`` (what a worker said of itself, expiring) are the
+  workers.
 
 Every write that moves a key between states is one Lua script or one MULTI, so a Redis that
 keeps an append-only file and dies mid-way never restores a record without its bookkeeping.
