@@ -1137,8 +1137,9 @@ def worker(
         ),
     ] = None,
 ) -> None:
-    """Run a Celery worker on the farm's queue (extra options go to Celery). It exits 0 after
-    a drain (--lifetime, --max-builds, --idle-exit, SIGTERM)."""
+    """Run a Celery worker on the farm's queue (extra options go to Celery). Each gets a
+    name of its own, farm-PID-XXXX@HOST, unless -n/--hostname names it. It exits 0 after a
+    drain (--lifetime, --max-builds, --idle-exit, SIGTERM)."""
     from farm import embedded
 
     durations = {
@@ -1162,6 +1163,8 @@ def worker(
     argv = [*embedded.worker_argv(), "--loglevel", loglevel]
     if autoscale:
         argv += ["--autoscale", autoscale]
+    if not _names_itself(ctx.args):
+        argv += ["-n", embedded.worker_name()]
     argv += list(ctx.args)
     os.execv(argv[0], argv)
 
@@ -1203,6 +1206,74 @@ def health(
         raise typer.Exit(_fail(f"Not {'ready' if ready else 'live'}: {verdict.why}."))
     if not as_json:
         terminal.say(f"{'Ready' if ready else 'Live'}: {verdict.why}.")
+
+
+def _names_itself(args: Sequence[str]) -> bool:
+    """Whether Celery's options name the worker (-n NAME, -nNAME, --hostname[=]NAME)."""
+    return any(a == "-n" or a.startswith(("-n", "--hostname")) for a in args)
+
+
+@app.command("workers")
+def list_workers(as_json: JsonOption = False) -> None:
+    """The live workers: name, host, pid, slots, the keys they build, heartbeat age, version.
+
+    A worker drops off within a few heartbeats of dying (FARM_WORKER_HEARTBEAT_S x 3 + 1 s)."""
+    rows = _light_registry().workers()
+    if as_json:
+        for row in rows:
+            terminal.line(json.dumps(row, separators=(",", ":")))
+        return
+    table = [("NAME", "HOST", "PID", "SLOTS", "BUSY", "HEARTBEAT", "VERSION", "BUILDING")]
+    for row in rows:
+        busy = row.get("busy") or []
+        table.append(
+            (
+                row["name"],
+                str(row.get("host", "?")),
+                str(row.get("pid", "?")),
+                str(row.get("slots", "?")),
+                str(len(busy)),
+                f"{row['heartbeat_age_s']:.1f}s ago",
+                str(row.get("version", "?")),
+                ",".join(k[:16] for k in busy) or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
+    for r in table:
+        terminal.line("  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]))
+    busy_slots = sum(len(r.get("busy") or []) for r in rows)
+    slots = sum(int(r.get("slots") or 0) for r in rows)
+    terminal.say(f"{len(rows)} worker(s), {busy_slots} of {slots} slot(s) busy.")
+
+
+@app.command("metrics")
+def metrics(
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen",
+            metavar="HOST:PORT",
+            help="Serve /metrics there instead of printing once (PORT alone: 127.0.0.1).",
+        ),
+    ] = None,
+) -> None:
+    """The farm's metrics in the Prometheus text format: keys queued and building, records by
+    status, workers and slots, builds, durations, bytes published (see the README)."""
+    from farm import metrics as farm_metrics
+
+    registry = _light_registry()
+    if listen is None:
+        sys.stdout.write(farm_metrics.render(registry))
+        return
+    host, port = farm_metrics.parse_listen(listen)
+    server = farm_metrics.serve(registry, host, port)
+    terminal.say(
+        f"Serving the farm's metrics at http://{farm_metrics.url_host(host)}:{port}/metrics"
+    )
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
 
 
 @server_app.command(

@@ -10,9 +10,9 @@ import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from farm import env
 from farm.versions import DEFAULT_GRACE_S, Layout, PublishMode
@@ -84,12 +84,20 @@ class Settings(BaseModel):
     # A replaced version behind a link is removed this long after it was retired: longer
     # than any reader keeps a dataset it opened before the replace (see farm.versions).
     version_grace_s: float = Field(DEFAULT_GRACE_S, ge=0)
+    # How workers write their log: Celery's text lines, or one JSON object a line (for log
+    # collectors); either way one line per state change of a key (see farm.logs).
+    log_format: Literal["text", "json"] = "text"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """``FARM_LEASE_TTL_S=10`` sets ``lease_ttl_s`` (any case); other variables are ignored."""
         found = env.variables(environ)
         return cls.model_validate({k: v for k, v in found.items() if k in cls.model_fields})
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -162,6 +163,14 @@ def worker_argv() -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", QUEUE]
 
 
+def worker_name(role: str = "farm") -> str:
+    """A Celery node name no other worker has: two on one host are two workers (Celery's
+    default, ``celery@HOST``, would make them one in the registry and in Flower). The pid is
+    the worker's own once ``farm worker`` execs Celery; the random part covers containers,
+    where every worker may be pid 1 on a reused hostname."""
+    return f"{role}-{os.getpid()}-{secrets.token_hex(2)}@%h"
+
+
 def _worker_roots(state_dir: Path) -> list[str]:
     try:
         return list(json.loads((state_dir / WORKER_ROOTS).read_text()))
@@ -196,7 +205,9 @@ def ensure_worker(settings: Settings, *, timeout_s: float = 60.0) -> None:
             "FARM_STATE_DIR": str(state_dir),
         }
         env.pop("FARM_REDIS_URL", None)  # the embedded Redis, found from the state directory
-        argv = [*worker_argv(), "-n", f"embedded-{os.getpid()}@%h"]
+        # INFO: its log says which build ran, and why one failed (see farm.logs).
+        argv = [*worker_argv(), "-n", worker_name("embedded"), "--loglevel", "INFO"]
+        _rotate(state_dir / WORKER_LOG)
         with open(state_dir / WORKER_LOG, "ab") as log:
             worker = subprocess.Popen(
                 argv,
@@ -211,6 +222,19 @@ def ensure_worker(settings: Settings, *, timeout_s: float = 60.0) -> None:
         # released, so no second caller starts another. Not waited for: it boots on its own.
         pidfile.write_text(str(worker.pid))
         (state_dir / WORKER_ROOTS).write_text(json.dumps([EVERYWHERE]))
+
+
+_LOG_KEPT_BYTES = 16 * 1024 * 1024
+
+
+def _rotate(log: Path) -> None:
+    """Keep the embedded worker's log from growing without end: past 16 MiB, the old one
+    becomes ``worker.log.1`` (replacing the one before) when a worker starts."""
+    try:
+        if log.stat().st_size > _LOG_KEPT_BYTES:
+            log.replace(log.with_name(log.name + ".1"))
+    except FileNotFoundError:
+        pass
 
 
 def stop_worker(state_dir: Path, *, timeout_s: float) -> int | None:

@@ -110,7 +110,8 @@ def reindex(registry: Registry, root: Path, *, allowed: list[Path]) -> Iterator[
 
     A key already recorded keeps what its record knew of the artifact (when it was built, by
     whom, in how long, its checksum) as long as the artifact on disk is still the one it
-    describes; a key in flight is left to its builder."""
+    describes; a key in flight is left to its builder. At the end the counts of records
+    by status (``farm metrics``) are rebuilt from the records."""
     resolved = _within_allowed(root, allowed, "reindex")
     return _reindexed(registry, resolved)
 
@@ -162,6 +163,9 @@ def _reindexed(registry: Registry, root: Path) -> Iterator[ArtifactRecord]:
             )
         registry.put(record)
         yield record
+    # The counts behind `farm metrics` follow every write, but a registry rebuilt after a
+    # loss may hold records written before counting existed: count them all once.
+    registry.recount()
 
 
 def _within_allowed(root: Path, allowed: list[Path], command: str) -> Path:

@@ -18,6 +18,10 @@ What is kept per key is only its record; the rest is shared or bounded:
   renewed. The watchdog looks only at entries past their deadline (see :mod:`farm.watchdog`).
 - ``done`` (a stream, the newest :data:`COMPLETIONS_KEPT`) announces each key that turns
   terminal, so a waiter's work follows what changed, not what it waits for.
+- ``counts``, ``expiring`` and ``stats`` are what the scripts below count as they change
+  records (:mod:`farm.tally`), so ``farm metrics`` never scans; ``workers`` (sorted set, by
+  last heartbeat) and ``worker:<name>`` (what a worker said of itself, expiring) are the
+  workers.
 
 Every write that moves a key between states is one Lua script or one MULTI, so a Redis that
 keeps an append-only file and dies mid-way never restores a record without its bookkeeping.
@@ -38,10 +42,11 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from farm import stored
+from farm import stored, tally
 from farm.errors import BrokerError
 from farm.limits import JOB_TAG_LEN
 from farm.stored import LUA_STATUS
+from farm.tally import LUA_RECOUNT, LUA_STATS, Tally
 
 if TYPE_CHECKING:
     from farm.records import ArtifactRecord, Status
@@ -78,6 +83,7 @@ local ATTEMPTS = P .. 'attempts:' .. KEY
 local INFLIGHT, DUE, DONE = P .. 'inflight', P .. 'due', P .. 'done'
 local GENS, GF = P .. 'gens:' .. string.sub(KEY, 1, 4), string.sub(KEY, 5, 20)
 local PUBWATCH = P .. 'pubwatch'
+local COUNTS, EXPIRING, STATS = P .. 'counts', P .. 'expiring', P .. 'stats'
 """
 # Fencing. Every grant of a key's lease gets the next generation of the key, kept in a small
 # hash entry that never expires (``gens:<4 hex>``, field: the next 16 hex of the key), with
@@ -118,10 +124,12 @@ end
 # Failed records are taken; invalid and stale ones are taken with the rebuild flag set.
 _CLAIM = (
     LUA_STATUS
+    + LUA_RECOUNT
     + """
 local cur = redis.call('GET', KEYS[1])
 local function take(v)
   redis.call('SET', KEYS[1], v)
+  recount(KEYS[6], KEYS[7], ARGV[2], cur, v, 0)
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[2])
   if ARGV[5] ~= '' then redis.call('HSET', KEYS[5], ARGV[5] .. '+', ARGV[2]) end
@@ -136,15 +144,20 @@ return take(ARGV[1])
 )
 # Replace a record only if it is still exactly what the caller read, and no lease is held.
 # A new claim (not a requeue) also becomes its destination's newest request (ARGV[6]).
-_TAKE_IF_UNCHANGED = """
+_TAKE_IF_UNCHANGED = (
+    LUA_STATUS
+    + LUA_RECOUNT
+    + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
+recount(KEYS[6], KEYS[7], ARGV[3], ARGV[1], ARGV[2], 0)
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[5], ARGV[6] .. '+', ARGV[3]) end
 return 1
 """
+)
 # A message is out: stop watching the claim, unless a builder already set its own deadline.
 _CONFIRM_SENT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
@@ -156,6 +169,7 @@ return 1
 # terminal or unknown key, or one another live holder has, is answered without a lease.
 _START = (
     LUA_STATUS
+    + LUA_RECOUNT
     + _LUA_KEY_NAMES
     + _LUA_GRANT
     + """
@@ -167,6 +181,8 @@ local h = redis.call('GET', LEASE)
 if h and h ~= holder then return {0, cur, 0, 0} end
 local g, gh = grant()
 if gh ~= holder then
+  -- A grant never spent (by a finish or a hand-back) whose lease is gone: a takeover.
+  if gh ~= '' then redis.call('HINCRBY', STATS, 'takeovers', 1) end
   g = g + 1
   redis.call('HSET', GENS, GF, g .. ' ' .. holder)
 end
@@ -176,8 +192,10 @@ redis.call('ZADD', DUE, deadline, KEY)
 local n = redis.call('INCR', ATTEMPTS)
 redis.call('EXPIRE', ATTEMPTS, 604800)
 if string.sub(cur, 1, 1) ~= '{' then
+  local was = cur
   cur = 'b' .. string.sub(cur, 2)
   redis.call('SET', REC, cur)
+  recount(COUNTS, EXPIRING, KEY, was, cur, 0)
 end
 redis.call('SET', PROGRESS, '{"worker":' .. cjson.encode(worker) .. ',"started_at":' .. now .. '}',
            'PX', ttl)
@@ -300,6 +318,21 @@ local function index(bucket, field, key, valid)
 end
 """
 _INDEX = _LUA_INDEX + "return index(KEYS[1], ARGV[1], ARGV[2], ARGV[3] == 'v')"
+# Store a record whatever was there, counted (maintenance: verify, reindex, a superseded key).
+_PUT = (
+    LUA_STATUS
+    + LUA_RECOUNT
+    + """
+local cur = redis.call('GET', KEYS[1])
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+recount(KEYS[2], KEYS[3], ARGV[3], cur, ARGV[1], ARGV[2])
+return 1
+"""
+)
 # A key's last word. A builder's is written only under the newest grant of a key in flight: a
 # builder that lost its grant never overwrites another's verdict. Any other verdict (holder
 # '': a cancellation, maintenance) only when no live builder holds the key and it is not
@@ -307,6 +340,8 @@ _INDEX = _LUA_INDEX + "return index(KEYS[1], ARGV[1], ARGV[2], ARGV[3] == 'v')"
 # destination and announces it.
 _FINISH = (
     LUA_STATUS
+    + LUA_RECOUNT
+    + LUA_STATS
     + _LUA_INDEX
     + _LUA_KEY_NAMES
     + _LUA_GRANT
@@ -327,6 +362,8 @@ if tonumber(ttl) > 0 then
 else
   redis.call('SET', REC, raw)
 end
+recount(COUNTS, EXPIRING, KEY, cur, raw, ttl)
+tally(STATS, ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14])
 redis.call('ZREM', INFLIGHT, KEY)
 redis.call('ZREM', DUE, KEY)
 if h then redis.call('DEL', LEASE) end
@@ -350,6 +387,7 @@ return {1, raw, old}
 # names this key. A key in flight is kept (its builder would write it back).
 _FORGET = (
     LUA_STATUS
+    + LUA_RECOUNT
     + """
 local cur = redis.call('GET', KEYS[1])
 if cur and ARGV[3] ~= '1' and (in_flight(cur) or redis.call('EXISTS', KEYS[7]) == 1) then
@@ -364,6 +402,7 @@ end
 redis.call('DEL', KEYS[1], KEYS[4], KEYS[5], KEYS[6])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+if cur then recount(KEYS[9], KEYS[10], ARGV[1], cur, false, 0) end
 if cur then return 1 end
 return 0
 """
@@ -372,13 +411,17 @@ return 0
 # interrupted attempt not counted against the key.
 _HAND_BACK = (
     LUA_STATUS
+    + LUA_RECOUNT
     + _LUA_KEY_NAMES
     + _LUA_GRANT
     + """
 local raw, holder, gen, now = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if not granted_in_flight(gen, holder) then return 0 end
 spend()
+local cur = redis.call('GET', REC)
 redis.call('SET', REC, raw)
+recount(COUNTS, EXPIRING, KEY, cur, raw, 0)
+redis.call('HINCRBY', STATS, 'builds|' .. ARGV[7] .. '|handed_back', 1)
 redis.call('DEL', LEASE)
 if redis.call('GET', TAG) == holder then redis.call('DEL', TAG) end
 redis.call('ZADD', DUE, now, KEY)
@@ -443,6 +486,15 @@ def _stream_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def _outcome(record: ArtifactRecord, holder: str) -> str:
+    """How a last word is counted in ``gvlfarm_builds_total`` ('': not counted)."""
+    if not holder:  # no builder: a cancellation (or a test's verdict)
+        return "cancelled" if str(record.status) == "failed" else ""
+    if str(record.status) == "valid":
+        return record.action if record.action in tally.OUTCOMES else "built"
+    return "failed"
+
+
 def _is_unusable(status: str) -> bool:
     """Records that hold no valid artifact: those an expiry may forget."""
     return status in ("failed", "invalid", "stale")
@@ -505,6 +557,8 @@ class Registry:
         self._seed = client.register_script(_SEED)
         self._raise = client.register_script(_RAISE)
         self._drop_staging = client.register_script(_DROP_IF_SCORE)
+        self._put = client.register_script(_PUT)
+        self.tally = Tally(client, prefix)
 
     @classmethod
     def from_url(
@@ -638,6 +692,8 @@ class Registry:
                     self._inflight,
                     self._due,
                     bucket or self._inflight,
+                    self.tally.counts_key,
+                    self.tally.expiring_key,
                 ],
                 args=[_stored(record), record.key, now, now + send_grace_s, field],
                 client=pipe,
@@ -672,6 +728,8 @@ class Registry:
                     self._inflight,
                     self._due,
                     bucket or self._inflight,
+                    self.tally.counts_key,
+                    self.tally.expiring_key,
                 ],
                 args=[seen_raw, _stored(new), new.key, now, now + send_grace_s, field],
                 client=pipe,
@@ -764,7 +822,11 @@ class Registry:
         """
         status = str(record.status)
         pipe = self._r.pipeline(transaction=True)
-        pipe.set(self._rec(record.key), _stored(record), px=self._ttl_ms(status) or None)
+        self._put(
+            keys=[self._rec(record.key), self.tally.counts_key, self.tally.expiring_key],
+            args=[_stored(record), self._ttl_ms(status), record.key],
+            client=pipe,
+        )
         if record.status.terminal:
             pipe.zrem(self._inflight, record.key)
             pipe.zrem(self._due, record.key)
@@ -783,13 +845,25 @@ class Registry:
 
     @_redis_errors
     def finish(
-        self, record: ArtifactRecord, holder: str, generation: int = 0
+        self,
+        record: ArtifactRecord,
+        holder: str,
+        generation: int = 0,
+        *,
+        ran_s: float | None = None,
     ) -> ArtifactRecord | None:
         """A terminal record, written only if the caller still has the right to (see
         ``_FINISH``: a builder under its grant's ``generation``; ``holder`` '' for anyone
-        else); returns the record that stands (None: it was forgotten meanwhile)."""
+        else); returns the record that stands (None: it was forgotten meanwhile).
+
+        A builder's finish is counted (:mod:`farm.tally`): its outcome, how long it ran
+        (``ran_s``; a valid record's ``build_seconds`` by default) and the bytes it published."""
         status = str(record.status)
         bucket, field = self._dest_slot(record.dest) if record.dest else ("", "")
+        outcome = _outcome(record, holder)
+        if ran_s is None and outcome and status == "valid":
+            ran_s = record.build_seconds
+        published = record.size_bytes if outcome in ("built", "rebuilt") else 0
         written, raw, old = self._finish(
             args=[
                 self._p,
@@ -801,6 +875,7 @@ class Registry:
                 field,
                 self._ttl_ms(status),
                 COMPLETIONS_KEPT,
+                *tally.stats_args(record.kind, outcome, ran_s if outcome else None, published),
             ],
         )
         if not written:
@@ -832,7 +907,15 @@ class Registry:
         queued = record.evolve(status=_status("queued"), worker=None, action="handed back")
         return bool(
             self._hand_back(
-                args=[self._p, record.key, _stored(queued), holder, generation, time.time()]
+                args=[
+                    self._p,
+                    record.key,
+                    _stored(queued),
+                    holder,
+                    generation,
+                    time.time(),
+                    record.kind,
+                ]
             )
         )
 
@@ -1090,13 +1173,51 @@ class Registry:
         return bool(self._drop_staging(keys=[self._staging], args=[parent, repr(noted_at)]))
 
     # -- workers -----------------------------------------------------------------------------
+    def _worker(self, name: str) -> str:
+        return f"{self._p}worker:{name}"
+
     @_redis_errors
-    def worker_seen(self, name: str) -> None:
-        self._r.zadd(self._workers, {name: time.time()})
+    def worker_seen(self, name: str, info: dict[str, Any] | None = None, ttl_s: float = 0) -> None:
+        """A worker's heartbeat; ``info`` (what ``farm workers`` shows) is kept ``ttl_s``, so
+        a worker killed without a word drops off the listing by itself."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.zadd(self._workers, {name: time.time()})
+        if info is not None and ttl_s > 0:
+            ttl_ms = int(ttl_s * 1000)
+            body = json.dumps({**info, "name": name, "ttl_ms": ttl_ms}, separators=(",", ":"))
+            pipe.set(self._worker(name), body, px=ttl_ms)
+        pipe.execute()
 
     @_redis_errors
     def worker_gone(self, name: str) -> None:
-        self._r.zrem(self._workers, name)
+        pipe = self._r.pipeline(transaction=False)
+        pipe.zrem(self._workers, name)
+        pipe.delete(self._worker(name))
+        pipe.execute()
+
+    @_redis_errors
+    def workers(self) -> list[dict[str, Any]]:
+        """The live workers as their last heartbeat described them, each with
+        ``heartbeat_age_s`` (by Redis's clock, so clocks that disagree do not matter); two
+        round trips, whatever the registry's size."""
+        names = [_text(n) for n in self._r.zrange(self._workers, 0, -1)]
+        if not names:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for name in names:
+            pipe.get(self._worker(name))
+            pipe.pttl(self._worker(name))
+        replies = pipe.execute()
+        out = []
+        for i in range(len(names)):
+            raw, left_ms = replies[2 * i], int(replies[2 * i + 1])
+            if raw is None or left_ms < 0:
+                continue  # no word within its TTL: dead, or a worker too old to describe itself
+            info = json.loads(raw)
+            ttl_ms = int(info.pop("ttl_ms", left_ms))
+            info["heartbeat_age_s"] = round(max(0, ttl_ms - left_ms) / 1000, 3)
+            out.append(info)
+        return sorted(out, key=lambda w: w["name"])
 
     @_redis_errors
     def live_workers(self, within_s: float) -> list[str]:
@@ -1111,7 +1232,45 @@ class Registry:
         for raw in self._r.zrangebyscore(self._workers, "-inf", cutoff):
             if self._r.zrem(self._workers, raw):
                 reaped.append(raw.decode())
+                self._r.delete(self._worker(raw.decode()))
         return reaped
+
+    # -- what the farm counts as it works (see farm.tally) --------------------------------------
+    @_redis_errors
+    def snapshot(self) -> tally.Snapshot:
+        """Everything ``farm metrics`` shows: a few round trips, never a scan."""
+        counts, oldest, stats, recounted_at = self.tally.read()
+        builds, durations, published, takeovers = tally.parse_stats(stats)
+        return tally.Snapshot(
+            records=counts,
+            oldest_queued_at=oldest,
+            builds=builds,
+            durations=durations,
+            published_bytes=published,
+            takeovers=takeovers,
+            workers=self.workers(),
+            recounted_at=recounted_at,
+        )
+
+    @_redis_errors
+    def recount(self) -> dict[str, int]:
+        """Rebuild the counts of records by status from the records themselves (a scan: for
+        ``farm reindex``, and once on a registry written before the farm counted)."""
+        return self.tally.recount(self.key_batches())
+
+    @_redis_errors
+    def recount_if_never_counted(self, holder: str) -> bool:
+        """Recount once, farm-wide, if the counts were never rebuilt (a registry that
+        predates them); True if this call did."""
+        if self.tally.counted() or not self.try_lock("recount", holder, 3600.0):
+            return False
+        try:
+            if self.tally.counted():
+                return False
+            self.recount()
+            return True
+        finally:
+            self.unlock("recount", holder)
 
     @_redis_errors
     def forget(self, keys: Iterable[str], *, in_flight: bool = False) -> list[str]:
@@ -1139,6 +1298,8 @@ class Registry:
                     self._attempts(key),
                     self._lease(key),
                     bucket,
+                    self.tally.counts_key,
+                    self.tally.expiring_key,
                 ],
                 args=[key, field, "1" if in_flight else "0"],
                 client=pipe,

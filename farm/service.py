@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from farm import kinds
+from farm import kinds, logs
 from farm.config import Settings
 from farm.confine import containing_root
 from farm.errors import FarmError, FencedOut, StopRequested
@@ -91,6 +91,7 @@ def ensure(
     if record is None or not start.leased:
         return record
     lease = Lease(registry, key, holder, start.generation, settings.lease_ttl_s)
+    logs.key_changed(key, kind=record.kind, status="building", worker=ctx.worker, dest=record.dest)
     with lease.heartbeat():
         try:
             request = kinds.parse_request(record.request)
@@ -165,23 +166,32 @@ def ensure(
                 f"The build of {dest} was superseded by a newer request for the same "
                 f"destination ({e.newer_key}); nothing was published."
             )
-            return _fail(ctx, building, sentence, lease)
+            return _fail(ctx, building, sentence, lease, started=started)
         except (StopRequested, SystemExit):
             lease.end()
-            registry.hand_back(building, holder, lease.generation)
+            if registry.hand_back(building, holder, lease.generation):
+                logs.key_changed(
+                    key,
+                    kind=record.kind,
+                    status="queued",
+                    worker=ctx.worker,
+                    action="handed back",
+                    duration_s=time.time() - started,
+                    dest=record.dest,
+                )
             raise
         except KeyboardInterrupt:
             sentence = (
                 f"The build of {request.destination()} was cancelled (the user interrupted "
                 "it); submit it again to build it."
             )
-            _fail(ctx, building, sentence, lease)
+            _fail(ctx, building, sentence, lease, started=started)
             raise
         except BaseException as e:
             sentence = _failure_sentence(e, request, settings, interrupts)
             if sentence is None:
                 raise
-            return _fail(ctx, building, sentence, lease)
+            return _fail(ctx, building, sentence, lease, started=started)
         finished = time.time()
         done = building.evolve(
             status=Status.VALID,
@@ -199,7 +209,18 @@ def ensure(
         )
         lease.end()
         stands = registry.finish(done, holder, lease.generation)
-        if stands != done:
+        if stands == done:
+            logs.key_changed(
+                key,
+                kind=done.kind,
+                status="valid",
+                worker=ctx.worker,
+                action=done.action,
+                duration_s=done.build_seconds,
+                size_b=done.size_bytes,
+                dest=done.dest,
+            )
+        else:
             # Published, then found fenced out at its last word: the one gap no filesystem
             # fences. The watchdog checks the destination at once and repairs it.
             log.warning("%s: published %s but lost the grant before its record", key, dest)
@@ -300,9 +321,31 @@ def _failure_sentence(
     return None  # KeyboardInterrupt, SystemExit: the process is going away
 
 
-def _fail(ctx: Context, record: ArtifactRecord, error: str, lease: Lease) -> ArtifactRecord | None:
+def _fail(
+    ctx: Context,
+    record: ArtifactRecord,
+    error: str,
+    lease: Lease,
+    *,
+    started: float | None = None,
+) -> ArtifactRecord | None:
+    """Fail the key under the builder's grant; ``started``: when its build began (None: it
+    failed before building), for the duration counted and logged."""
     lease.end()
+    finished = time.time()
+    ran_s = None if started is None else finished - started
     failed = record.evolve(
-        status=Status.FAILED, error=error, finished_at=time.time(), worker=ctx.worker
+        status=Status.FAILED, error=error, finished_at=finished, worker=ctx.worker
     )
-    return ctx.registry.finish(failed, lease.holder, lease.generation)
+    stands = ctx.registry.finish(failed, lease.holder, lease.generation, ran_s=ran_s)
+    if stands == failed:
+        logs.key_changed(
+            record.key,
+            kind=record.kind,
+            status="failed",
+            worker=ctx.worker,
+            duration_s=ran_s,
+            dest=record.dest,
+            error=error,
+        )
+    return stands

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from farm import kinds
+from farm import kinds, logs
 from farm.config import Settings
 from farm.records import ArtifactRecord, Status
 from farm.registry import Registry
@@ -223,6 +223,14 @@ class Watchdog:
             for (_, record), ok in zip(changes, taken, strict=True):
                 if ok:
                     to_send.append(record.key)
+                    logs.key_changed(
+                        record.key,
+                        kind=record.kind,
+                        status=str(record.status),
+                        worker=self.name,
+                        action=record.action,
+                        dest=record.dest,
+                    )
         if not to_send:
             return
         self._send(to_send)

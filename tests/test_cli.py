@@ -81,6 +81,9 @@ def test_embedded_default_builds_at_once_then_keeps_a_worker(tmp_path, genomes):
             if LAMBDA in line
         ]
         assert record["worker"].startswith("embedded-"), record  # through the queue this time
+        # Its log says which build ran (one line per state change of a key).
+        log = (state / "worker.log").read_text()
+        assert f"key={record['key']} kind=cache status=valid action=built" in log
     finally:
         pid = int((state / "redis.pid").read_text())
         stopped = farm(env, "server", "stop")

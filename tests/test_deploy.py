@@ -33,22 +33,16 @@ from tests.support.manifests import (
     HAND_BACK_S,
     K8S,
     METRICS_PORT,
-    PENDING,
     SBATCH,
     SYSTEMD,
     UNIT_FARM,
-    PendingCommand,
-    awaits,
     check_cli,
-    cli,
     config,
     env_file,
     expand,
     farm_containers,
     k8s_calls,
     k8s_objects,
-    pending,
-    pending_in,
     pod_labels,
     pod_spec,
     read_unit,
@@ -63,9 +57,7 @@ from tests.support.processes import farm_env
 def _call_params() -> list[Any]:
     params = {}
     for where, argv in [*systemd_calls(), *k8s_calls()]:
-        awaited = pending_in(argv)
-        marks = [awaits(*awaited)] if awaited else []
-        params[where, tuple(argv)] = pytest.param(argv, id=where, marks=marks)
+        params[where, tuple(argv)] = pytest.param(argv, id=where)
     return list(params.values())
 
 
@@ -104,14 +96,9 @@ def _farm_names() -> dict[str, str]:
     return found
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=[awaits(n)] if pending(n) else []) for n in sorted(_farm_names())],
-)
+@pytest.mark.parametrize("name", sorted(_farm_names()))
 def test_every_farm_variable_is_a_setting(name: str) -> None:
     field = name.lower().removeprefix("farm_")
-    if field not in Settings.model_fields and pending(name):
-        raise PendingCommand(f"{name} is not a setting yet ({PENDING[name]})")
     assert field in Settings.model_fields, f"{name} ({_farm_names()[name]}) is not a Settings field"
 
 
@@ -455,7 +442,6 @@ def _samples(text: str) -> dict[str, float]:
     return found
 
 
-@awaits("farm metrics")
 def test_the_metric_keda_reads_is_one_farm_metrics_prints(
     registry: Any, redis_url: str, genomes: Path, tmp_path: Path
 ) -> None:
@@ -464,8 +450,6 @@ def test_the_metric_keda_reads_is_one_farm_metrics_prints(
     fasta = genomes / "yeast_S288C_chrI_SGD2005.fa"
     submit = [str(FARM), "submit", "cache", str(fasta), "--dest", str(tmp_path / "y.gvlfa")]
     subprocess.run(submit, env=env, check=True, capture_output=True, timeout=120)
-    if not cli().commands.get("metrics"):
-        raise PendingCommand("`farm metrics` is not in this CLI yet")
     scrape = subprocess.run(
         [str(FARM), "metrics"], env=env, capture_output=True, text=True, timeout=120
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from farm.config import Settings
-from tests.support.manifests import SBATCH, awaits, check_cli
+from tests.support.manifests import SBATCH, check_cli
 
 
 def _bash(script: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -131,7 +131,6 @@ def _run_sbatch(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess
     return result, calls.read_text().splitlines() if calls.exists() else []
 
 
-@awaits("farm worker --lifetime")
 def test_sbatch_runs_a_worker_that_drains_before_the_walltime(tmp_path: Path) -> None:
     end = int(time.time()) + 12 * 3600
     result, called = _run_sbatch(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any
 
@@ -15,20 +14,11 @@ from farm.config import BUILD_TASK
 from farm.errors import BrokerError, StopRequested
 from farm.records import ArtifactRecord
 from workers import lifecycle
-from workers.app import app, registry, settings
+from workers.app import app, key_of, registry, settings
 from workers.stopping import interruptible
 from workers.time_limits import time_limited
 
 log = logging.getLogger(__name__)
-_KEY = re.compile(r"[0-9a-f]{64}")
-
-
-def _key_of(message: Any) -> str | None:
-    """The key a message names: the key itself, or (from older clients) a dict holding
-    it. Anything else a message says is ignored: the request is the key's record."""
-    if isinstance(message, dict):
-        message = message.get("key")
-    return message if isinstance(message, str) and _KEY.fullmatch(message) else None
 
 
 def _built_here(record: ArtifactRecord, worker: str, since: float) -> bool:
@@ -45,7 +35,7 @@ def _built_here(record: ArtifactRecord, worker: str, since: float) -> bool:
     Request="workers.lifecycle:CountedRequest",
 )
 def build(self: Task, message: Any = None) -> dict[str, Any]:
-    key = _key_of(message)
+    key = key_of(message)
     if key is None:
         log.warning("ignored a build message that names no key (forged or garbled)")
         return {"key": None, "status": "rejected"}

@@ -1,10 +1,5 @@
 """Reading the shipped deployments (docker/systemd, docker/k8s, docker/slurm) as their tools do,
 and checking the ``farm`` command lines in them against the real CLI.
-
-Commands that other branches of issue 19 bring (``farm health``, ``farm metrics``, the drain
-options of ``farm worker``) are in :data:`PENDING`: a check that meets one of them missing raises
-:class:`PendingCommand`, which tests expect with a strict ``xfail`` (:func:`awaits`), so that
-they fail once the command lands, until its entry is removed.
 """
 
 from __future__ import annotations
@@ -18,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,32 +28,6 @@ METRICS_PORT = 9808
 # removed); the farm's own stop waits FARM_STOP_GRACE_S + 10 s for it (farm/embedded.py), and
 # every SIGKILL deadline shipped here leaves at least that much.
 HAND_BACK_S = 10.0
-
-# What issue 19's other items bring, and which item. Remove an entry once it has landed.
-PENDING = {
-    "farm health": "issue 19 item 3",
-    "farm metrics": "issue 19 item 2",
-    "farm worker --lifetime": "issue 19 item 4",
-    "farm worker --max-builds": "issue 19 item 4",
-    "farm worker --idle-exit": "issue 19 item 4",
-    "FARM_LOG_FORMAT": "issue 19 item 5",
-}
-
-
-class PendingCommand(AssertionError):
-    """A manifest names a command or setting another branch of issue 19 brings."""
-
-
-def pending(what: str) -> bool:
-    return what in PENDING
-
-
-def awaits(*whats: str) -> pytest.MarkDecorator:
-    names = ", ".join(whats)
-    return pytest.mark.xfail(
-        strict=True, raises=PendingCommand, reason=f"{names}: {PENDING[whats[0]]}"
-    )
-
 
 # --- reading the manifests -------------------------------------------------------------------
 
@@ -214,8 +182,6 @@ def check_cli(argv: list[str]) -> None:
     assert argv[0] == "farm", argv
 
     def missing(what: str) -> None:
-        if pending(what):
-            raise PendingCommand(f"`{what}` is not in this CLI yet ({PENDING[what]})")
         raise AssertionError(f"`{what}` (from {shlex.join(argv)}) is not a farm command")
 
     command = cli()
@@ -238,17 +204,3 @@ def check_cli(argv: list[str]) -> None:
             missing(f"farm {' '.join(path)} {word.split('=')[0]}")
     run = help_runs(*path)
     assert run.returncode == 0, f"farm {' '.join(path)} --help: {run.stderr}"
-
-
-def pending_in(argv: list[str]) -> list[str]:
-    """The entries of PENDING that ``argv`` uses: its subcommand, or one of its options."""
-    found = []
-    for entry in PENDING:
-        words = entry.split()
-        if words[0] != "farm":
-            continue
-        path = [w for w in words[1:] if not w.startswith("-")]
-        options = [w for w in words[1:] if w.startswith("-")]
-        if argv[1 : 1 + len(path)] == path and all(o in argv for o in options):
-            found.append(entry)
-    return found

@@ -114,11 +114,11 @@ def _paused_start(self: Registry, key: str, holder: str, ttl_s: float, **kwargs:
 
 
 def _paused_finish(
-    self: Registry, record: ArtifactRecord, holder: str, generation: int = 0
+    self: Registry, record: ArtifactRecord, holder: str, generation: int = 0, **kwargs: Any
 ) -> ArtifactRecord | None:
     if record.status is Status.VALID:
         _phase("published", record.key)
-    return _finish(self, record, holder, generation)
+    return _finish(self, record, holder, generation, **kwargs)
 
 
 def _paused_may_publish(self: Registry, key: str, *args: Any, **kwargs: Any) -> Any:
