@@ -22,15 +22,15 @@ import mmap
 import os
 import threading
 import zlib
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import numpy as np
 
-from farm.artifacts.bgzf import Bgzf, BgzfError, BgzfReader, bgzf_state
+from farm.artifacts.adaptive import run_adaptive
+from farm.artifacts.bgzf import Bgzf, BgzfError, BgzfReader, Blocks, bgzf_state
 from farm.errors import InputError
 
 # 4 MiB blocks keep translate's output in L2/L3 for the replace that follows; larger blocks
@@ -299,14 +299,72 @@ def _next_header(mm: mmap.mmap, pos: int) -> int:
     return gt
 
 
-def _check_layout(fd: int, records: list[FaiRecord], size: int) -> None:
+class Source(Protocol):
+    """A FASTA's text by position: a plain file's bytes, or a BGZF file's inflated text."""
+
+    size: int
+
+    def read_into(self, start: int, out: memoryview) -> int:
+        """Bytes from ``start`` into ``out`` (fewer only at the end); how many."""
+        ...
+
+
+class _PlainSource:
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self.size = os.fstat(fd).st_size
+
+    def read_into(self, start: int, out: memoryview) -> int:
+        got = 0
+        while got < len(out) and (n := os.preadv(self._fd, [out[got:]], start + got)):
+            got += n
+        return got
+
+
+class _BgzfSource:
+    """Inflates just the blocks a chunk needs, in the thread that asks (every core at once).
+    A block that is not what the index says is NotFixedWidth: the streaming reader then
+    reads the file and says what is wrong with it."""
+
+    def __init__(self, blocks: Blocks) -> None:
+        self._blocks = blocks
+        self.size = blocks.text_size
+
+    def read_into(self, start: int, out: memoryview) -> int:
+        try:
+            return self._blocks.read_into(start, out)
+        except BgzfError as e:
+            raise NotFixedWidth(str(e)) from e
+
+
+@contextlib.contextmanager
+def open_source(path: Path) -> Iterator[Source]:
+    """The text of a plain FASTA, or of a whole BGZF one (its blocks found from its ``.gzi``
+    when that is newer than the file, else walked); NotFixedWidth for any other gzip."""
+    if is_gzip(path):
+        if bgzf_state(path) is not Bgzf.COMPLETE:
+            raise NotFixedWidth("not a complete BGZF file")
+        try:
+            blocks = Blocks(path, use_gzi=True)
+        except BgzfError as e:
+            raise NotFixedWidth(str(e)) from e
+        try:
+            yield _BgzfSource(blocks)
+        finally:
+            blocks.close()
+        return
+    with open(path, "rb", buffering=0) as f:
+        yield _PlainSource(f.fileno())
+
+
+def _check_layout(source: Source, records: list[FaiRecord], size: int) -> None:
     """Headers, gaps and line widths exactly as the index says, or NotFixedWidth."""
     prev_end = 0
     names = {r.name.encode() for r in records}
     for r in records:
         if not (r.length > 0 and r.line_bases > 0 and r.line_width - r.line_bases in (1, 2)):
             raise NotFixedWidth(r.name)
-        gap = _pread_small(fd, prev_end, r.offset)
+        gap = _pread_small(source, prev_end, r.offset)
         if not gap.endswith(b"\n"):
             raise NotFixedWidth(r.name)
         # Between two contigs: blank lines, then headers. All but the last are contigs with
@@ -322,14 +380,15 @@ def _check_layout(fd: int, records: list[FaiRecord], size: int) -> None:
             raise NotFixedWidth(r.name)
         names.update(empty)
         prev_end = r.end
-    if _pread_small(fd, prev_end, size).strip() or prev_end > size:
+    if _pread_small(source, prev_end, size).strip() or prev_end > size:
         raise NotFixedWidth("trailing bytes")
 
 
-def _pread_small(fd: int, start: int, end: int) -> bytes:
+def _pread_small(source: Source, start: int, end: int) -> bytes:
     if end < start or end - start > 1 << 16:
         raise NotFixedWidth("gap")
-    return os.pread(fd, end - start, start)
+    buf = bytearray(end - start)
+    return bytes(buf[: source.read_into(start, memoryview(buf))])
 
 
 class _Scratch(threading.local):
@@ -346,16 +405,16 @@ class _Scratch(threading.local):
         return arr if arr.size >= n else np.empty(max(n, arr.size * 2), arr.dtype)
 
 
-def _copy_segment(fd: int, r: FaiRecord, q0: int, q1: int, dest: np.ndarray, s: _Scratch) -> None:
+def _copy_segment(
+    source: Source, r: FaiRecord, q0: int, q1: int, dest: np.ndarray, s: _Scratch
+) -> None:
     """Contig bases [q0, q1) into ``dest``, checking every line end they cross."""
     lb, lw = r.line_bases, r.line_width
     l0, l1 = q0 // lb, (q1 - 1) // lb + 1
     start, nbytes = r.offset + l0 * lw, (l1 - l0) * lw
     s.raw = s.grow(s.raw, nbytes)
     raw = s.raw[:nbytes]
-    got = 0
-    while got < nbytes and (n := os.preadv(fd, [raw[got:]], start + got)):
-        got += n
+    got = source.read_into(start, memoryview(raw))
     needed = (q1 - 1) // lb * lw + (q1 - 1) % lb + 1 - l0 * lw
     if got < needed:
         raise NotFixedWidth(r.name)
@@ -409,15 +468,16 @@ def copy_fixed_width(
     on_chunk: Callable[[int, memoryview], object],
     threads: int = 2,
 ) -> dict[str, int]:
-    """Write the cleaned sequence of a plain fixed-width FASTA to ``out_fd`` in parallel.
+    """Write the cleaned sequence of a fixed-width FASTA, plain or BGZF, to ``out_fd``.
 
-    ``on_chunk(k, bytes)`` sees output chunk ``k`` (bytes ``[k*chunk_size, ...)``) once,
-    from a worker thread, before it is written. Raises NotFixedWidth (nothing useful
-    written) when the file departs from its index.
+    Output chunks are built on up to ``threads`` threads, as many as measurably pay
+    (:func:`~farm.artifacts.adaptive.run_adaptive`). ``on_chunk(k, bytes)`` sees output
+    chunk ``k`` (bytes ``[k*chunk_size, ...)``) once, from a worker thread, before it is
+    written. Raises NotFixedWidth (nothing useful written) when the file departs from its
+    index, or is a gzip file that is not whole BGZF.
     """
-    with open(path, "rb", buffering=0) as f:
-        fd = f.fileno()
-        _check_layout(fd, records, os.fstat(fd).st_size)
+    with open_source(path) as source:
+        _check_layout(source, records, source.size)
         starts = np.cumsum([0] + [r.length for r in records]).tolist()
         total = starts[-1]
         os.ftruncate(out_fd, total)
@@ -433,7 +493,7 @@ def copy_fixed_width(
                 r, base = records[i], starts[i]
                 q1 = min(b, base + r.length) - base
                 if q1 > pos - base:
-                    _copy_segment(fd, r, pos - base, q1, out[pos - a : q1 + base - a], scratch)
+                    _copy_segment(source, r, pos - base, q1, out[pos - a : q1 + base - a], scratch)
                 pos = base + max(q1, pos - base)
                 i += 1
             _upper_and_check(out, scratch)
@@ -443,14 +503,5 @@ def copy_fixed_width(
             while done < len(view):
                 done += os.pwrite(out_fd, view[done:], a + done)
 
-        n_chunks = -(-total // chunk_size)
-        pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="gvlfa-build")
-        try:
-            for _ in pool.map(build_chunk, range(n_chunks)):
-                pass
-        except BaseException:
-            # The first failure decides; do not build the rest of a genome for nothing.
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
+        run_adaptive(-(-total // chunk_size), build_chunk, threads)
     return {r.name: r.length for r in records}
