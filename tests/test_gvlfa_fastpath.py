@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from collections.abc import Iterator
@@ -246,3 +247,32 @@ def test_a_gzi_that_lies_is_caught_and_the_genome_streamed(
     result = gvlfa.ensure_cache(path)  # the streaming reader takes over: same bytes
     assert result.metadata.contigs == expected_contigs
     assert (result.dest / gvlfa.DATA_FILE).read_bytes() == expected
+
+
+@pytest.mark.parametrize("direct", ["written direct", "no O_DIRECT here", "O_DIRECT refused"])
+def test_chunks_written_past_the_page_cache_are_the_same_bytes(
+    real_genomes: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: str
+) -> None:
+    path = real_genomes["chr20"]
+    if fa.read_fai(path) is None:
+        _index(path)
+    _, expected = _streamed(path)
+    opened: list[int] = []
+    real_direct, real_pwrite = fa._direct_fd, os.pwrite
+
+    def direct_fd(out_fd: int) -> int | None:
+        fd = None if direct == "no O_DIRECT here" else real_direct(out_fd)
+        opened.extend([] if fd is None else [fd])
+        return fd
+
+    def pwrite(fd: int, data, at: int) -> int:
+        if fd in opened and direct == "O_DIRECT refused":
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, at)
+
+    monkeypatch.setattr(fa, "_direct_fd", direct_fd)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    out = tmp_path / "seq.bin"
+    _fixed_width(path, out, chunk_size=1 << 16)
+    assert out.read_bytes() == expected
+    assert bool(opened) == (direct != "no O_DIRECT here")  # this filesystem takes O_DIRECT
