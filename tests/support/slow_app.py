@@ -10,6 +10,9 @@
   on, as a build stuck in C code would: only the hard limit ends it.
 - ``FARM_TEST_BUILD_KILLS_WORKER``: every build SIGKILLs its own process (a segfault or the
   OOM killer, as far as Celery can tell).
+- ``FARM_TEST_PROGRESS_DELAY_S``: every progress report a builder makes waits that long
+  first, and ``FARM_TEST_SITES_DELAY_S`` that long while a variant file's sites are read,
+  so a small input builds as slowly as a lab-scale one and its progress can be watched.
 - ``FARM_TEST_PHASE_DIR``: a test plans a pause by writing ``<phase> <seconds>`` into
   ``pause.<key[:24]>`` there. The first time that key reaches that phase, a marker file
   ``<phase>.<pid>.<key[:24]>`` appears and the builder pauses, so the test can kill exactly
@@ -30,7 +33,9 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from farm import progress
 from farm.artifacts import gvlfa
+from farm.artifacts.dataset.sites import SITES_STAGE
 from farm.records import ArtifactRecord, Status
 from farm.registry import Registry
 from workers.app import app
@@ -120,6 +125,18 @@ def _paused_may_publish(self: Registry, key: str, *args: Any, **kwargs: Any) -> 
     return verdict
 
 
+_advance = progress.RegistryProgress.advance
+
+
+def _slow_advance(self: progress.RegistryProgress, n: int) -> None:
+    sites = getattr(self, "_stage", None) == SITES_STAGE
+    delay = os.environ.get("FARM_TEST_SITES_DELAY_S" if sites else "FARM_TEST_PROGRESS_DELAY_S")
+    if delay:
+        time.sleep(float(delay))
+    _advance(self, n)
+
+
+progress.RegistryProgress.advance = _slow_advance  # type: ignore[method-assign]
 gvlfa.write_cache = _slow_write_cache
 gvlfa.build_and_publish = _logged_build_and_publish
 gvlfa._write_sequence = _paused_write_sequence
