@@ -104,6 +104,16 @@ class Blocks:
         off = u0 - int(self.ustarts[a])
         return data[off : off + (u1 - u0)]
 
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def compressed_span(self, u0: int, u1: int) -> tuple[int, int]:
+        """The bytes of the file that hold text ``[u0, u1)``."""
+        a = int(np.searchsorted(self.ustarts, u0, "right")) - 1
+        b = int(np.searchsorted(self.ustarts, u1, "left"))
+        return int(self.coffsets[max(a, 0)]), int(self.coffsets[min(b, self.n)])
+
     def read_into(self, u0: int, out: memoryview) -> int:
         """Inflate text from ``u0`` straight into ``out`` (up to its length); the bytes put.
 

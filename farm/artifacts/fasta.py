@@ -309,6 +309,18 @@ class Source(Protocol):
         """Bytes from ``start`` into ``out`` (fewer only at the end); how many."""
         ...
 
+    def prefetch(self, start: int, end: int) -> None:
+        """Text ``[start, end)`` will be read soon: have the disk start on it now."""
+        ...
+
+
+def _will_need(fd: int, start: int, end: int) -> None:
+    """Start reading ahead: chunks read by several threads from one descriptor are not the
+    one sequential stream the kernel's readahead looks for. (On the 2-core test machine a
+    cold genome built in 4.6-6.0 s with it, 4.8-7.8 s without: within its noise.)"""
+    with contextlib.suppress(OSError, AttributeError):  # advice only
+        os.posix_fadvise(fd, start, max(0, end - start), os.POSIX_FADV_WILLNEED)
+
 
 class _PlainSource:
     def __init__(self, fd: int) -> None:
@@ -320,6 +332,9 @@ class _PlainSource:
         while got < len(out) and (n := os.preadv(self._fd, [out[got:]], start + got)):
             got += n
         return got
+
+    def prefetch(self, start: int, end: int) -> None:
+        _will_need(self._fd, start, end)
 
 
 class _BgzfSource:
@@ -336,6 +351,10 @@ class _BgzfSource:
             return self._blocks.read_into(start, out)
         except BgzfError as e:
             raise NotFixedWidth(str(e)) from e
+
+    def prefetch(self, start: int, end: int) -> None:
+        c0, c1 = self._blocks.compressed_span(start, end)
+        _will_need(self._blocks.fd, c0, c1)
 
 
 @contextlib.contextmanager
@@ -414,6 +433,14 @@ class _Scratch(threading.local):
 
 
 _PAGE = 4096
+_LOOKAHEAD = 4  # chunks whose input is read ahead of the one being built
+
+
+def _text_at(records: list[FaiRecord], starts: list[int], p: int) -> int:
+    """Where in the text output byte ``p`` comes from."""
+    i = bisect.bisect_right(starts, p) - 1
+    r, q = records[i], p - starts[i]
+    return r.offset + q // r.line_bases * r.line_width + q % r.line_bases
 
 
 def _direct_fd(out_fd: int) -> int | None:
@@ -532,7 +559,16 @@ def copy_fixed_width(
             while done < len(view):
                 done += os.pwrite(out_fd, view[done:], at + done)
 
+        n_chunks = -(-total // chunk_size)
+
+        def prefetch(k: int) -> None:
+            if k < n_chunks:
+                a, b = k * chunk_size, min(total, (k + 1) * chunk_size)
+                source.prefetch(_text_at(records, starts, a), _text_at(records, starts, b - 1))
+
         def build_chunk(k: int) -> None:
+            for ahead in range(1, _LOOKAHEAD + 1) if k == 0 else (_LOOKAHEAD,):
+                prefetch(k + ahead)
             a, b = k * chunk_size, min(total, (k + 1) * chunk_size)
             scratch.out = scratch.grow_aligned(scratch.out, b - a)
             out = scratch.out[: b - a]
@@ -551,7 +587,7 @@ def copy_fixed_width(
             write(view, a)
 
         try:
-            run_adaptive(-(-total // chunk_size), build_chunk, threads)
+            run_adaptive(n_chunks, build_chunk, threads)
         finally:
             if opened is not None:
                 os.close(opened)
