@@ -37,3 +37,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_registry.py
 	$(BIN)/python bench/bench_throughput.py
 	$(BIN)/python bench/bench_cohort.py
+	$(BIN)/python bench/bench_genome.py
