@@ -7,10 +7,11 @@ becomes ``\\n``) then ``bytes.replace(b"\\n", b"")`` (a memchr/memcpy loop). Tha
 set costs a branch per byte. No ``.fai`` is needed (it is a random-access index, and we read
 sequentially), which is also why a plain-gzip FASTA, which htslib cannot index, is supported.
 
-A plain FASTA with fixed-width lines (the layout from a trustworthy ``.fai``, or from
-:func:`infer_layout`) can instead take :func:`copy_fixed_width`, which builds fixed output
-chunks on several threads (below); the streaming reader stays the reference, and the fast path
-hands back to it at the first byte that does not fit.
+A FASTA with fixed-width lines (plain, the layout from a trustworthy ``.fai`` or from
+:func:`infer_layout`; or BGZF, from a trustworthy ``.fai``) can instead take
+:func:`copy_fixed_width`, which builds fixed output chunks on as many threads as pay (below);
+the streaming reader stays the reference, and the fast path hands back to it at the first byte
+that does not fit.
 """
 
 from __future__ import annotations
