@@ -82,7 +82,7 @@ def test_a_dataset_build_on_a_worker_reports_every_stage_and_a_time_left(
     lasts long enough to watch); ``farm status`` shows the sites pass, then regions counting
     up with a time left."""
     inputs = copy_inputs(tmp_path / "inputs")
-    start_workers(1, app=SLOW_APP, test_progress_delay_s=0.03, test_sites_delay_s=1.0)
+    start_workers(1, app=SLOW_APP, test_progress_delay_s=0.05, test_sites_delay_s=2.0)
     env = farm_env(redis_url, tmp_path)
     dest = str(tmp_path / "t.gvl")
     submitted = _farm(env, "submit", "dataset", "--variants", str(inputs["vcf"]),
