@@ -38,3 +38,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_throughput.py
 	$(BIN)/python bench/bench_cohort.py
 	$(BIN)/python bench/bench_metrics.py
+	$(BIN)/python bench/bench_genome.py

@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from isal import isal_zlib
 from pydantic import BaseModel, ConfigDict
 
 from farm.errors import SourceChangedError
@@ -175,7 +175,7 @@ class ChunkedCrc:
         view = memoryview(data)
         while view:
             take = min(len(view), CHECK_CHUNK - self._filled)
-            self._crc = zlib.crc32(view[:take], self._crc)
+            self._crc = isal_zlib.crc32(view[:take], self._crc)  # zlib's CRC-32, SIMD
             self._filled += take
             view = view[take:]
             if self._filled == CHECK_CHUNK:

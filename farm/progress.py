@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 class Progress:
     """Reports nowhere."""
 
-    def start(self, total: int, unit: str) -> None:
-        """``total`` units of work (0: unknown) in ``unit`` (bp, regions...)."""
+    def start(self, total: int, unit: str, *, stage: str | None = None) -> None:
+        """``total`` units of work (0: unknown) in ``unit`` (bp, regions, B...), for the
+        ``stage`` named (a build of several: each starts its own count and rate)."""
 
     def advance(self, n: int) -> None:
         """``n`` more units are done."""
@@ -68,16 +69,20 @@ class RegistryProgress(Progress):
         self._done = 0
         self._total = 0
         self._unit = ""
+        self._stage: str | None = None
         self._started = time.time()
         self._reported = 0.0
 
-    def start(self, total: int, unit: str) -> None:
-        """The first report is due ``every_s`` from now: a build shorter than that costs
-        no report at all (most builds of a busy farm are small)."""
+    def start(self, total: int, unit: str, *, stage: str | None = None) -> None:
+        """The first report is due ``every_s`` from the first start: a build shorter than
+        that costs no report at all (most builds of a busy farm are small). A later stage
+        keeps the report's pace."""
         with self._lock:
-            self._done, self._total, self._unit = 0, total, unit
+            first = not self._unit
+            self._done, self._total, self._unit, self._stage = 0, total, unit, stage
             self._started = time.time()
-            self._reported = time.monotonic()
+            if first:
+                self._reported = time.monotonic()
 
     def advance(self, n: int) -> None:
         with self._lock:
@@ -101,6 +106,7 @@ class RegistryProgress(Progress):
                 "done": self._done,
                 "total": self._total,
                 "unit": self._unit,
+                "stage": self._stage,
                 "started_at": self._started,
                 "updated_at": time.time(),
                 "worker": self._worker,
@@ -121,18 +127,36 @@ class RegistryProgress(Progress):
 
 
 def describe(figures: dict | None, now: float | None = None) -> str:
-    """``41% of 12,071,326 bp, 3.1 Mbp/s, 2 s left`` (what is known of it)."""
+    """``41% of 12,071,326 bp, 3.1 Mbp/s, 2 s left`` (what is known of it), after the
+    stage's name when the build names one (``variant sites: 41% of 10.0 GB, ...``)."""
     if not figures or "unit" not in figures:
         return ""  # a build that has not reported yet (its progress says who and since when)
     done, total, unit = figures["done"], figures["total"], figures["unit"]
     elapsed = max((now or figures["updated_at"]) - figures["started_at"], 1e-9)
     rate = done / elapsed
-    parts = [f"{100 * done / total:.0f}% of {total:,} {unit}" if total else f"{done:,} {unit}"]
+    if total:
+        parts = [f"{100 * done / total:.0f}% of {_amount(total, unit)}"]
+    else:
+        parts = [_amount(done, unit)]
     if done and elapsed >= 0.5:
         parts.append(f"{_si(rate)}{unit}/s")
         if total and rate > 0:
-            parts.append(f"{max(0.0, (total - done) / rate):.0f} s left")
-    return ", ".join(parts)
+            parts.append(f"{_left(max(0.0, (total - done) / rate))} left")
+    told = ", ".join(parts)
+    return f"{figures['stage']}: {told}" if figures.get("stage") else told
+
+
+def _amount(n: int, unit: str) -> str:
+    """Bytes in SI units (``10.0 GB``), anything else counted in full (``1,000 regions``)."""
+    return f"{_si(n)}{unit}" if unit == "B" and n >= 1000 else f"{n:,} {unit}"
+
+
+def _left(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _si(x: float) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 
 from farm.artifacts import fasta as fa
 from farm.artifacts import gvlfa
+from farm.artifacts.bgzf import Blocks
 from farm.fingerprint import ChunkedCrc, chunk_crc_checksum
 
 
@@ -84,7 +87,9 @@ def test_fixed_width_equals_streaming_at_any_chunk_size(
     assert out.read_bytes() == expected
 
 
-@pytest.mark.parametrize("key", ["lambda", "yeast", "chr20"])
+@pytest.mark.parametrize(
+    "key", ["lambda", "yeast", "chr20", "lambda.bgz", "yeast.bgz", "chr20.bgz"]
+)
 def test_real_genomes_take_the_fast_path_and_match_streaming(
     real_genomes: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
 ) -> None:
@@ -194,4 +199,80 @@ def test_an_index_older_than_the_fasta_is_not_trusted(real_genomes: dict[str, Pa
     fai = path.with_name(path.name + ".fai")
     os.utime(fai, (0, 0))
     assert fa.read_fai(path) is None
-    assert fa.read_fai(real_genomes["lambda.bgz"]) is not None  # gzip is excluded by the caller
+    assert fa.read_fai(real_genomes["lambda.bgz"]) is not None  # BGZF: the same index rules
+
+
+def _bgzipped(real_genomes: dict[str, Path], tmp_path: Path) -> Path:
+    """The chr20 genome recompressed in small BGZF blocks (many blocks per chunk), indexed
+    by htslib (.fai and .gzi)."""
+    path = tmp_path / "chr20.fa.gz"
+    pysam.tabix_compress(str(real_genomes["chr20"]), str(path))
+    return _index(path)
+
+
+def test_a_bgzipped_genome_is_inflated_by_the_chunks_from_its_gzi(
+    real_genomes: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _bgzipped(real_genomes, tmp_path)
+    assert Blocks(path, use_gzi=True).from_gzi
+    expected_contigs, expected = _streamed(path)
+    monkeypatch.setattr(gvlfa, "stream_contigs", _no_streaming)
+    for chunk_size in (1000, 1 << 16, 1 << 20):
+        out = tmp_path / f"seq{chunk_size}.bin"
+        contigs = _fixed_width(path, out, chunk_size=chunk_size)
+        assert (contigs, out.read_bytes()) == (expected_contigs, expected)
+
+
+@pytest.mark.parametrize("damage", ["shifted", "truncated", "inflated sizes"])
+def test_a_gzi_that_lies_is_caught_and_the_genome_streamed(
+    real_genomes: dict[str, Path], tmp_path: Path, damage: str
+) -> None:
+    path = _bgzipped(real_genomes, tmp_path)
+    gzi = path.with_name(path.name + ".gzi")
+    _count, *entries = struct.unpack(f"<{len(gzi.read_bytes()) // 8}Q", gzi.read_bytes())
+    pairs = [entries[i : i + 2] for i in range(0, len(entries), 2)]
+    if damage == "shifted":
+        pairs[5][0] += 1
+    elif damage == "truncated":
+        pairs = pairs[:-3]
+    else:
+        for p in pairs[10:]:
+            p[1] += 60
+    gzi.write_bytes(
+        struct.pack(f"<{1 + 2 * len(pairs)}Q", len(pairs), *(x for p in pairs for x in p))
+    )
+    expected_contigs, expected = _streamed(path)
+    with pytest.raises(fa.NotFixedWidth):
+        _fixed_width(path, tmp_path / "seq.bin", chunk_size=1 << 16)
+    result = gvlfa.ensure_cache(path)  # the streaming reader takes over: same bytes
+    assert result.metadata.contigs == expected_contigs
+    assert (result.dest / gvlfa.DATA_FILE).read_bytes() == expected
+
+
+@pytest.mark.parametrize("direct", ["written direct", "no O_DIRECT here", "O_DIRECT refused"])
+def test_chunks_written_past_the_page_cache_are_the_same_bytes(
+    real_genomes: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: str
+) -> None:
+    path = real_genomes["chr20"]
+    if fa.read_fai(path) is None:
+        _index(path)
+    _, expected = _streamed(path)
+    opened: list[int] = []
+    real_direct, real_pwrite = fa._direct_fd, os.pwrite
+
+    def direct_fd(out_fd: int) -> int | None:
+        fd = None if direct == "no O_DIRECT here" else real_direct(out_fd)
+        opened.extend([] if fd is None else [fd])
+        return fd
+
+    def pwrite(fd: int, data, at: int) -> int:
+        if fd in opened and direct == "O_DIRECT refused":
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, at)
+
+    monkeypatch.setattr(fa, "_direct_fd", direct_fd)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    out = tmp_path / "seq.bin"
+    _fixed_width(path, out, chunk_size=1 << 16)
+    assert out.read_bytes() == expected
+    assert bool(opened) == (direct != "no O_DIRECT here")  # this filesystem takes O_DIRECT

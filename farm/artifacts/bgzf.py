@@ -50,15 +50,21 @@ class Blocks:
     read with ``pread``, not mapped: a mapping would count the whole file in the reader's RSS.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, use_gzi: bool = False) -> None:
+        """``use_gzi``: take the block starts from ``PATH.gzi`` when it is at least as new as
+        the file (no pass over the file before the first block inflates); each block is then
+        checked as it is inflated (:meth:`read_into`), so a wrong index fails, never
+        misreads. Without it, or without a usable one, every block header is walked."""
         self.path = path
         self._fd = os.open(path, os.O_RDONLY)
         try:
             self.size = os.fstat(self._fd).st_size
-            coffsets, usizes = _walk_blocks(self._fd, self.size, path)
+            found = _read_gzi(path, self._fd, self.size) if use_gzi else None
+            coffsets, usizes = found or _walk_blocks(self._fd, self.size, path)
         except BaseException:
             os.close(self._fd)
             raise
+        self.from_gzi = found is not None
         self.coffsets = np.asarray([*coffsets, self.size], np.int64)
         usize = np.asarray(usizes, np.int64)
         self.ustarts = np.zeros(len(usize) + 1, np.int64)
@@ -98,8 +104,82 @@ class Blocks:
         off = u0 - int(self.ustarts[a])
         return data[off : off + (u1 - u0)]
 
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def compressed_span(self, u0: int, u1: int) -> tuple[int, int]:
+        """The bytes of the file that hold text ``[u0, u1)``."""
+        a = int(np.searchsorted(self.ustarts, u0, "right")) - 1
+        b = int(np.searchsorted(self.ustarts, u1, "left"))
+        return int(self.coffsets[max(a, 0)]), int(self.coffsets[min(b, self.n)])
+
+    def read_into(self, u0: int, out: memoryview) -> int:
+        """Inflate text from ``u0`` straight into ``out`` (up to its length); the bytes put.
+
+        Every block is checked against the index: its header, its size field and its
+        inflated length, so blocks found from a ``.gzi`` are as sure as walked ones.
+        """
+        u1 = min(u0 + len(out), self.text_size)
+        if u1 <= u0:
+            return 0
+        a = int(np.searchsorted(self.ustarts, u0, "right")) - 1
+        b = int(np.searchsorted(self.ustarts, u1, "left"))
+        c0 = int(self.coffsets[a])
+        raw = memoryview(os.pread(self._fd, int(self.coffsets[b]) - c0, c0))
+        put = 0
+        for i in range(a, b):
+            start, end = int(self.coffsets[i]) - c0, int(self.coffsets[i + 1]) - c0
+            head = raw[start : start + 18]
+            xlen = int.from_bytes(head[10:12], "little") if len(head) >= 12 else 0
+            if (
+                len(head) < 18
+                or head[:4] != b"\x1f\x8b\x08\x04"
+                or _bsize(bytes(raw[start + 12 : start + 12 + xlen])) != end - start - 1
+            ):
+                raise BgzfError(f"{self.path}: no BGZF block of the indexed size at {c0 + start}")
+            try:
+                text = isal_zlib.decompress(raw[start + 12 + xlen : end - 8], -15)
+            except isal_zlib.error as e:
+                raise BgzfError(f"block {i} at byte {c0 + start} does not inflate ({e})") from e
+            if len(text) != int(self.ustarts[i + 1] - self.ustarts[i]):
+                raise BgzfError(f"{self.path}: block {i} holds {len(text)} bytes, not as indexed")
+            lo = max(u0 - int(self.ustarts[i]), 0)
+            n = min(len(text) - lo, u1 - u0 - put)
+            out[put : put + n] = memoryview(text)[lo : lo + n]
+            put += n
+        return put
+
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _read_gzi(path: Path, fd: int, size: int) -> tuple[list[int], list[int]] | None:
+    """Block starts and inflated sizes from htslib's ``.gzi`` (a count, then the compressed
+    and inflated offset of every block start but the first), or None when there is none
+    newer than the file or it does not fit the file. The last data block ends where the
+    end-of-file block starts; its inflated size is its own trailer's."""
+    gzi = path.with_name(path.name + ".gzi")
+    try:
+        if gzi.stat().st_mtime < os.fstat(fd).st_mtime:
+            return None
+        data = gzi.read_bytes()
+    except OSError:
+        return None
+    if len(data) < 8 or size < 2 * len(EOF_BLOCK):
+        return None
+    (count,) = np.frombuffer(data[:8], "<u8")
+    if len(data) != 8 + 16 * int(count):
+        return None
+    pairs = np.frombuffer(data[8:], "<u8").reshape(-1, 2).astype(np.int64)
+    eof = size - len(EOF_BLOCK)
+    coffsets = np.concatenate([[0], pairs[:, 0]])
+    ustarts = np.concatenate([[0], pairs[:, 1]])
+    if np.any(np.diff(coffsets) <= 0) or np.any(np.diff(ustarts) < 0) or coffsets[-1] >= eof:
+        return None
+    last = int.from_bytes(os.pread(fd, 4, eof - 4), "little")
+    usizes = [*np.diff(ustarts).tolist(), last, 0]  # the data blocks, then the EOF block
+    return [*coffsets.tolist(), eof], usizes
 
 
 def _walk_blocks(fd: int, size: int, path: Path) -> tuple[list[int], list[int]]:

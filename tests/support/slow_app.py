@@ -12,6 +12,9 @@
   OOM killer, as far as Celery can tell).
 - ``FARM_TEST_WEDGE_ON_SIGWINCH``: SIGWINCH wedges the process's main thread (its event loop)
   for an hour while its other threads run on, as a deadlock in the loop would.
+- ``FARM_TEST_PROGRESS_DELAY_S``: every progress report a builder makes waits that long
+  first, and ``FARM_TEST_SITES_DELAY_S`` that long while a variant file's sites are read,
+  so a small input builds as slowly as a lab-scale one and its progress can be watched.
 - ``FARM_TEST_PHASE_DIR``: a test plans a pause by writing ``<phase> <seconds>`` into
   ``pause.<key[:24]>`` there. The first time that key reaches that phase, a marker file
   ``<phase>.<pid>.<key[:24]>`` appears and the builder pauses, so the test can kill exactly
@@ -37,7 +40,9 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from farm import progress
 from farm.artifacts import gvlfa
+from farm.artifacts.dataset.sites import SITES_STAGE
 from farm.confine import ConfinedParent, best_effort_lock
 from farm.records import ArtifactRecord, Status
 from farm.registry import Registry
@@ -152,6 +157,18 @@ def _lock_of_this_host(dest: Path, root: Path, *, enabled: bool, timeout: float)
         yield
 
 
+_advance = progress.RegistryProgress.advance
+
+
+def _slow_advance(self: progress.RegistryProgress, n: int) -> None:
+    sites = getattr(self, "_stage", None) == SITES_STAGE
+    delay = os.environ.get("FARM_TEST_SITES_DELAY_S" if sites else "FARM_TEST_PROGRESS_DELAY_S")
+    if delay:
+        time.sleep(float(delay))
+    _advance(self, n)
+
+
+progress.RegistryProgress.advance = _slow_advance  # type: ignore[method-assign]
 gvlfa.write_cache = _slow_write_cache
 if os.environ.get("FARM_TEST_LOCK_HOST"):
     gvlfa._best_effort_lock = _lock_of_this_host

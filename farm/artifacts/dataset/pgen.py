@@ -22,8 +22,9 @@ from farm.artifacts.dataset.select import (
     Policy,
     calls_from_matrix,
 )
-from farm.artifacts.dataset.sites import SiteTable
+from farm.artifacts.dataset.sites import SITES_STAGE, SiteTable
 from farm.errors import InputError
+from farm.progress import NO_PROGRESS, Progress
 
 PLOIDY = 2
 
@@ -57,7 +58,8 @@ class PgenFile:
         self.pvar, self.psam = siblings(path)
         self.samples = read_psam(self.psam)
 
-    def read_sites(self, table: SiteTable) -> None:
+    def read_sites(self, table: SiteTable, progress: Progress = NO_PROGRESS) -> None:
+        """Every variant's site from the .pvar into ``table``, reported by variants."""
         header, cols = 0, None
         with open(self.pvar, "rb") as f:
             for line in f:
@@ -94,9 +96,11 @@ class PgenFile:
                 raise InputError(
                     f"{self.pvar} cannot be read as a .pvar ({e}); regenerate it with plink2."
                 ) from e
+        progress.start(data.num_rows, "variants", stage=SITES_STAGE)
         for batch in data.to_batches(max_chunksize=1 << 18):
             chrom, pos, ref, alt = batch.columns
             table.add_batch(chrom.to_pylist(), pos.to_numpy(zero_copy_only=False), ref, alt)
+            progress.advance(batch.num_rows)
 
     def before_fork(self) -> None:
         """Nothing is open between builds of the windows: a forked reader opens its own."""

@@ -27,6 +27,7 @@ from farm.artifacts.dataset.select import ContigSites
 from farm.errors import InputError
 
 _BATCH = 1 << 18
+SITES_STAGE = "variant sites"  # what a build reports while its variant table is read
 # zstd-compressed buffers, as genvarloader's own index file: a quarter of the plain size for
 # a cohort's table (positions and alleles repeat), which GenVarLoader reads as it is.
 _COMPRESSED = ipc.IpcWriteOptions(compression="zstd")

@@ -15,14 +15,15 @@ import multiprocessing
 import os
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from farm.artifacts.dataset.rawfile import RawWriter
-from farm.progress import NO_PROGRESS, Progress
+from farm.progress import Progress
 
 # Below this many regions a second process costs more than it saves (fork, merge).
 MIN_REGIONS_PER_PART = 64
@@ -35,6 +36,46 @@ Runs = list[tuple[int, NDArray[np.intp]]]
 WriteRuns = Callable[[Runs, RawWriter, RawWriter, int, Progress], int]
 
 _job: tuple[WriteRuns, NDArray[np.int64]] | None = None  # set in the parent before forking
+_done: Any = None  # regions done by each forked part (shared memory), set before forking
+_POLL_S = 1.0  # how often a parent with nothing of its own left reports the others' regions
+
+
+class _Counted(Progress):
+    """A forked part's progress: regions done, counted in shared memory for the parent,
+    which is the only process that reports (it owns the connection to Redis)."""
+
+    def __init__(self, slot: int) -> None:
+        self._slot = slot
+
+    def advance(self, n: int) -> None:
+        _done[self._slot] += n  # one writer per slot; an aligned int64 store is whole
+
+
+class _WithParts(Progress):
+    """The parent's progress: its own regions, plus the regions the parts counted since the
+    last report, so the figure moves while the parts work, not only when they are merged."""
+
+    def __init__(self, progress: Progress, done: Any) -> None:
+        self._progress = progress
+        self._done = done
+        self._seen = [0] * len(done)
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(n + self.catch_up())
+
+    def catch_up(self) -> int:
+        new = 0
+        for slot in range(len(self._seen)):
+            now = self._done[slot]
+            new += now - self._seen[slot]
+            self._seen[slot] = now
+        return new
+
+    def settle(self, slot: int, regions: int) -> None:
+        """A part is merged: report what of its ``regions`` was not reported yet."""
+        self.advance(0)
+        self._progress.advance(regions - self._seen[slot])
+        self._seen[slot] = regions
 
 
 def split_runs(runs: Runs, parts: int) -> list[Runs]:
@@ -68,16 +109,18 @@ def write_split(
     number of variant indices written.
 
     Only this process reports progress (a report may go to Redis over a connection that a
-    forked process must not touch): its own regions one by one, another process's when that
-    one's part is merged."""
+    forked process must not touch): its own regions one by one, and the regions the other
+    processes count in shared memory, at each of its own and every second while it waits."""
     n = sum(len(rows) for _, rows in runs)
     parts = split_runs(runs, max(1, min(workers, n // MIN_REGIONS_PER_PART)))
     if len(parts) < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return write(runs, idx_out, off_out, 0, progress)
-    global _job
+    global _job, _done
+    ctx = multiprocessing.get_context("fork")
     _job = (write, table_rows)
+    _done = ctx.RawArray("q", len(parts))
+    report = _WithParts(progress, _done)
     try:
-        ctx = multiprocessing.get_context("fork")
         with (
             tempfile.TemporaryDirectory(dir=scratch) as tmp,
             ProcessPoolExecutor(len(parts) - 1, mp_context=ctx) as pool,
@@ -85,31 +128,41 @@ def write_split(
             files = [(Path(tmp) / f"{k}.idx", Path(tmp) / f"{k}.off") for k in range(len(parts))]
             try:
                 futures = [
-                    pool.submit(_part, p, *f) for p, f in zip(parts[1:], files[1:], strict=True)
+                    pool.submit(_part, p, slot, *f)
+                    for slot, (p, f) in enumerate(zip(parts[1:], files[1:], strict=True), 1)
                 ]
             except (AssertionError, OSError):
                 # a daemonic process (a pool worker) may not start children: one process
                 return write(runs, idx_out, off_out, 0, progress)
-            total = write(parts[0], idx_out, off_out, 0, progress)
-            for part, future, (idx_f, off_f) in zip(parts[1:], futures, files[1:], strict=True):
+            total = write(parts[0], idx_out, off_out, 0, report)
+            for slot, (part, future, (idx_f, off_f)) in enumerate(
+                zip(parts[1:], futures, files[1:], strict=True), 1
+            ):
+                _report_while_waiting(future, report)
                 ends, n_idx = future.result()
                 rows = np.concatenate([r for _, r in part])
                 table_rows[rows, 2] = ends
                 _append(idx_f, np.int32, idx_out, 0)
                 _append(off_f, np.int64, off_out, total)
                 total += n_idx
-                progress.advance(len(rows))
+                report.settle(slot, len(rows))
             return total
     finally:
-        _job = None
+        _job = _done = None
 
 
-def _part(runs: Runs, idx_f: Path, off_f: Path) -> tuple[NDArray[np.int64], int]:
+def _report_while_waiting(future: Future, report: _WithParts) -> None:
+    while not future.done():
+        wait([future], timeout=_POLL_S, return_when=FIRST_COMPLETED)
+        report.advance(0)
+
+
+def _part(runs: Runs, slot: int, idx_f: Path, off_f: Path) -> tuple[NDArray[np.int64], int]:
     assert _job is not None
     write, table_rows = _job
     idx_out, off_out = RawWriter(idx_f), RawWriter(off_f)
     try:
-        n_idx = write(runs, idx_out, off_out, 0, NO_PROGRESS)
+        n_idx = write(runs, idx_out, off_out, 0, _Counted(slot))
     finally:
         idx_out.close()
         off_out.close()

@@ -32,8 +32,9 @@ from farm.artifacts.dataset.select import (
     Policy,
     calls_from_matrix,
 )
-from farm.artifacts.dataset.sites import SiteTable
+from farm.artifacts.dataset.sites import SITES_STAGE, SiteTable
 from farm.errors import InputError
+from farm.progress import NO_PROGRESS, Progress
 
 PLOIDY = 2
 _HEAD = 512  # bytes of a line that usually hold its first nine fields
@@ -83,11 +84,14 @@ class VcfFile:
         if self._blocks is not None:
             self._blocks.close()
 
-    def read_sites(self, table: SiteTable) -> None:
+    def read_sites(self, table: SiteTable, progress: Progress = NO_PROGRESS) -> None:
+        """Every record's site, in file order, into ``table``; the text's bytes read (a BCF:
+        its records, of a total not known) reported to ``progress`` as they go."""
         if self._text:
-            self._scan_text(table)
+            self._scan_text(table, progress)
             return
         vcf = _open(self.path, [])
+        progress.start(0, "records", stage=SITES_STAGE)
         try:
             batch: tuple[list[str], list[int], list[str], list[str]] = ([], [], [], [])
             for rec in vcf:
@@ -100,6 +104,7 @@ class VcfFile:
                     col.append(v)  # type: ignore[attr-defined]
                 if len(batch[0]) >= 1 << 16:
                     _add(table, *batch)
+                    progress.advance(len(batch[0]))
                     batch = ([], [], [], [])
             _add(table, *batch)
         except (OSError, ValueError) as e:  # htslib: truncated or corrupt block
@@ -113,17 +118,19 @@ class VcfFile:
             f"truncated or corrupt: copy or export it again."
         )
 
-    def _scan_text(self, table: SiteTable) -> None:
+    def _scan_text(self, table: SiteTable, progress: Progress) -> None:
         try:
             self._blocks = blocks = Blocks(self.path)
         except BgzfError as e:
             raise self._unreadable(e) from e
+        progress.start(blocks.text_size, "B", stage=SITES_STAGE)
         self._pool = pool = ThreadPoolExecutor(threads())
         starts: list[NDArray[np.int64]] = []
         carry = b""  # the unfinished line at the end of the previous chunk
         carry_at = 0
         cols = _Columns()
         for u0, data, nl in _chunks(blocks, pool):
+            progress.advance(len(data))
             if not nl:
                 carry += data
                 continue

@@ -80,7 +80,8 @@ def write_dataset(
     table_rows = regions.sorted_table(params.max_jitter)
     n_track_dirs = len(params.tracks or {}) + len(params.annot_tracks or {})
     with_variants = params.variants is not None
-    progress.start(regions.n * (int(with_variants) + n_track_dirs), "regions")
+    units = regions.n * (int(with_variants) + n_track_dirs)  # regions done, per output
+    progress.start(units, "regions")
 
     sums: dict[str, str] = {}
     genotypes: dict[str, Any] = {"ploidy": None, "svar_link": None, "variants_fingerprint": None}
@@ -99,7 +100,7 @@ def write_dataset(
         sums |= written
         genotypes |= {"ploidy": svar_ploidy(params.variants), "svar_link": link}
     elif with_variants:
-        sums |= _write_genotypes(params, regions, samples, table_rows, out_dir, progress)
+        sums |= _write_genotypes(params, regions, samples, table_rows, out_dir, progress, units)
         # GenVarLoader checks this on open, so it too notices a replaced variant table.
         genotypes |= {
             "ploidy": PLOIDY,
@@ -154,9 +155,11 @@ def _write_genotypes(
     table_rows: np.ndarray,
     out_dir: Path,
     progress: Progress,
+    units: int,
 ) -> dict[str, str]:
     """``genotypes/``: the variant table, and each haplotype's variants per region. Extends
-    ``table_rows``' ends in place where deletions need the haplotypes to reach past them."""
+    ``table_rows``' ends in place where deletions need the haplotypes to reach past them.
+    Progress: the variant file's sites as they are read, then ``units`` regions."""
     assert params.variants is not None
     source = PgenFile(params.variants) if params.kind == "pgen" else VcfFile(params.variants)
     geno = out_dir / "genotypes"
@@ -167,8 +170,9 @@ def _write_genotypes(
     off_out = RawWriter(geno / "offsets.npy")
     sums: dict[str, str] = {}
     try:
-        source.read_sites(table)
+        source.read_sites(table, progress)
         per_contig = table.finish()
+        progress.start(units, "regions")
         if isinstance(source, PgenFile):
             _check_pgen_count(source, table.n_variants)
         file_contigs = table.contigs
