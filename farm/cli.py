@@ -1062,7 +1062,7 @@ def collect_garbage(
     """Remove staging and aside directories left by builders that died, and versions
     replaced behind a destination's link longer ago than FARM_VERSION_GRACE_S."""
     from farm import maintenance
-    from farm.publish import remove_orphans
+    from farm.orphans import remove_orphans
 
     settings = _settings()
     done = "would remove" if dry_run else "removed"

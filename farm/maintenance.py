@@ -12,7 +12,8 @@ from farm.artifacts.base import State
 from farm.errors import FarmError, InputError
 from farm.fingerprint import fingerprint
 from farm.kinds import parse_request
-from farm.publish import Orphan, Owner, find_orphans
+from farm.orphans import Orphan, find_orphans
+from farm.publish import Owner
 from farm.records import ArtifactRecord, Status
 from farm.registry import Registry
 from farm.requests import derive_key

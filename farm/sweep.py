@@ -26,7 +26,7 @@ from pathlib import Path
 from farm.config import Settings
 from farm.confine import containing_root
 from farm.errors import FarmError
-from farm.publish import Orphan, orphans_beside, remove_orphans
+from farm.orphans import Orphan, orphans_beside, remove_orphans
 from farm.registry import Registry
 
 log = logging.getLogger(__name__)

@@ -149,7 +149,8 @@ def test_gc_sweeps_only_inside_the_allowed_roots(root: Path, outside: Path):
 def test_gc_removes_an_orphan_only_through_its_root(root: Path, outside: Path):
     """An orphan found below the root, whose directory is then swapped for a link to a
     same-named tree outside, is not removed through the link."""
-    from farm.publish import find_orphans, remove_orphans, staging_path
+    from farm.orphans import find_orphans, remove_orphans
+    from farm.publish import staging_path
 
     (root / "d").mkdir()
     staged = staging_path(

@@ -21,7 +21,7 @@ from farm.artifacts.base import State
 from farm.client import Farm
 from farm.config import Settings
 from farm.kinds import CacheRequest, DatasetRequest
-from farm.publish import remove_orphans
+from farm.orphans import remove_orphans
 from farm.queue import Sender
 from farm.records import Status
 from farm.registry import Registry

@@ -14,7 +14,7 @@ from farm import kinds, maintenance, service
 from farm.artifacts import gvlfa
 from farm.artifacts.base import State
 from farm.errors import InputError
-from farm.publish import remove_orphans
+from farm.orphans import remove_orphans
 from farm.records import Status
 from farm.registry import Registry
 from farm.requests import prepare, request_key

@@ -18,6 +18,7 @@ import pytest
 from farm import publish as pub
 from farm import versions
 from farm.errors import DestinationError
+from farm.orphans import find_orphans, remove_orphans
 from farm.publish import (
     ASIDE_MARK,
     STAGING_MARK,
@@ -25,8 +26,6 @@ from farm.publish import (
     Owner,
     SkipPublish,
     build_and_publish,
-    find_orphans,
-    remove_orphans,
     staging_path,
 )
 from farm.versions import Layout, PublishMode

@@ -26,7 +26,8 @@ from farm.artifacts.base import State
 from farm.client import Farm
 from farm.config import Settings
 from farm.embedded import server_binary
-from farm.publish import ASIDE_MARK, STAGING_MARK, remove_orphans
+from farm.orphans import remove_orphans
+from farm.publish import ASIDE_MARK, STAGING_MARK
 from farm.queue import Sender
 from farm.records import ArtifactRecord, Status
 from farm.registry import Registry
