@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import redis
 
 from farm import embedded, metrics, stored, tally
 from farm.records import ArtifactRecord, Status
@@ -36,33 +34,11 @@ BUILDING = 200  # keys being built: a farm of 50 workers with 4 slots each
 
 @contextlib.contextmanager
 def private_redis(workdir: Path) -> Iterator[str]:
-    sock = workdir / "redis.sock"
-    proc = subprocess.Popen(
-        [
-            embedded.server_binary(), "--port", "0", "--unixsocket", str(sock),
-            "--unixsocketperm", "700", "--dir", str(workdir), "--save", "",
-            "--appendonly", "no", "--logfile", str(workdir / "redis.log"),
-        ],
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"unix://{sock}"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            client.ping()
-            break
-        except (redis.ConnectionError, FileNotFoundError):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("the benchmark's Redis did not start") from None
-            time.sleep(0.02)
+    """The embedded server, in a directory of the benchmark's own."""
     try:
-        yield url
+        yield embedded.ensure_server(workdir)
     finally:
-        client.close()
-        proc.terminate()
-        proc.wait(30)
+        embedded.stop_server(workdir)
 
 
 def template(status: Status, i: int) -> bytes:
