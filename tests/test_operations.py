@@ -245,7 +245,9 @@ def test_a_text_log_says_which_build_ran_and_why_one_failed(
         good = farm.submit(CacheRequest(fasta=genomes / LAMBDA)).key
         failed = farm.submit(CacheRequest(fasta=bad)).key
         farm.wait([good, failed], timeout_s=120)
+    # The builder logs a state change just after it records it: wait for the line.
+    failed_line = f"key={failed} kind=cache status=failed"
+    _wait_for(lambda: failed_line in worker.log.read_text(), 10)
     text = worker.log.read_text()
     assert f"key={good} kind=cache status=valid action=built" in text
-    assert f"key={failed} kind=cache status=failed" in text
     assert 'error="' + str(bad) + " is not a FASTA file" in text
