@@ -4,6 +4,7 @@ change of a key."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -204,6 +205,17 @@ def test_a_worker_named_on_the_command_line_keeps_its_name(
 KEY_FIELDS = {"key", "kind", "status", "worker", "duration_s", "size_b", "error"}
 
 
+def _key_states(log: Path) -> list[tuple[str, str]]:
+    """(key, status) of each whole JSON line of the ``farm.keys`` logger written so far."""
+    states = []
+    for line in log.read_text().splitlines():
+        with contextlib.suppress(ValueError):  # the last line may be half written
+            p = json.loads(line)
+            if p.get("logger") == "farm.keys":
+                states.append((p["key"], p["status"]))
+    return states
+
+
 def test_a_worker_logs_one_json_line_per_state_change_of_a_key(
     genomes: Path, farm_settings: Settings, redis_url: str, start_workers, tmp_path: Path
 ):
@@ -214,6 +226,9 @@ def test_a_worker_logs_one_json_line_per_state_change_of_a_key(
         good = farm.submit(CacheRequest(fasta=genomes / LAMBDA)).key
         failed = farm.submit(CacheRequest(fasta=bad)).key
         records = farm.wait([good, failed], timeout_s=120)
+    # The builder logs a state change just after it records it: wait for the last line
+    # before stopping the worker (a SIGTERM to its idle pool child ends it at once).
+    _wait_for(lambda: (failed, "failed") in _key_states(worker.log), 10)
     worker.stop()
     lines = worker.log.read_text().splitlines()
     parsed = [json.loads(line) for line in lines]  # every line is JSON: no banner, no text
