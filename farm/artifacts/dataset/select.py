@@ -69,6 +69,10 @@ class ContigSites:
     def max_ref_len(self) -> int:
         return int(self.ref_lens.max()) if self.n else 1
 
+    def prepare(self) -> None:
+        """Compute the per-contig arrays now (before a fork: then the processes share them)."""
+        _ = self.overlap_ends, self.record_ends, self.max_span, self.max_ref_len
+
 
 class CarrierBuffer:
     """A sliding window of decoded calls over one contig, read strictly forwards.
