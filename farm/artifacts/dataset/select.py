@@ -10,8 +10,10 @@ reproduced here so a farm-built dataset carries the same variants as ``gvl.write
 
 The calls of a window are held sparse, as its ALT calls only (per record, the haplotypes that
 carry it): most variants of a cohort are rare, so a 100 kb window of 2,000 records x 5,008
-haplotypes holds a few hundred thousand calls rather than ten million cells, and every pass
-here (the length walk included) runs over those calls, grouped by haplotype.
+haplotypes holds a few hundred thousand calls rather than ten million cells. They are sorted
+into haplotype-major order once (the order the dataset stores); the length walk then visits
+only the calls past the region's end, the deletions, and the few haplotypes that carry a call
+inside one of their own deletions (see :func:`_walk`).
 """
 
 from __future__ import annotations
@@ -107,7 +109,11 @@ class CarrierBuffer:
             self._skip(self._hi, lo)
             self._ptr, self._haps, self._lo = np.zeros(1, np.int64), self._haps[:0], lo
         if hi > self._hi:
-            stop = min(self.n, max(hi, self._hi + _READ_AHEAD))
+            # a region's first read takes what it asks for (a 1 kb region's window is about
+            # 50 records, and reading ahead 256 on each was most of a small build's decoding);
+            # a window that grows (its end being searched for) reads ahead
+            fresh = self._hi == self._lo
+            stop = min(self.n, hi if fresh else max(hi, self._hi + _READ_AHEAD))
             # a wide window is decoded _READ_AHEAD rows at a time: a decoder's dense
             # scratch (rows x haplotypes) stays a few MB however wide the region
             pieces = [
