@@ -380,12 +380,21 @@ def _walk_past(
     stop_at = np.flatnonzero(before + inc >= q_len)
     if not stop_at.size:
         return np.ones(n, np.bool_)
-    segs, i = np.unique(seg[stop_at], return_index=True)
-    firsts = stop_at[i]
+    segs, firsts, _ = _first_per_segment(seg, stop_at)
     excl = before[firsts] + gap[firsts] >= q_len
     limit = np.full(len(heads), n, np.int64)
     limit[segs] = firsts + np.where(excl, 0, 1)
     return np.arange(n) < limit[seg]
+
+
+def _first_per_segment(
+    seg: NDArray[np.int64], at: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.intp]]:
+    """For ascending positions ``at`` (``seg`` never decreases along positions): the segments
+    they fall in, the first of them in each, and where that one is in ``at``."""
+    s = seg[at]
+    i = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))
+    return s[i], at[i], i
 
 
 def _walk_calls(
@@ -435,8 +444,7 @@ def _walk_calls(
     if not stop.any():
         return np.ones(n, np.bool_)
     hit = at[stop]
-    segs, i = np.unique(seg[hit], return_index=True)
-    firsts = hit[i]
+    segs, firsts, i = _first_per_segment(seg, hit)
     gap = vs[firsts] - last_end[firsts]
     excl = (before[stop][i] + gap) >= q_len
     limit = np.full(len(heads), n, np.int64)
