@@ -37,13 +37,19 @@ def _views(values: pa.Array) -> pa.Array:
     """``values`` (strings) as string views, always with a data buffer. When every string is
     short enough to sit inline, the cast leaves none: pyarrow 24 then crashes writing the
     array compressed, and polars (GenVarLoader's reader) cannot read it. The buffer added is
-    never referenced."""
+    never referenced. A slice keeps its offset (without it, every batch after a table's
+    first read the first batch's views: REF and ALT of a .pvar's later records came out
+    wrong)."""
     arr = values.cast(pa.string_view())
     bufs = arr.buffers()
     if len(bufs) > 2 and bufs[2] is not None and bufs[2].size:
         return arr
     return pa.Array.from_buffers(
-        pa.string_view(), len(arr), [bufs[0], bufs[1], pa.py_buffer(bytes(8))], arr.null_count
+        pa.string_view(),
+        len(arr),
+        [bufs[0], bufs[1], pa.py_buffer(bytes(8))],
+        arr.null_count,
+        arr.offset,
     )
 
 
