@@ -75,12 +75,15 @@ class PgenFile:
                 f"{self.pvar} has no #CHROM header line; write it with plink2 "
                 f"(a PLINK 1 .bim is not supported)."
             )
+        progress.start(self.n_variants(), "variants", stage=SITES_STAGE)
         with open(self.pvar, "rb") as f:
             f.seek(header)
             try:
-                data = pacsv.read_csv(
+                # streamed a block at a time: the whole .pvar as one table (and its
+                # strings as Python objects) was most of a small build's memory
+                reader = pacsv.open_csv(
                     f,
-                    read_options=pacsv.ReadOptions(column_names=cols, block_size=1 << 24),
+                    read_options=pacsv.ReadOptions(column_names=cols, block_size=1 << 22),
                     parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
                     convert_options=pacsv.ConvertOptions(
                         include_columns=["CHROM", "POS", "REF", "ALT"],
@@ -92,15 +95,28 @@ class PgenFile:
                         },
                     ),
                 )
+                for batch in reader:
+                    chrom, pos, ref, alt = (batch.column(c) for c in ("CHROM", "POS", "REF", "ALT"))
+                    table.add_batch(chrom, pos.to_numpy(zero_copy_only=False), ref, alt)
+                    progress.advance(batch.num_rows)
             except (pa.ArrowInvalid, KeyError) as e:
                 raise InputError(
                     f"{self.pvar} cannot be read as a .pvar ({e}); regenerate it with plink2."
                 ) from e
-        progress.start(data.num_rows, "variants", stage=SITES_STAGE)
-        for batch in data.to_batches(max_chunksize=1 << 18):
-            chrom, pos, ref, alt = batch.columns
-            table.add_batch(chrom.to_pylist(), pos.to_numpy(zero_copy_only=False), ref, alt)
-            progress.advance(batch.num_rows)
+
+    def n_variants(self) -> int:
+        """The variant count the .pgen's header gives."""
+        try:
+            reader = pgenlib.PgenReader(bytes(self.path), len(self.samples))
+            try:
+                return int(reader.get_variant_ct())
+            finally:
+                reader.close()
+        except RuntimeError as e:
+            raise InputError(
+                f"Cannot open {self.path} as a PGEN file ({e}); it is truncated or corrupt: "
+                f"regenerate it with plink2."
+            ) from e
 
     def before_fork(self) -> None:
         """Nothing is open between builds of the windows: a forked reader opens its own."""

@@ -10,8 +10,10 @@ reproduced here so a farm-built dataset carries the same variants as ``gvl.write
 
 The calls of a window are held sparse, as its ALT calls only (per record, the haplotypes that
 carry it): most variants of a cohort are rare, so a 100 kb window of 2,000 records x 5,008
-haplotypes holds a few hundred thousand calls rather than ten million cells, and every pass
-here (the length walk included) runs over those calls, grouped by haplotype.
+haplotypes holds a few hundred thousand calls rather than ten million cells. They are sorted
+into haplotype-major order once (the order the dataset stores); the length walk then visits
+only the calls past the region's end, the deletions, and the few haplotypes that carry a call
+inside one of their own deletions (see :func:`_walk`).
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ class ContigSites:
     def max_ref_len(self) -> int:
         return int(self.ref_lens.max()) if self.n else 1
 
+    def prepare(self) -> None:
+        """Compute the per-contig arrays now (before a fork: then the processes share them)."""
+        _ = self.overlap_ends, self.record_ends, self.max_span, self.max_ref_len
+
 
 class CarrierBuffer:
     """A sliding window of decoded calls over one contig, read strictly forwards.
@@ -103,7 +109,11 @@ class CarrierBuffer:
             self._skip(self._hi, lo)
             self._ptr, self._haps, self._lo = np.zeros(1, np.int64), self._haps[:0], lo
         if hi > self._hi:
-            stop = min(self.n, max(hi, self._hi + _READ_AHEAD))
+            # a region's first read takes what it asks for (a 1 kb region's window is about
+            # 50 records, and reading ahead 256 on each was most of a small build's decoding);
+            # a window that grows (its end being searched for) reads ahead
+            fresh = self._hi == self._lo
+            stop = min(self.n, hi if fresh else max(hi, self._hi + _READ_AHEAD))
             # a wide window is decoded _READ_AHEAD rows at a time: a decoder's dense
             # scratch (rows x haplotypes) stays a few MB however wide the region
             pieces = [
@@ -164,11 +174,6 @@ def overlapping(sites: ContigSites, q_start: int, q_end: int) -> NDArray[np.intp
     return lo + np.flatnonzero(sites.overlap_ends[lo:hi] > q_start)
 
 
-def _rows_of(ptr: NDArray[np.int64], first: int) -> NDArray[np.int64]:
-    """The row of every call of a window whose first row is ``first``."""
-    return np.repeat(np.arange(first, first + len(ptr) - 1, dtype=np.int64), np.diff(ptr))
-
-
 def select_region(
     sites: ContigSites,
     buf: CarrierBuffer,
@@ -190,87 +195,225 @@ def select_region(
     else:
         hi = last + 1
     ptr, haps = buf.get(lo, hi)
-    rows = _rows_of(ptr, lo)
+    per_row = np.diff(ptr)
     if len(rng) != last + 1 - lo:  # a non-overlapping SNV inside a spanning deletion
         in_range = np.ones(hi - lo, np.bool_)
         in_range[: last + 1 - lo] = False
         in_range[rng - lo] = True
-        keep = in_range[rows - lo]
-        rows, haps = rows[keep], haps[keep]
+        haps = haps[np.repeat(in_range, per_row)]
+        per_row = np.where(in_range, per_row, 0)
+        ptr = np.concatenate([[0], np.cumsum(per_row)])
     # calls come row by row; a stable sort by haplotype makes them haplotype-major, each
     # haplotype's in row order (a radix sort for 16-bit keys), as the dataset stores them
     key = haps.astype(np.int16) if n_haps <= np.iinfo(np.int16).max else haps
     order = np.argsort(key, kind="stable")
-    rows, haps = rows[order], haps[order]
-    if extend:
-        keep = _walk(sites, rows, haps, q_start, q_end, n_haps)
-        rows, haps = rows[keep], haps[keep]
-    idxs = (rows + sites.base).astype(np.int32)
+    idxs = np.repeat(np.arange(lo + sites.base, hi + sites.base, dtype=np.int32), per_row)
+    idxs = idxs[order]
+    del order, key
     lengths = np.bincount(haps, minlength=n_haps).astype(np.int64)
+    if extend:
+        drop = _walk(sites, lo, ptr, haps, idxs, lengths, q_start, q_end)
+        if drop is not None:
+            keep = np.ones(len(idxs), np.bool_)
+            keep[drop] = False
+            lengths -= np.bincount(_haps_of(drop, lengths), minlength=n_haps)
+            idxs = idxs[keep]
     end = q_end
-    if rows.size:
-        end = max(q_end, int(sites.overlap_ends[int(rows.max())]))
+    if idxs.size:
+        end = max(q_end, int(sites.overlap_ends[int(idxs.max()) - sites.base]))
     return RegionResult(idxs, lengths, end)
+
+
+def _haps_of(pos: NDArray[np.int64], lengths: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The haplotype of each position ``pos`` of a haplotype-major array of ``lengths``."""
+    return np.searchsorted(np.cumsum(lengths), pos, "right")
 
 
 def _walk(
     sites: ContigSites,
-    rows: NDArray[np.int64],
+    lo: int,
+    ptr: NDArray[np.int64],
     haps: NDArray[np.int32],
+    idxs: NDArray[np.int32],
+    lengths: NDArray[np.int64],
     q_start: int,
     q_end: int,
+) -> NDArray[np.int64] | None:
+    """Positions in ``idxs`` (haplotype-major, each haplotype's calls in row order) of the
+    calls the length walk drops, or None when it drops none.
+
+    GenVarLoader's walk, per haplotype: every call before the region's end is kept; past
+    the end, a haplotype stops at the first call where the length written so far
+    (reference gaps plus ALT bases) reaches the region's length: before that call if the
+    gap alone reaches it, else after. Only calls past the end are tested, so the walk
+    needs each haplotype's length and furthest end at its last call before the end, and
+    those have a closed form: the sum of a call's gap and ALT bases telescopes to
+    (furthest end - end before the region's calls) + the calls' ILENs, unless a call ends
+    before an earlier call's end (it lies in a deletion the haplotype carries). That can
+    only happen within a carried deletion's span, so the haplotypes with such a pair walk
+    call by call (:func:`_walk_calls`); the others walk only their calls past the end.
+    ``ptr``/``haps``: the window's calls row by row, rows from ``lo``.
+    """
+    n_rows = len(ptr) - 1
+    p0 = min(max(int(np.searchsorted(sites.starts, q_end, "left")) - lo, 0), n_rows)
+    n_before = int(ptr[p0])
+    if n_before == len(haps):
+        return None
+    n_haps = len(lengths)
+    before_counts = np.bincount(haps[:n_before], minlength=n_haps)
+    past_counts = lengths - before_counts
+    starts = sites.starts[lo : lo + n_rows]
+    il = sites.ilens[lo : lo + n_rows]
+    inq = starts >= q_start
+    ends = starts - np.minimum(il, 0) + inq  # the end each call takes the haplotype to
+    offs = np.zeros(n_haps, np.int64)
+    np.cumsum(lengths[:-1], out=offs[1:])
+
+    # furthest end before the first call past the end: the last such call's, or a deletion's
+    furthest = np.full(n_haps, q_start, np.int64)
+    has = before_counts > 0
+    last_rows = idxs[(offs + before_counts - 1)[has]].astype(np.int64) - (sites.base + lo)
+    furthest[has] = np.maximum(ends[last_rows], q_start)
+    wide = np.flatnonzero((il[:p0] < 0) | ~inq[:p0])  # deletions, and calls before the start
+    counts = ptr[wide + 1] - ptr[wide]
+    np.maximum.at(furthest, haps[_runs(ptr[wide], counts)], np.repeat(ends[wide], counts))
+    # the end before the region's calls: calls before its start (deletions over it)
+    first_in = int(np.searchsorted(starts, q_start, "left"))
+    lead = np.full(n_haps, q_start, np.int64)
+    pre = np.flatnonzero(~inq[:first_in])
+    counts = ptr[pre + 1] - ptr[pre]
+    np.maximum.at(lead, haps[_runs(ptr[pre], counts)], np.repeat(ends[pre], counts))
+    weight = np.where(inq[:p0], il[:p0], 0)
+    written = furthest - lead + _weighted_count(ptr[: p0 + 1], haps, weight, n_haps)
+
+    exact = _in_deletions(sites, lo, ptr, haps, p0, n_haps) & (past_counts > 0)
+    q_len = q_end - q_start
+    drops = []
+    # the haplotypes with a call inside a deletion they carry: the whole walk
+    if exact.any():
+        hs = np.flatnonzero(exact)
+        pos = _runs(offs[hs], lengths[hs])
+        rows = idxs[pos].astype(np.int64) - sites.base
+        seg = np.repeat(np.arange(len(hs)), lengths[hs])
+        kept = _walk_calls(sites.starts[rows], sites.ilens[rows], seg, q_start, q_end)
+        drops.append(pos[~kept])
+        past_counts = np.where(exact, 0, past_counts)
+    # the others: their calls past the end, from the length and end written before them
+    hs = np.flatnonzero(past_counts)
+    if hs.size:
+        pos = _runs((offs + before_counts)[hs], past_counts[hs])
+        rows = idxs[pos].astype(np.int64) - sites.base
+        seg = np.repeat(np.arange(len(hs)), past_counts[hs])
+        vs, ils = sites.starts[rows], sites.ilens[rows]
+        kept = _walk_past(vs, ils, seg, written[hs], furthest[hs], q_len)
+        drops.append(pos[~kept])
+    drop = np.concatenate(drops) if drops else np.zeros(0, np.int64)
+    return drop if drop.size else None
+
+
+def _runs(starts: NDArray[np.int64], counts: NDArray[np.int64]) -> NDArray[np.int64]:
+    """``starts[k], starts[k] + 1, ..., starts[k] + counts[k] - 1`` for every k, joined."""
+    total = int(counts.sum())
+    return np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(total)
+
+
+def _in_deletions(
+    sites: ContigSites,
+    lo: int,
+    ptr: NDArray[np.int64],
+    haps: NDArray[np.int32],
+    p0: int,
     n_haps: int,
 ) -> NDArray[np.bool_]:
-    """Per haplotype, the prefix of carried calls that reaches the region's length; calls
-    come grouped by haplotype, in row order within each.
+    """Haplotypes that carry, before the region's end, a call starting inside the span of
+    a deletion they carried on an earlier row (a superset of those whose length has no
+    closed form: such a call can end before the deletion does)."""
+    out = np.zeros(n_haps, np.bool_)
+    il = sites.ilens[lo : lo + p0]
+    dels = np.flatnonzero(il < 0)
+    if not dels.size:
+        return out
+    starts = sites.starts
+    reach = np.searchsorted(starts, starts[lo + dels] - il[dels], "left") - lo
+    np.minimum(reach, p0, out=reach)
+    shadow = reach > dels + 1
+    mark = np.zeros(n_haps, np.bool_)
+    for j, r in zip(dels[shadow].tolist(), reach[shadow].tolist(), strict=True):
+        inside = haps[ptr[j + 1] : ptr[r]]
+        if not inside.size:
+            continue
+        mark[inside] = True
+        carriers = haps[ptr[j] : ptr[j + 1]]
+        out[carriers[mark[carriers]]] = True
+        mark[inside] = False
+    return out
 
-    Calls starting before the region's end are always kept; past the end, a haplotype stops
-    at the first call where the length written so far (reference gaps plus ALT bases)
-    reaches the region's length: before that call if the gap alone reaches it, else after.
-    """
-    vs = sites.starts[rows]
-    past = vs >= q_end
-    if not past.any():
-        return np.ones(len(rows), np.bool_)
-    # Without a carried deletion a haplotype is never short, so it stops at its first call
-    # past the end; only haplotypes carrying a deletion and a call past the end need the
-    # length walk.
-    ilens = sites.ilens[rows]
-    keep = ~past
-    needy = np.zeros(n_haps, np.bool_)
-    needy[haps[ilens < 0]] = True
-    has_past = np.zeros(n_haps, np.bool_)
-    has_past[haps[past]] = True
-    needy &= has_past
-    sel = needy[haps]
-    if not sel.any():
-        return keep
-    if np.count_nonzero(sel) < len(sel) // 2:
-        keep[sel] = _walk_calls(vs[sel], ilens[sel], haps[sel], q_start, q_end)
-        return keep
-    # most calls need it: walk them all (each haplotype's walk is its own) and keep the
-    # others' answer, rather than gather and scatter the needy ones
-    return np.where(sel, _walk_calls(vs, ilens, haps, q_start, q_end), keep)
+
+def _walk_past(
+    vs: NDArray[np.int64],
+    il: NDArray[np.int64],
+    seg: NDArray[np.int64],
+    written: NDArray[np.int64],
+    furthest: NDArray[np.int64],
+    q_len: int,
+) -> NDArray[np.bool_]:
+    """The walk over calls past the region's end, grouped by haplotype (``seg``, 0, 1, ...,
+    row order within each), each haplotype starting from the length ``written`` and the
+    furthest end its calls before the end reached. Which calls are kept."""
+    n = len(vs)
+    first = np.empty(n, np.bool_)
+    first[0] = True
+    np.not_equal(seg[1:], seg[:-1], out=first[1:])
+    heads = np.flatnonzero(first)
+    lift = seg * _SEGMENT
+    run = vs - np.minimum(il, 0) + 1 + lift
+    np.maximum.accumulate(run, out=run)
+    run -= lift
+    last_end = np.empty(n, np.int64)
+    last_end[1:] = run[:-1]
+    last_end[heads] = 0
+    np.maximum(last_end, furthest[seg], out=last_end)
+    gap = vs - last_end
+    inc = gap + np.maximum(il, 0) + 1
+    csum = np.cumsum(inc)
+    before = csum - inc - (csum[heads] - inc[heads])[seg] + written[seg]
+    stop_at = np.flatnonzero(before + inc >= q_len)
+    if not stop_at.size:
+        return np.ones(n, np.bool_)
+    segs, firsts, _ = _first_per_segment(seg, stop_at)
+    excl = before[firsts] + gap[firsts] >= q_len
+    limit = np.full(len(heads), n, np.int64)
+    limit[segs] = firsts + np.where(excl, 0, 1)
+    return np.arange(n) < limit[seg]
+
+
+def _first_per_segment(
+    seg: NDArray[np.int64], at: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.intp]]:
+    """For ascending positions ``at`` (``seg`` never decreases along positions): the segments
+    they fall in, the first of them in each, and where that one is in ``at``."""
+    s = seg[at]
+    i = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))
+    return s[i], at[i], i
 
 
 def _walk_calls(
     vs: NDArray[np.int64],
     il: NDArray[np.int64],
-    haps: NDArray[np.int32],
+    seg: NDArray[np.int64],
     q_start: int,
     q_end: int,
 ) -> NDArray[np.bool_]:
-    """The length walk over calls grouped by haplotype (row order within each): running
-    maxima and sums restart at each haplotype's first call. Every call's added length is
-    needed, but the stop test only at the calls past the end."""
+    """The length walk over every call of some haplotypes, grouped by haplotype (``seg``,
+    row order within each): running maxima and sums restart at each haplotype's first
+    call. Every call's added length is needed, but the stop test only at the calls past
+    the end. Which calls are kept."""
     n = len(vs)
     q_len = q_end - q_start
     first = np.empty(n, np.bool_)
     first[0] = True
-    np.not_equal(haps[1:], haps[:-1], out=first[1:])
+    np.not_equal(seg[1:], seg[:-1], out=first[1:])
     heads = np.flatnonzero(first)
-    seg = np.cumsum(first)
-    seg -= 1
     inq = vs >= q_start
     past = vs >= q_end
     # furthest end so far, per haplotype: one running maximum over values lifted per segment
@@ -301,8 +444,7 @@ def _walk_calls(
     if not stop.any():
         return np.ones(n, np.bool_)
     hit = at[stop]
-    segs, i = np.unique(seg[hit], return_index=True)
-    firsts = hit[i]
+    segs, firsts, i = _first_per_segment(seg, hit)
     gap = vs[firsts] - last_end[firsts]
     excl = (before[stop][i] + gap) >= q_len
     limit = np.full(len(heads), n, np.int64)

@@ -37,13 +37,19 @@ def _views(values: pa.Array) -> pa.Array:
     """``values`` (strings) as string views, always with a data buffer. When every string is
     short enough to sit inline, the cast leaves none: pyarrow 24 then crashes writing the
     array compressed, and polars (GenVarLoader's reader) cannot read it. The buffer added is
-    never referenced."""
+    never referenced. A slice keeps its offset (without it, every batch after a table's
+    first read the first batch's views: REF and ALT of a .pvar's later records came out
+    wrong)."""
     arr = values.cast(pa.string_view())
     bufs = arr.buffers()
     if len(bufs) > 2 and bufs[2] is not None and bufs[2].size:
         return arr
     return pa.Array.from_buffers(
-        pa.string_view(), len(arr), [bufs[0], bufs[1], pa.py_buffer(bytes(8))], arr.null_count
+        pa.string_view(),
+        len(arr),
+        [bufs[0], bufs[1], pa.py_buffer(bytes(8))],
+        arr.null_count,
+        arr.offset,
     )
 
 
@@ -74,7 +80,7 @@ class SiteTable:
 
     def add_batch(
         self,
-        chrom: list[str],
+        chrom: list[str] | pa.Array,
         pos: NDArray[np.int64],
         refs: pa.Array | list[bytes],
         alts: pa.Array | list[bytes],
@@ -84,6 +90,14 @@ class SiteTable:
         n = len(pos)
         if n == 0:
             return
+        # contigs as Arrow strings, not a Python str per record: a million of those would
+        # stay behind in the allocator's arenas, and a forked reader would carry them
+        chroms = (
+            chrom.cast(pa.string()) if isinstance(chrom, pa.Array) else pa.array(chrom, pa.string())
+        )
+        codes = chroms.dictionary_encode()
+        names = codes.dictionary.to_pylist()
+        code = codes.indices.to_numpy(zero_copy_only=False)
         try:
             ref, alt = (
                 v if isinstance(v, pa.Array) else pa.array(v, pa.string()) for v in (refs, alts)
@@ -104,11 +118,11 @@ class SiteTable:
             self._unsupported += n_bad
             if not self._example:
                 i = int(np.argmax(bad.to_numpy(zero_copy_only=False)))
-                self._example = f"{chrom[i]}:{pos[i]} {ref[i].as_py()}>{alt[i].as_py()}"
+                self._example = f"{names[code[i]]}:{pos[i]} {ref[i].as_py()}>{alt[i].as_py()}"
         # one run per contig in this batch
-        cuts = [0, *(i for i in range(1, n) if chrom[i] != chrom[i - 1]), n]
+        cuts = [0, *(np.flatnonzero(code[1:] != code[:-1]) + 1).tolist(), n]
         for a, b in itertools.pairwise(cuts):
-            self._run(chrom[a], self._n + a, pos[a:b], ref_len[a:b], alt_len[a:b], alt[a:b])
+            self._run(names[code[a]], self._n + a, pos[a:b], ref_len[a:b], alt_len[a:b], alt[a:b])
         ilen = pa.array((alt_len - ref_len).astype(np.int32))
         batch = pa.RecordBatch.from_arrays(
             [
@@ -116,7 +130,7 @@ class SiteTable:
                 # in the views and compress to a third of offsets plus bytes. Not a
                 # dictionary: an IPC file cannot change one between batches (GenVarLoader's
                 # reader does not use CHROM anyway).
-                _views(pa.array(chrom, pa.string())),
+                _views(chroms),
                 pa.array(pos, pa.int32()),
                 _views(ref),
                 _views(alt),
@@ -168,10 +182,10 @@ class SiteTable:
             cols = [np.concatenate(c) for c in zip(*self._parts, strict=True)]
             self._per_contig[self._cur] = ContigSites(
                 base=self._cur_start,
-                starts=cols[0].astype(np.int64),
-                ilens=cols[1].astype(np.int64),
-                ref_lens=cols[2].astype(np.int64),
-                spanning=cols[3].astype(np.bool_),
+                starts=cols[0].astype(np.int64, copy=False),
+                ilens=cols[1].astype(np.int64, copy=False),
+                ref_lens=cols[2].astype(np.int64, copy=False),
+                spanning=cols[3].astype(np.bool_, copy=False),
             )
         self._parts = []
 

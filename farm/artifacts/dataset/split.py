@@ -10,9 +10,12 @@ so two of them read no record twice except where their runs' windows meet.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import itertools
 import multiprocessing
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from numpy.typing import NDArray
 
 from farm.artifacts.dataset.rawfile import RawWriter
@@ -27,7 +31,7 @@ from farm.progress import Progress
 
 # Below this many regions a second process costs more than it saves (fork, merge).
 MIN_REGIONS_PER_PART = 64
-_COPY = 1 << 22  # entries a merge step reads at a time
+_COPY = 1 << 20  # entries a merge step reads at a time (8 MB of offsets, and a shifted copy)
 
 # (contig index, table rows) runs, in table order
 Runs = list[tuple[int, NDArray[np.intp]]]
@@ -117,6 +121,7 @@ def write_split(
         return write(runs, idx_out, off_out, 0, progress)
     global _job, _done
     ctx = multiprocessing.get_context("fork")
+    return_free_memory()  # else each process keeps the allocators' free pages as its own
     _job = (write, table_rows)
     _done = ctx.RawArray("q", len(parts))
     report = _WithParts(progress, _done)
@@ -149,6 +154,17 @@ def write_split(
             return total
     finally:
         _job = _done = None
+
+
+def return_free_memory() -> None:
+    """Give the allocators' free pages back to the system before forking. Reading the
+    variant table leaves about 100 MB of them at a million records (glibc's heap behind
+    numpy's temporaries, Arrow's pool behind the parsed text): counted in every process's
+    memory, and copied into a forked one as soon as either allocates there."""
+    pa.default_memory_pool().release_unused()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # musl has no malloc_trim
+            ctypes.CDLL(None).malloc_trim(0)
 
 
 def _report_while_waiting(future: Future, report: _WithParts) -> None:

@@ -195,6 +195,8 @@ def _write_genotypes(
                 )  # fmt: skip
             return total
 
+        for _, sites in contig_sites.values():
+            sites.prepare()  # before the fork: computed once, shared
         source.before_fork()
         total = write_split(runs, write, table_rows, idx_out, off_out, threads(), geno, progress)
         off_out.write(np.asarray([total], np.int64))
