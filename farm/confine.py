@@ -24,6 +24,7 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 from farm.errors import DestinationError
 
@@ -44,7 +45,32 @@ def containing_root(dest: Path, roots: list[Path]) -> Path | None:
     return max(below, key=lambda r: len(r.parts), default=None)
 
 
-class ConfinedParent:
+class DirHandle:
+    """An open directory descriptor that names its entries without following links, closed
+    on exit."""
+
+    fd: int
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def exists(self, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+
+class ConfinedParent(DirHandle):
     """An open handle on a destination's parent directory, reached from ``root`` without
     following a symlink; the destination is :attr:`name` inside it."""
 
@@ -69,26 +95,8 @@ class ConfinedParent:
             self.close()
             raise
 
-    def __enter__(self) -> ConfinedParent:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
     def path(self, name: str | None = None) -> Path:
         return fd_path(self.fd, name)
-
-    def exists(self, name: str) -> bool:
-        try:
-            os.stat(name, dir_fd=self.fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        return True
 
     def open_dir(self, name: str) -> int:
         """A handle on the directory ``name`` inside, refusing a symlink in its place."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from farm.confine import ConfinedParent
+from farm.confine import ConfinedParent, DirHandle
 from farm.errors import DestinationError
 
 VERSIONS_MARK = ".farmv"
@@ -111,7 +111,7 @@ def is_farm_link(dest: Path) -> bool:
     return linked_version(dest) is not None
 
 
-class Versions:
+class Versions(DirHandle):
     """The open versions directory of one destination (created if missing, never reached
     through a link)."""
 
@@ -132,29 +132,11 @@ class Versions:
                 "remove it."
             ) from e
 
-    def __enter__(self) -> Versions:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
     def text(self, version: str) -> str:
         return link_text(self.parent.name, version)
 
     def current(self) -> str | None:
         return version_at(self.parent.fd, self.parent.name)
-
-    def exists(self, version: str) -> bool:
-        try:
-            os.stat(version, dir_fd=self.fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        return True
 
     def move_in(self, name: str, version: str) -> None:
         """Move the directory ``name`` of the parent in as ``version``, fresh (its grace is
